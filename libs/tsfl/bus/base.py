@@ -1,0 +1,92 @@
+"""The bus interface both deployments implement.
+
+Delivery is at-least-once: a consumer group resumes from its last committed
+offset, so anything read but not committed is delivered again. Consumers commit
+only after the effect of a record is persisted, and handle records idempotently
+by key.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+
+class BusError(RuntimeError):
+    """Misuse of the bus (unknown topic, closed bus, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+class Consumer(ABC):
+    """A member of a consumer group reading some topics."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def getone(self, timeout: float | None = None) -> Record | None:
+        """The next record, or ``None`` once ``timeout`` seconds pass without one."""
+
+    @abstractmethod
+    async def commit(self, record: Record) -> None:
+        """Mark ``record`` (and everything before it in its partition) as done."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def __aiter__(self) -> AsyncIterator[Record]:
+        while True:
+            record = await self.getone()
+            if record is not None:
+                yield record
+
+
+class Bus(ABC):
+    """Topic-based publish/subscribe with keyed partitions and consumer groups."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def create_topics(self, topics: dict[str, int]) -> None:
+        """Create topics (name -> partitions); existing ones are left as they are."""
+
+    @abstractmethod
+    async def publish(self, topic: str, value: bytes, key: bytes | None = None,
+                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Append a record; returns once the bus has accepted it."""
+
+    @abstractmethod
+    def consumer(self, topics: Sequence[str], group_id: str) -> Consumer:
+        """A new (not yet started) member of ``group_id`` reading ``topics``."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()

@@ -1,0 +1,1 @@
+"""The ``tsfl`` command line."""

@@ -1,0 +1,142 @@
+"""``tsfl``: run federated jobs.
+
+    tsfl run [JOB.yaml] [--out DIR] [--seed N] [--rounds N]
+    tsfl validate JOB.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tsfl import __version__
+from tsfl.config import ConfigError, JobSpec, bundled_example, load_job
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _load(path: str | None, overrides: dict[str, Any]) -> JobSpec:
+    job_path = Path(path) if path else bundled_example()
+    return load_job(job_path, overrides)
+
+
+def _report_config_error(exc: ConfigError) -> int:
+    err.print(f"[bold red]invalid job spec[/] {exc.source}:", highlight=False)
+    for line in exc.problems:
+        print(f"  {line}", file=sys.stderr)
+    return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tsfl.runtime.embedded import run_embedded
+    from tsfl.runtime.report import summarize, write_outputs
+    from tsfl.sim.datasets import DatasetError
+    from tsfl.sim.models import ModelError
+    from tsfl.sim.partition import PartitionError
+
+    overrides: dict[str, Any] = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.rounds is not None:
+        overrides["rounds"] = args.rounds
+    try:
+        spec = _load(args.job, overrides)
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    out_dir = Path(args.out) if args.out else Path("runs") / spec.name
+    err.print(f"[bold]tsfl run[/] {spec.name}: {spec.clients.count} clients, "
+              f"{spec.clients.per_round}/round, {spec.strategy.name}, seed {spec.seed} "
+              f"-> {out_dir}", highlight=False)
+
+    progress = Progress(
+        TextColumn("[bold]round {task.completed}/{task.total}"), BarColumn(),
+        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  "
+                   "up {task.fields[up]}  down {task.fields[down]}"),
+        TimeElapsedColumn(), console=err, disable=args.quiet, transient=False)
+    totals = {"up": 0, "down": 0}
+
+    with progress:
+        bar = progress.add_task("run", total=spec.rounds, loss="-", acc="-", up="0 B",
+                                down="0 B")
+
+        def on_round(m: dict[str, Any]) -> None:
+            totals["up"] += m["bytes_up"]
+            totals["down"] += m["bytes_down"]
+            fields: dict[str, Any] = {"up": _fmt_bytes(totals["up"]),
+                                      "down": _fmt_bytes(totals["down"])}
+            if m["test_accuracy"] is not None:
+                fields["loss"] = f"{m['test_loss']:.4f}"
+                fields["acc"] = f"{m['test_accuracy']:.4f}"
+            progress.update(bar, completed=m["round"], **fields)
+
+        try:
+            result = asyncio.run(run_embedded(spec, out_dir, on_round=on_round))
+        except (DatasetError, ModelError, PartitionError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+    summary = summarize(spec, result.metrics, wall_s=result.wall_s, job_id=result.job_id,
+                        status=result.status, reason=result.reason)
+    write_outputs(out_dir, spec, result.metrics, summary)
+    acc = summary["final_test_accuracy"]
+    out.print(f"final test accuracy: {acc:.4f}" if acc is not None else "final test accuracy: -",
+              highlight=False)
+    err.print(f"{summary['rounds']} rounds in {result.wall_s:.1f} s, status {result.status}"
+              f"{' (' + result.reason + ')' if result.reason else ''}; outputs in {out_dir}/ "
+              "(metrics.json, summary.json, curves.png, tsfl.db)", highlight=False)
+    return 0 if result.status == "COMPLETED" else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        spec = _load(args.job, {})
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    out.print(f"ok: {spec.name} (sha256 {spec.sha256()[:12]})", highlight=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsfl", description="TrustStram FL")
+    parser.add_argument("--version", action="version", version=f"tsfl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job embedded in this process")
+    run.add_argument("job", nargs="?", help="job spec (YAML); default: the bundled example")
+    run.add_argument("--out", help="output directory (default: runs/<job name>)")
+    run.add_argument("--seed", type=int, help="override the job's seed")
+    run.add_argument("--rounds", type=int, help="override the number of rounds")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a job spec and exit")
+    val.add_argument("job", nargs="?")
+    val.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""The job specification: a YAML file validated by pydantic.
+
+Every problem is reported as one line naming the field, e.g.::
+
+    training.lr: Input should be greater than 0
+    strategy.nme: unknown key
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitionSpec(Spec):
+    """How the training set is split across clients (ignored for ``synthetic``)."""
+
+    kind: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    alpha: PositiveFloat = Field(0.5, description="Dirichlet concentration (label skew).")
+    shards_per_client: PositiveInt = 2
+    min_examples: Annotated[int, Field(ge=1)] = 2
+
+
+class SyntheticSpec(Spec):
+    """Li et al. (FedProx, MLSys 2020) Synthetic(α, β) generator."""
+
+    alpha: Annotated[float, Field(ge=0)] = 1.0
+    beta: Annotated[float, Field(ge=0)] = 1.0
+    dim: PositiveInt = 60
+    classes: Annotated[int, Field(ge=2)] = 10
+    iid: bool = False
+    mean_samples: PositiveFloat = Field(4.0, description="log-normal mean of samples/client")
+    sigma_samples: Annotated[float, Field(ge=0)] = 2.0
+    min_samples: PositiveInt = 50
+    max_samples: PositiveInt = 2000
+
+
+class DataSpec(Spec):
+    dataset: Literal["digits", "breast_cancer", "synthetic", "npz", "csv"] = "digits"
+    path: str | None = Field(None, description="file for npz/csv datasets")
+    label_column: str | None = Field(None, description="csv label column (default: last)")
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: Annotated[int, Field(ge=0)] = 0
+    partition: PartitionSpec = PartitionSpec()
+    synthetic: SyntheticSpec = SyntheticSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if self.dataset in ("npz", "csv") and not self.path:
+            raise ValueError(f"dataset {self.dataset!r} needs data.path")
+        if self.dataset not in ("npz", "csv") and self.path:
+            raise ValueError(f"data.path is only for npz/csv, not {self.dataset!r}")
+        if self.label_column is not None and self.dataset != "csv":
+            raise ValueError("data.label_column is only for csv datasets")
+        return self
+
+
+class ClientsSpec(Spec):
+    count: PositiveInt = 100
+    per_round: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientsSpec:
+        if self.per_round > self.count:
+            raise ValueError(f"per_round ({self.per_round}) exceeds count ({self.count})")
+        return self
+
+
+class ModelSpec(Spec):
+    kind: Literal["mlp", "cnn", "logreg", "custom"] = "mlp"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    factory: str | None = Field(None, description="'package.module:function' for kind=custom")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.kind == "custom":
+            if not self.factory or ":" not in self.factory:
+                raise ValueError("model.kind=custom needs model.factory as 'package.module:func'")
+        elif self.factory:
+            raise ValueError("model.factory is only for model.kind=custom")
+        return self
+
+
+class TrainingSpec(Spec):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 16
+
+
+_STRATEGY_OPTIONS: dict[str, set[str]] = {
+    "fedavg": {"server_lr"},
+    "fedprox": {"server_lr", "mu"},
+    "fedavgm": {"server_lr", "momentum"},
+    "fedadam": {"server_lr", "beta1", "beta2", "tau", "bias_correction"},
+    "fedyogi": {"server_lr", "beta1", "beta2", "tau", "bias_correction"},
+    "fedadagrad": {"server_lr", "beta1", "tau", "bias_correction"},
+}
+
+
+class StrategySpec(Spec):
+    name: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_lr: PositiveFloat | None = None
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
+    mu: Annotated[float, Field(ge=0)] | None = None
+    beta1: Annotated[float, Field(ge=0, lt=1)] | None = None
+    beta2: Annotated[float, Field(ge=0, lt=1)] | None = None
+    tau: PositiveFloat | None = None
+    bias_correction: bool | None = None
+
+
+    @model_validator(mode="after")
+    def _check(self) -> StrategySpec:
+        given = {k for k in type(self).model_fields if k != "name" and getattr(self, k) is not None}
+        wrong = sorted(given - _STRATEGY_OPTIONS[self.name])
+        if wrong:
+            raise ValueError(f"option(s) {', '.join(wrong)} do not apply to strategy {self.name!r}")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in type(self).model_fields
+            if k != "name" and getattr(self, k) is not None
+        }
+
+
+class RoundSpec(Spec):
+    quorum: Fraction = Field(1.0, description="fraction of the cohort that closes a round early")
+    min_updates: PositiveInt = 1
+    deadline_s: PositiveFloat = 600.0
+
+
+class EvaluationSpec(Spec):
+    every: PositiveInt = 1
+    batch_size: PositiveInt = 1024
+
+
+class SimulationSpec(Spec):
+    torch_threads: PositiveInt = 1
+
+
+class JobSpec(Spec):
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+    seed: Annotated[int, Field(ge=0)] = 0
+    rounds: PositiveInt = 50
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="stop early once central test accuracy reaches this"
+    )
+    data: DataSpec = DataSpec()
+    clients: ClientsSpec = ClientsSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    strategy: StrategySpec = StrategySpec()
+    round: RoundSpec = RoundSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    simulation: SimulationSpec = SimulationSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        if self.model.kind == "cnn" and self.data.dataset != "digits":
+            raise ValueError(
+                f"model.kind=cnn needs image data (digits), not {self.data.dataset!r}"
+            )
+        if self.round.min_updates > self.clients.per_round:
+            raise ValueError(
+                f"round.min_updates ({self.round.min_updates}) exceeds "
+                f"clients.per_round ({self.clients.per_round})"
+            )
+        return self
+
+    def sha256(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ConfigError(Exception):
+    """A job spec is invalid; ``problems`` holds one readable line per issue."""
+
+    def __init__(self, problems: list[str], source: str = "job spec"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines
+
+
+def parse_job(data: Any, source: str = "job spec",
+              overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Validate a mapping (already parsed YAML) into a :class:`JobSpec`."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"top level must be a mapping, got {type(data).__name__}"], source)
+    if overrides:
+        data = {**data, **overrides}
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc), source) from None
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read and validate a YAML job spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read file: {exc.strerror or exc}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}invalid YAML: {problem}"], str(path)) from None
+    return parse_job(data, str(path), overrides)
+
+
+def bundled_example(name: str = "digits-fedavg") -> Path:
+    return Path(__file__).parent / "examples" / f"{name}.yaml"

@@ -1,0 +1,1 @@
+"""Deployments: the embedded runtime (one process) and, later, the distributed one."""

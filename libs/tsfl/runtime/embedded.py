@@ -1,0 +1,129 @@
+"""The embedded deployment: the whole pipeline in one asyncio process.
+
+Coordinator and aggregator roles run over a :class:`MemoryBus` with a SQLite
+store; simulated devices run the SDK's :class:`ClientRunner` over an in-process
+transport. Nothing here is specific to simulation but the device loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tsfl.bus import TOPICS, MemoryBus
+from tsfl.config import JobSpec
+from tsfl.pipeline.aggregator import Aggregator
+from tsfl.pipeline.coordinator import Coordinator
+from tsfl.runtime.simulation import Federation, build_federation
+from tsfl.runtime.transport import InProcessTransport
+from tsfl.sdk.runner import ClientRunner
+from tsfl.sdk.training import evaluate
+from tsfl.storage.store import Store
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    job_id: str
+    metrics: list[dict[str, Any]]
+    final_vector: np.ndarray
+    status: str
+    reason: str | None
+    wall_s: float
+    database: Path
+
+
+def _evaluate(fed: Federation, vector: np.ndarray, batch_size: int) -> tuple[float, float]:
+    fed.evaluator.load(vector)
+    return evaluate(fed.evaluator.module, fed.x_test, fed.y_test, batch_size)
+
+
+async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback | None = None,
+                       federation: Federation | None = None,
+                       database_url: str | None = None) -> RunResult:
+    """Run ``spec`` to completion in this process; return per-round metrics."""
+    started = time.perf_counter()
+    fed = federation or build_federation(spec)
+    layout = fed.workspace.layout
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db_path = out_dir / "tsfl.db"
+    if database_url is None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        database_url = f"sqlite:///{db_path}"
+    store = await Store.open(database_url)
+    bus = MemoryBus()
+    await bus.start()
+    await bus.create_topics(TOPICS)
+    coordinator = Coordinator(bus, store)
+    aggregator = Aggregator(bus, store)
+    await aggregator.start()
+    await coordinator.start()
+    job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    metrics: list[dict[str, Any]] = []
+    status, reason = "COMPLETED", None
+    try:
+        await coordinator.submit_job(job_id, spec, layout, fed.initial)
+        transport = InProcessTransport(coordinator)
+        runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout)
+                   for cid in fed.client_ids}
+        failed_in_a_row = 0
+        for number in range(1, spec.rounds + 1):
+            t0 = time.perf_counter()
+            cohort = await coordinator.open_round(job_id, fed.client_ids)
+            for cid in cohort:
+                await runners[cid].run_once()
+            result = await coordinator.wait_round(job_id)
+            record: dict[str, Any] = {
+                "round": number,
+                "clients": len(result.accepted),
+                "rejected": len(result.rejected),
+                "dropped": len(result.dropped),
+                "train_loss": result.train_loss,
+                "test_loss": None,
+                "test_accuracy": None,
+                "bytes_up": result.bytes_up,
+                "bytes_down": result.bytes_down,
+                "model_version": result.version,
+            }
+            evaluate_now = number % spec.evaluation.every == 0 or number == spec.rounds
+            if evaluate_now:
+                loss, acc = _evaluate(fed, coordinator.model_vector(job_id),
+                                      spec.evaluation.batch_size)
+                record["test_loss"], record["test_accuracy"] = loss, acc
+                await store.set_round_metrics(job_id, number, {
+                    "test_loss": loss, "test_accuracy": acc, "train_loss": result.train_loss})
+            record["wall_s"] = time.perf_counter() - t0
+            metrics.append(record)
+            if on_round:
+                on_round(record)
+            failed_in_a_row = 0 if result.ok else failed_in_a_row + 1
+            if failed_in_a_row >= 3:
+                status, reason = "FAILED", f"3 rounds in a row failed (last: {result.reason})"
+                break
+            if (spec.target_accuracy is not None and record["test_accuracy"] is not None
+                    and record["test_accuracy"] >= spec.target_accuracy):
+                reason = f"target accuracy {spec.target_accuracy} reached"
+                break
+        final = coordinator.model_vector(job_id).copy()
+        await coordinator.finish_job(job_id, status, reason)
+    except BaseException:
+        if job_id in coordinator.jobs:
+            await coordinator.finish_job(job_id, "FAILED", "interrupted")
+        raise
+    finally:
+        await coordinator.stop()
+        await aggregator.stop()
+        await bus.stop()
+        await store.close()
+        await asyncio.sleep(0)
+    return RunResult(job_id, metrics, final, status, reason, time.perf_counter() - started,
+                     db_path)

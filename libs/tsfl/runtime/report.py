@@ -1,0 +1,83 @@
+"""Run outputs: metrics.json, summary.json and curves.png."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tsfl.config import JobSpec
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("truststram-fl", "torch", "numpy", "scikit-learn", "sqlalchemy", "msgpack"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, job_id: str,
+              status: str, reason: str | None) -> dict[str, Any]:
+    accs = [m["test_accuracy"] for m in metrics if m["test_accuracy"] is not None]
+    final = next((m["test_accuracy"] for m in reversed(metrics)
+                  if m["test_accuracy"] is not None), None)
+    return {
+        "job": spec.name,
+        "job_id": job_id,
+        "status": status,
+        "reason": reason,
+        "final_test_accuracy": final,
+        "best_test_accuracy": max(accs) if accs else None,
+        "rounds": len(metrics),
+        "bytes_up": sum(m["bytes_up"] for m in metrics),
+        "bytes_down": sum(m["bytes_down"] for m in metrics),
+        "wall_s": wall_s,
+        "seed": spec.seed,
+        "config_sha256": spec.sha256(),
+        "strategy": spec.strategy.name,
+        "versions": package_versions(),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evald = [m for m in metrics if m["test_accuracy"] is not None]
+    rounds = [m["round"] for m in evald]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_acc.plot(rounds, [m["test_accuracy"] for m in evald], color="tab:blue")
+    ax_acc.set_xlabel("round")
+    ax_acc.set_ylabel("central test accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.grid(alpha=0.3)
+    ax_loss.plot(rounds, [m["test_loss"] for m in evald], label="test loss", color="tab:red")
+    train = [(m["round"], m["train_loss"]) for m in metrics if m["train_loss"] is not None]
+    if train:
+        ax_loss.plot(*zip(*train, strict=True), label="train loss (clients)", color="tab:orange",
+                     alpha=0.7)
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(out_dir: Path, spec: JobSpec, metrics: list[dict[str, Any]],
+                  summary: dict[str, Any]) -> None:
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "summary.json", summary)
+    plot_curves(metrics, out_dir / "curves.png", f"{spec.name} ({spec.strategy.name})")

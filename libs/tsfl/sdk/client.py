@@ -1,0 +1,86 @@
+"""Client APIs: a Flower-style ``NumPyClient`` and a ``TorchClient`` helper.
+
+Implement :meth:`NumPyClient.fit` (and optionally :meth:`~NumPyClient.evaluate`) on
+your local data; the :class:`~tsfl.sdk.runner.ClientRunner` handles the protocol.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tsfl.sdk.flat import FlatModule
+from tsfl.sdk.training import TrainSettings, evaluate, train_epochs
+
+NDArrays = list[np.ndarray]
+
+
+class NumPyClient(ABC):
+    """A participant that trains on local data given the global parameters."""
+
+    def get_parameters(self, config: dict[str, Any]) -> NDArrays:
+        raise NotImplementedError("this client does not provide initial parameters")
+
+    @abstractmethod
+    def fit(self, parameters: NDArrays, config: dict[str, Any]
+            ) -> tuple[NDArrays, int, dict[str, float]]:
+        """Train from ``parameters``; return new parameters, #examples and metrics."""
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Any]
+                 ) -> tuple[float, int, dict[str, float]]:
+        raise NotImplementedError("this client does not evaluate")
+
+
+class TorchClient(NumPyClient):
+    """A ready client over a torch module and local tensors (x, y).
+
+    Several simulated clients may share one :class:`FlatModule` (they run one after
+    another); each call loads the global parameters first.
+    """
+
+    def __init__(self, model: nn.Module | FlatModule, x: np.ndarray | torch.Tensor,
+                 y: np.ndarray | torch.Tensor, settings: TrainSettings | None = None):
+        self.flat = model if isinstance(model, FlatModule) else FlatModule(model)
+        self.x = torch.as_tensor(x)
+        self.y = torch.as_tensor(y, dtype=torch.long)
+        if len(self.x) != len(self.y) or len(self.y) == 0:
+            raise ValueError("a TorchClient needs the same, non-zero number of inputs and labels")
+        self.settings = settings or TrainSettings()
+
+    @property
+    def layout(self):
+        return self.flat.layout
+
+    def _settings(self, config: dict[str, Any]) -> TrainSettings:
+        s = self.settings
+        overrides = {k: config[k] for k in ("lr", "epochs", "batch_size", "proximal_mu")
+                     if k in config}
+        return TrainSettings(**{**s.__dict__, **overrides}) if overrides else s
+
+    def fit_vector(self, vector: np.ndarray, config: dict[str, Any]
+                   ) -> tuple[np.ndarray, int, dict[str, float]]:
+        """Fast path: train from a flat float32 vector and return the new one (a view)."""
+        self.flat.load(vector)
+        seed = config.get("seed")
+        rng = np.random.default_rng(seed)
+        loss = train_epochs(self.flat.module, self.flat.params, self.x, self.y,
+                            self._settings(config), rng)
+        return self.flat.vector, len(self.y), {"train_loss": loss}
+
+    def get_parameters(self, config: dict[str, Any]) -> NDArrays:
+        return self.flat.layout.unflatten_list(self.flat.vector)
+
+    def fit(self, parameters: NDArrays, config: dict[str, Any]
+            ) -> tuple[NDArrays, int, dict[str, float]]:
+        vec, n, metrics = self.fit_vector(self.flat.layout.flatten_list(parameters), config)
+        return self.flat.layout.unflatten_list(vec), n, metrics
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Any]
+                 ) -> tuple[float, int, dict[str, float]]:
+        self.flat.load(self.flat.layout.flatten_list(parameters))
+        loss, acc = evaluate(self.flat.module, self.x, self.y)
+        return loss, len(self.y), {"accuracy": acc}

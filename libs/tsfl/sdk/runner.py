@@ -1,0 +1,95 @@
+"""The client side of the protocol, independent of the transport.
+
+A round for a device: fetch its task, download the global model, train, send the
+delta. The same runner drives simulated devices in-process and real devices over
+gRPC; only the :class:`Transport` differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from tsfl.core.layout import ParamLayout
+from tsfl.core.update import Update
+from tsfl.sdk.client import NumPyClient
+from tsfl.wire.messages import decode_model, encode_update
+
+
+@dataclass(frozen=True)
+class RoundTask:
+    job_id: str
+    round: int
+    model_version: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UploadReceipt:
+    accepted: bool
+    code: str = "ok"
+    message: str = ""
+
+
+class Transport(Protocol):
+    """How a client reaches the coordinator."""
+
+    async def get_task(self, client_id: str) -> RoundTask | None: ...
+
+    async def download_model(self, job_id: str, version: int) -> bytes: ...
+
+    async def upload(self, client_id: str, data: bytes) -> UploadReceipt: ...
+
+
+@dataclass
+class RoundOutcome:
+    task: RoundTask
+    receipt: UploadReceipt
+    bytes_down: int
+    bytes_up: int
+    metrics: dict[str, float]
+
+
+class ClientRunner:
+    """Runs one client's participation in rounds over a transport."""
+
+    def __init__(self, client_id: str, client: NumPyClient, transport: Transport,
+                 layout: ParamLayout, *, offload: bool = False):
+        self.client_id = client_id
+        self.client = client
+        self.transport = transport
+        self.layout = layout
+        self.offload = offload  # run training in a worker thread (real devices)
+
+    def _fit(self, vector: np.ndarray, config: dict[str, Any]
+             ) -> tuple[np.ndarray, int, dict[str, float]]:
+        fit_vector = getattr(self.client, "fit_vector", None)
+        if fit_vector is not None:
+            return fit_vector(vector, config)
+        params, n, metrics = self.client.fit(self.layout.unflatten_list(vector), config)
+        return self.layout.flatten_list(params), n, metrics
+
+    async def run_task(self, task: RoundTask) -> RoundOutcome:
+        model_bytes = await self.transport.download_model(task.job_id, task.model_version)
+        _, _, global_vec, _ = decode_model(model_bytes, self.layout)
+        if self.offload:
+            new_vec, n, metrics = await asyncio.to_thread(self._fit, global_vec, task.config)
+        else:
+            new_vec, n, metrics = self._fit(global_vec, task.config)
+        delta = np.subtract(new_vec, global_vec, dtype=np.float32)
+        update = Update(job_id=task.job_id, round=task.round, client_id=self.client_id,
+                        model_version=task.model_version, num_examples=int(n), delta=delta,
+                        metrics=metrics, codecs=("f32",))
+        data = encode_update(update, self.layout)
+        receipt = await self.transport.upload(self.client_id, data)
+        return RoundOutcome(task, receipt, len(model_bytes), len(data), metrics)
+
+    async def run_once(self) -> RoundOutcome | None:
+        """Ask for a task and run it; ``None`` when there is nothing to do."""
+        task = await self.transport.get_task(self.client_id)
+        if task is None:
+            return None
+        return await self.run_task(task)

@@ -1,0 +1,1 @@
+"""Simulation: datasets, partitioners, models and local training for embedded runs."""

@@ -1,0 +1,286 @@
+"""The SQL of the store, as plain functions over a synchronous connection.
+
+:class:`~tsfl.storage.store.Store` runs them directly on SQLite (in-process, no
+thread hop) and through ``AsyncConnection.run_sync`` on PostgreSQL (asyncpg), so
+both deployments execute the very same statements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+import numpy as np
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from tsfl.storage.schema import audit_events, checkpoints, jobs, participants, rounds
+from tsfl.storage.states import NEXT_STATES, RoundState, StoreError
+
+GENESIS_HASH = "0" * 64
+TABLES = {"jobs": jobs, "rounds": rounds, "participants": participants,
+          "checkpoints": checkpoints, "audit_events": audit_events}
+
+
+# Hot-path statements are built once: constructing SQLAlchemy expressions per call costs
+# more than SQLite takes to run them.
+_AUDIT_HEAD = (select(audit_events.c.seq, audit_events.c.hash)
+               .where(audit_events.c.job_id == bindparam("job_id"))
+               .order_by(audit_events.c.seq.desc()).limit(1))
+_AUDIT_INSERT = insert(audit_events)
+_RECORD_UPLOAD = (update(participants).where(
+    participants.c.job_id == bindparam("p_job"), participants.c.round == bindparam("p_round"),
+    participants.c.client_id == bindparam("p_client"), participants.c.status == "selected",
+).values(status="uploaded", num_examples=bindparam("n"), bytes_up=bindparam("b"),
+         metrics=bindparam("m"), updated_at=bindparam("ts")))
+_PARTICIPANT_STATUS = select(participants.c.status).where(
+    participants.c.job_id == bindparam("p_job"), participants.c.round == bindparam("p_round"),
+    participants.c.client_id == bindparam("p_client"))
+_ROUND_WHERE = (rounds.c.job_id == bindparam("r_job"), rounds.c.number == bindparam("r_num"))
+_ROUND_STATE = select(rounds.c.state).where(*_ROUND_WHERE)
+_TRANSITIONS = {
+    new: update(rounds).where(
+        *_ROUND_WHERE, rounds.c.state.in_([s.value for s, nx in NEXT_STATES.items()
+                                           if new in nx]))
+    for new in RoundState if new is not RoundState.OPEN
+}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+# -- audit -----------------------------------------------------------------------------------
+def audit_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    """sha256(prev_hash | canonical JSON of the row's content)."""
+    body = json.dumps(
+        {k: row[k] for k in ("job_id", "seq", "kind", "actor", "payload", "created_at")},
+        sort_keys=True, separators=(",", ":"), default=str,
+    )
+    return hashlib.sha256(f"{prev_hash}|{body}".encode()).hexdigest()
+
+
+def append_audits(conn: Connection, job_id: str,
+                  entries: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    """Append events to the job's hash chain inside the caller's transaction.
+
+    Writers are serialised per job: a transaction-scoped advisory lock on
+    PostgreSQL; SQLite has a single writer (its write lock is taken up front, see
+    ``Store``). ``(job_id, seq)`` is unique besides, so the chain can never fork.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                     {"k": f"tsfl-audit:{job_id}"})
+    last = conn.execute(_AUDIT_HEAD, {"job_id": job_id}).first()
+    seq = 0 if last is None else last.seq + 1
+    prev = GENESIS_HASH if last is None else last.hash
+    rows = []
+    for kind, actor, payload in entries:
+        row = {"job_id": job_id, "seq": seq, "kind": kind, "actor": actor,
+               "payload": json.loads(json.dumps(payload, default=str)), "created_at": now()}
+        row["prev_hash"] = prev
+        row["hash"] = prev = audit_hash(prev, row)
+        rows.append(row)
+        seq += 1
+    conn.execute(_AUDIT_INSERT, rows)
+
+
+def audit_trail(conn: Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(audit_events).where(audit_events.c.job_id == job_id)
+                        .order_by(audit_events.c.seq)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+# -- jobs ------------------------------------------------------------------------------------
+def create_job(conn: Connection, job_id: str, name: str, spec: dict[str, Any],
+               spec_sha256: str, layout: list[dict[str, Any]] | None) -> None:
+    ts = now()
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(jobs).values(
+                id=job_id, name=name, spec=spec, spec_sha256=spec_sha256, status="RUNNING",
+                layout=layout, created_at=ts, updated_at=ts))
+    except IntegrityError:
+        raise StoreError(f"job {job_id!r} already exists") from None
+    append_audits(conn, job_id, [("job.created", "coordinator",
+                                  {"name": name, "spec_sha256": spec_sha256})])
+
+
+def finish_job(conn: Connection, job_id: str, status: str, reason: str | None) -> None:
+    res = conn.execute(update(jobs).where(jobs.c.id == job_id)
+                       .values(status=status, reason=reason, updated_at=now()))
+    if res.rowcount != 1:
+        raise StoreError(f"unknown job {job_id!r}")
+    append_audits(conn, job_id, [(f"job.{status.lower()}", "coordinator", {"reason": reason})])
+
+
+def get_job(conn: Connection, job_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+    return dict(row) if row else None
+
+
+# -- rounds ----------------------------------------------------------------------------------
+def open_round(conn: Connection, job_id: str, number: int, model_version: int,
+               cohort: Sequence[str]) -> None:
+    ts = now()
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(rounds).values(
+                job_id=job_id, number=number, state=RoundState.COLLECTING.value,
+                model_version=model_version, cohort_size=len(cohort),
+                opened_at=ts, updated_at=ts))
+    except IntegrityError:
+        raise StoreError(f"round {number} of job {job_id!r} already exists") from None
+    if cohort:
+        conn.execute(insert(participants), [
+            {"job_id": job_id, "round": number, "client_id": c, "status": "selected",
+             "updated_at": ts} for c in cohort])
+    append_audits(conn, job_id, [
+        ("round.open", "coordinator", {"round": number, "cohort_size": len(cohort),
+                                       "model_version": model_version}),
+        ("round.collecting", "coordinator", {"round": number, "to": "COLLECTING"}),
+    ])
+
+
+def transition_round(conn: Connection, job_id: str, number: int, new: RoundState,
+                     reason: str | None = None) -> None:
+    values: dict[str, Any] = {"state": new.value, "updated_at": now()}
+    if reason is not None:
+        values["reason"] = reason
+    key = {"r_job": job_id, "r_num": number}
+    res = conn.execute(_TRANSITIONS[new].values(**values), key)
+    if res.rowcount != 1:
+        current = conn.execute(_ROUND_STATE, key).scalar()
+        if current is None:
+            raise StoreError(f"round {number} of job {job_id!r} does not exist")
+        raise StoreError(f"round {number}: illegal transition {current} -> {new.value}")
+    payload: dict[str, Any] = {"round": number, "to": new.value}
+    if reason:
+        payload["reason"] = reason
+    append_audits(conn, job_id, [(f"round.{new.value.lower()}", "coordinator", payload)])
+
+
+def complete_round(conn: Connection, job_id: str, number: int, accepted: Iterable[str],
+                   rejected: dict[str, str], dropped: Iterable[str], publish: bool) -> None:
+    accepted, dropped = list(accepted), list(dropped)
+    ts = now()
+    transition_round(conn, job_id, number, RoundState.AGGREGATED)
+    base = (participants.c.job_id == job_id, participants.c.round == number)
+    if accepted:
+        conn.execute(update(participants).where(*base, participants.c.client_id.in_(accepted))
+                     .values(status="accepted", updated_at=ts))
+    for client, why in rejected.items():
+        conn.execute(update(participants).where(*base, participants.c.client_id == client)
+                     .values(status="rejected", reason=why, updated_at=ts))
+    if dropped:
+        conn.execute(update(participants).where(*base, participants.c.client_id.in_(dropped))
+                     .values(status="dropped", reason="no update before the round closed",
+                             updated_at=ts))
+    conn.execute(update(rounds).where(rounds.c.job_id == job_id, rounds.c.number == number)
+                 .values(accepted=len(accepted), rejected=len(rejected)))
+    if publish:
+        transition_round(conn, job_id, number, RoundState.PUBLISHED)
+
+
+def set_round_metrics(conn: Connection, job_id: str, number: int,
+                      metrics: dict[str, Any]) -> None:
+    conn.execute(update(rounds).where(rounds.c.job_id == job_id, rounds.c.number == number)
+                 .values(metrics=metrics, updated_at=now()))
+
+
+def get_round(conn: Connection, job_id: str, number: int) -> dict[str, Any] | None:
+    row = conn.execute(select(rounds).where(rounds.c.job_id == job_id,
+                                            rounds.c.number == number)).mappings().first()
+    return dict(row) if row else None
+
+
+def list_rounds(conn: Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(rounds).where(rounds.c.job_id == job_id)
+                        .order_by(rounds.c.number)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+# -- participants ----------------------------------------------------------------------------
+def record_upload(conn: Connection, job_id: str, number: int, client_id: str,
+                  num_examples: int, bytes_up: int, metrics: dict[str, float]) -> bool:
+    key = {"p_job": job_id, "p_round": number, "p_client": client_id}
+    res = conn.execute(_RECORD_UPLOAD, {**key, "n": num_examples, "b": bytes_up, "m": metrics,
+                                        "ts": now()})
+    if res.rowcount == 1:
+        return True
+    if conn.execute(_PARTICIPANT_STATUS, key).scalar() is None:
+        raise StoreError(f"client {client_id!r} was not selected for round {number}")
+    return False
+
+
+def reject_participant(conn: Connection, job_id: str, number: int, client_id: str,
+                       reason: str, actor: str) -> None:
+    conn.execute(update(participants).where(
+        participants.c.job_id == job_id, participants.c.round == number,
+        participants.c.client_id == client_id,
+    ).values(status="rejected", reason=reason, updated_at=now()))
+    append_audits(conn, job_id, [("update.rejected", actor,
+                                  {"round": number, "client_id": client_id, "reason": reason})])
+
+
+def list_participants(conn: Connection, job_id: str, number: int | None
+                      ) -> list[dict[str, Any]]:
+    query = select(participants).where(participants.c.job_id == job_id)
+    if number is not None:
+        query = query.where(participants.c.round == number)
+    rows = conn.execute(query.order_by(participants.c.round,
+                                       participants.c.client_id)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+def save_checkpoint(conn: Connection, job_id: str, version: int, number: int,
+                    layout_digest: str, vector: np.ndarray,
+                    strategy_state: dict[str, Any] | None) -> None:
+    conn.execute(insert(checkpoints).values(
+        job_id=job_id, version=version, round=number, layout_digest=layout_digest,
+        vector=np.ascontiguousarray(vector, "<f4").tobytes(),
+        strategy_state=pack_state(strategy_state) if strategy_state else None,
+        created_at=now()))
+
+
+def latest_checkpoint(conn: Connection, job_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(checkpoints).where(checkpoints.c.job_id == job_id)
+                       .order_by(checkpoints.c.version.desc()).limit(1)).mappings().first()
+    if row is None:
+        return None
+    out = dict(row)
+    out["vector"] = np.frombuffer(out["vector"], dtype="<f4").copy()
+    out["strategy_state"] = unpack_state(out["strategy_state"])
+    return out
+
+
+def count(conn: Connection, table_name: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(TABLES[table_name])).scalar())
+
+
+# -- strategy state blobs --------------------------------------------------------------------
+def pack_state(state: dict[str, Any]) -> bytes:
+    def enc(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            return {"__nd__": True, "dtype": str(v.dtype), "shape": list(v.shape),
+                    "data": v.tobytes()}
+        return v
+
+    return msgpack.packb({k: enc(v) for k, v in state.items()}, use_bin_type=True)
+
+
+def unpack_state(blob: bytes | None) -> dict[str, Any]:
+    if not blob:
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in msgpack.unpackb(blob, raw=False).items():
+        if isinstance(v, dict) and v.get("__nd__"):
+            v = np.frombuffer(v["data"], dtype=v["dtype"]).reshape(v["shape"]).copy()
+        out[k] = v
+    return out

@@ -1,0 +1,223 @@
+"""The store: jobs, rounds, participants, checkpoints and the audit trail.
+
+One async API over two engines. SQLite (embedded) runs in-process on a
+synchronous connection — a thread hop per statement would cost more than the
+statement; PostgreSQL (distributed) runs on asyncpg. Both execute the same
+functions from :mod:`tsfl.storage.queries`.
+
+Round transitions are checked against the lifecycle and persisted before anyone
+announces them. The audit trail is append-only and hash-chained per job: each row
+carries the hash of the previous one, so editing or deleting a row is detectable
+(:meth:`Store.verify_audit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tsfl.storage import migrate
+from tsfl.storage import queries as q
+from tsfl.storage.states import RoundState, StoreError
+
+T = TypeVar("T")
+
+__all__ = ["RoundState", "Store", "StoreError"]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, emit BEGIN (so SAVEPOINTs work), and take the
+    # write lock up front: a transaction never has to upgrade a read lock.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """Async repository over one database (see the module docstring)."""
+
+    def __init__(self, *, sync_engine: Engine | None = None,
+                 async_engine: AsyncEngine | None = None):
+        if (sync_engine is None) == (async_engine is None):
+            raise ValueError("give exactly one of sync_engine, async_engine")
+        self._sync = sync_engine
+        self._async = async_engine
+
+    @property
+    def dialect(self) -> str:
+        engine = self._sync if self._sync is not None else self._async
+        assert engine is not None
+        return engine.dialect.name
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, url: str, *, migrate_schema: bool = True, **engine_kw: Any) -> Store:
+        """Connect and bring the schema to the latest migration.
+
+        ``url``: ``sqlite:///path`` (``sqlite+aiosqlite://`` is accepted too) or
+        ``postgresql+asyncpg://user@host/db``.
+        """
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), **engine_kw)
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
+            store = cls(sync_engine=engine)
+        elif parsed.get_backend_name() == "postgresql":
+            if parsed.get_driver_name() != "asyncpg":
+                parsed = parsed.set(drivername="postgresql+asyncpg")
+            store = cls(async_engine=create_async_engine(parsed, **engine_kw))
+        else:
+            raise StoreError(f"unsupported database {parsed.get_backend_name()!r}; "
+                             "use sqlite:///FILE or postgresql+asyncpg://...")
+        if migrate_schema:
+            await store.migrate()
+        return store
+
+    async def migrate(self, revision: str = "head") -> None:
+        await self._tx(migrate.upgrade_on, revision)
+
+    async def current_revision(self) -> str | None:
+        return await self._read(migrate.current_on)
+
+    async def close(self) -> None:
+        if self._sync is not None:
+            self._sync.dispose()
+        else:
+            assert self._async is not None
+            await self._async.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in one write transaction."""
+        if self._sync is not None:
+            with self._sync.begin() as conn:
+                return fn(conn, *args)
+        assert self._async is not None
+        async with self._async.begin() as aconn:
+            return await aconn.run_sync(fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._sync is not None:
+            with self._sync.connect() as conn:
+                return fn(conn, *args)
+        assert self._async is not None
+        async with self._async.connect() as aconn:
+            return await aconn.run_sync(fn, *args)
+
+    # -- jobs ------------------------------------------------------------------------------
+    async def create_job(self, job_id: str, name: str, spec: dict[str, Any], spec_sha256: str,
+                         layout: list[dict[str, Any]] | None = None) -> None:
+        await self._tx(q.create_job, job_id, name, spec, spec_sha256, layout)
+
+    async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
+        await self._tx(q.finish_job, job_id, status, reason)
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return await self._read(q.get_job, job_id)
+
+    # -- rounds ----------------------------------------------------------------------------
+    async def open_round(self, job_id: str, number: int, model_version: int,
+                         cohort: Sequence[str]) -> None:
+        """Create round ``number`` with its cohort and move it OPEN -> COLLECTING
+        (one transaction, before the round is announced)."""
+        await self._tx(q.open_round, job_id, number, model_version, list(cohort))
+
+    async def transition_round(self, job_id: str, number: int, new: RoundState, *,
+                               reason: str | None = None) -> None:
+        """Move a round along its lifecycle; illegal moves raise :class:`StoreError`."""
+        await self._tx(q.transition_round, job_id, number, new, reason)
+
+    async def complete_round(self, job_id: str, number: int, *, accepted: Iterable[str],
+                             rejected: dict[str, str], dropped: Iterable[str],
+                             publish: bool = True) -> None:
+        """CLOSING -> AGGREGATED (with each participant's outcome) -> PUBLISHED."""
+        await self._tx(q.complete_round, job_id, number, list(accepted), dict(rejected),
+                       list(dropped), publish)
+
+    async def set_round_metrics(self, job_id: str, number: int,
+                                metrics: dict[str, Any]) -> None:
+        await self._tx(q.set_round_metrics, job_id, number, metrics)
+
+    async def get_round(self, job_id: str, number: int) -> dict[str, Any] | None:
+        return await self._read(q.get_round, job_id, number)
+
+    async def list_rounds(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._read(q.list_rounds, job_id)
+
+    # -- participants ----------------------------------------------------------------------
+    async def record_upload(self, job_id: str, number: int, client_id: str, *,
+                            num_examples: int, bytes_up: int,
+                            metrics: dict[str, float]) -> bool:
+        """Mark a selected client's update as received.
+
+        Returns ``False`` (changing nothing) if this (job, round, client) already
+        uploaded, so a replayed or duplicated upload never counts twice; raises
+        :class:`StoreError` if the client was not selected for the round.
+        """
+        return await self._tx(q.record_upload, job_id, number, client_id, num_examples,
+                              bytes_up, metrics)
+
+    async def reject_participant(self, job_id: str, number: int, client_id: str, reason: str,
+                                 actor: str = "coordinator") -> None:
+        await self._tx(q.reject_participant, job_id, number, client_id, reason, actor)
+
+    async def list_participants(self, job_id: str, number: int | None = None
+                                ) -> list[dict[str, Any]]:
+        return await self._read(q.list_participants, job_id, number)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    async def save_checkpoint(self, job_id: str, version: int, number: int, layout_digest: str,
+                              vector: np.ndarray,
+                              strategy_state: dict[str, Any] | None = None) -> None:
+        await self._tx(q.save_checkpoint, job_id, version, number, layout_digest, vector,
+                       strategy_state)
+
+    async def latest_checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        return await self._read(q.latest_checkpoint, job_id)
+
+    # -- audit -----------------------------------------------------------------------------
+    async def append_audit(self, job_id: str, kind: str, payload: dict[str, Any],
+                           actor: str = "coordinator") -> None:
+        await self._tx(q.append_audits, job_id, [(kind, actor, payload)])
+
+    async def audit_trail(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._read(q.audit_trail, job_id)
+
+    async def verify_audit(self, job_id: str) -> tuple[bool, str]:
+        """Recompute the chain; ``(False, why)`` names the first broken row."""
+        prev = q.GENESIS_HASH
+        for expected_seq, row in enumerate(await self.audit_trail(job_id)):
+            if row["seq"] != expected_seq:
+                return False, f"row seq {row['seq']} where {expected_seq} was expected (deleted?)"
+            if row["prev_hash"] != prev:
+                return False, f"row seq {row['seq']}: prev_hash does not match the previous row"
+            if q.audit_hash(prev, row) != row["hash"]:
+                return False, f"row seq {row['seq']}: content does not match its hash"
+            prev = row["hash"]
+        return True, "ok"
+
+    async def count(self, table_name: str) -> int:
+        return await self._read(q.count, table_name)
+
+    async def run_in_transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(sync_connection, *args)`` in a write transaction (tests, tools)."""
+        return await self._tx(fn, *args)
