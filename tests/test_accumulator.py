@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tsfl.core.accumulator import AccumulatorError, WeightedAccumulator
+
+
+def _reference(vectors, weights):
+    return np.average(np.stack(vectors).astype(np.float64), axis=0, weights=weights)
+
+
+@pytest.mark.parametrize(("n", "p"), [(1, 10), (10, 1000), (100, 10_000)])
+def test_matches_numpy_weighted_mean(n, p):
+    rng = np.random.default_rng(n)
+    vectors = [rng.normal(size=p).astype(np.float32) for _ in range(n)]
+    weights = rng.integers(1, 500, size=n).astype(float)
+    acc = WeightedAccumulator(p)
+    for v, w in zip(vectors, weights, strict=True):
+        acc.add(v, w)
+    ref = _reference(vectors, weights)
+    got = acc.mean()
+    scale = np.max(np.abs(ref))
+    assert np.max(np.abs(got - ref)) <= 1e-6 * scale
+    assert acc.count == n and acc.total_weight == pytest.approx(weights.sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.floats(-1e3, 1e3), min_size=5, max_size=5),
+                          st.integers(1, 1000)), min_size=1, max_size=20))
+def test_property_weighted_mean(items):
+    acc = WeightedAccumulator(5)
+    for values, w in items:
+        acc.add(np.asarray(values, np.float32), w)
+    ref = _reference([np.asarray(v, np.float32) for v, _ in items], [w for _, w in items])
+    np.testing.assert_allclose(acc.mean(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_merge_equals_single_fold():
+    rng = np.random.default_rng(3)
+    vs = [rng.normal(size=50).astype(np.float32) for _ in range(6)]
+    one, a, b = WeightedAccumulator(50), WeightedAccumulator(50), WeightedAccumulator(50)
+    for i, v in enumerate(vs):
+        one.add(v, i + 1)
+        (a if i < 3 else b).add(v, i + 1)
+    a.merge(b)
+    np.testing.assert_allclose(a.mean(), one.mean(), rtol=1e-6)
+
+
+def test_memory_is_one_vector_whatever_the_number_of_clients():
+    acc = WeightedAccumulator(1000)
+    v = np.ones(1000, np.float32)
+    for _ in range(500):
+        acc.add(v, 2.0)
+    assert acc.weighted_sum.nbytes == 4000
+    np.testing.assert_allclose(acc.mean_inplace(), 1.0)
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf")])
+def test_rejects_bad_weights(weight):
+    with pytest.raises(AccumulatorError):
+        WeightedAccumulator(3).add(np.ones(3, np.float32), weight)
+
+
+def test_rejects_wrong_vectors_and_empty_mean():
+    acc = WeightedAccumulator(3)
+    with pytest.raises(AccumulatorError):
+        acc.add(np.ones(4, np.float32), 1)
+    with pytest.raises(AccumulatorError):
+        acc.add(np.ones(3, np.float64), 1)
+    with pytest.raises(AccumulatorError):
+        acc.mean()
