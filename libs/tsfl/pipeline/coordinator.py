@@ -30,6 +30,9 @@ from tsfl.wire.messages import encode_model, peek_update_meta
 
 log = logging.getLogger("tsfl.coordinator")
 
+#: audit chain for events that belong to no job (unreadable or unknown-job uploads)
+SYSTEM_AUDIT = "_system"
+
 
 @dataclass
 class RoundResult:
@@ -254,7 +257,8 @@ class Coordinator:
             job.job_id, active.number, client_id, num_examples=meta["num_examples"],
             bytes_up=len(data), metrics={})
         if not fresh:
-            return UploadReceipt(False, "duplicate", "this update was already accepted")
+            return await self._refuse(job, active, client_id, "duplicate",
+                                      "this update was already accepted")
         active.uploaded.append(client_id)
         active.bytes_up += len(data)
         await self.bus.publish(topics.UPDATES_RAW, data,
@@ -265,10 +269,10 @@ class Coordinator:
 
     async def _refuse(self, job: _Job | None, active: _ActiveRound | None, client_id: str,
                       code: str, message: str) -> UploadReceipt:
-        if job is not None:
-            await self.store.append_audit(job.job_id, "upload.refused", {
-                "round": active.number if active else None, "client_id": client_id,
-                "code": code, "message": message})
+        # Refusals that cannot be tied to a running job go to the system audit chain.
+        await self.store.append_audit(job.job_id if job else SYSTEM_AUDIT, "upload.refused", {
+            "round": active.number if active else None, "client_id": client_id,
+            "code": code, "message": message})
         log.info("refused upload from %s: %s (%s)", client_id, code, message)
         return UploadReceipt(False, code, message)
 
