@@ -70,3 +70,50 @@ def test_rejects_wrong_vectors_and_empty_mean():
         acc.add(np.ones(3, np.float64), 1)
     with pytest.raises(AccumulatorError):
         acc.mean()
+
+
+# -- RoundFold: deferred finiteness check -------------------------------------------------------
+from tsfl.core.fold import RoundFold  # noqa: E402
+
+
+def _strict(items):
+    acc = WeightedAccumulator(len(items[0][1]))
+    for _, v, w in items:
+        if np.isfinite(v).all():
+            acc.add(v, w)
+    return acc.mean()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_round_fold_refuses_nonfinite_and_equals_a_strict_fold(bad):
+    rng = np.random.default_rng(0)
+    items = [(f"c{i}", rng.normal(size=100).astype(np.float32), float(i + 1)) for i in range(6)]
+    poisoned = items[2][1].copy()
+    poisoned[17] = bad
+    items[2] = ("c2", poisoned, 3.0)
+    fold = RoundFold(100)
+    for key, v, w in items:
+        fold.add(key, v, w)
+    result = fold.close()
+    assert list(result.rejected) == ["c2"] and "nonfinite" in result.rejected["c2"]
+    assert result.accepted == ["c0", "c1", "c3", "c4", "c5"]
+    np.testing.assert_array_equal(result.mean, _strict(items))  # bit-identical
+
+
+def test_round_fold_clean_path_and_empty_and_overflow():
+    fold = RoundFold(3)
+    fold.add("a", np.ones(3, np.float32), 1)
+    fold.add("b", np.full(3, 3, np.float32), 1)
+    result = fold.close()
+    np.testing.assert_array_equal(result.mean, 2.0)
+    assert result.rejected == {} and result.total_weight == 2
+    assert RoundFold(3).close().mean is None
+    big = RoundFold(2)
+    big.add("a", np.full(2, 3e38, np.float32), 1)
+    big.add("b", np.full(2, 3e38, np.float32), 1)
+    over = big.close()
+    assert over.mean is None and "overflow" in over.error and over.rejected == {}
+    allbad = RoundFold(2)
+    allbad.add("a", np.array([np.nan, 0], np.float32), 1)
+    res = allbad.close()
+    assert res.mean is None and list(res.rejected) == ["a"]

@@ -1,6 +1,7 @@
-import zlib
+import struct
 
 import msgpack
+import xxhash
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,10 +21,23 @@ def _update(**kw):
     return Update(**base)
 
 
-def _mutate(data: bytes, **fields) -> bytes:
-    obj = msgpack.unpackb(data, raw=False)
-    obj.update(fields)
-    return msgpack.packb(obj, use_bin_type=True)
+def _split(data: bytes):
+    magic, head_len = struct.unpack_from("<4sI", data)
+    assert magic == b"TSF1"
+    head = msgpack.unpackb(data[8:8 + head_len], raw=False)
+    return head, data[-(-(8 + head_len) // 64) * 64:]
+
+
+def _join(head: dict, payload: bytes) -> bytes:
+    blob = msgpack.packb(head, use_bin_type=True)
+    pad = -(-(8 + len(blob)) // 64) * 64 - 8 - len(blob)
+    return struct.pack("<4sI", b"TSF1", len(blob)) + blob + bytes(pad) + payload
+
+
+def _mutate(data: bytes, payload: bytes | None = None, **fields) -> bytes:
+    head, body = _split(data)
+    head.update(fields)
+    return _join(head, body if payload is None else payload)
 
 
 def test_update_round_trip():
@@ -46,7 +60,9 @@ def test_model_round_trip():
 @pytest.mark.parametrize(
     ("mutation", "code"),
     [
-        ({"crc32": 1}, "checksum"),
+        ({"xxh3": 1}, "checksum"),
+        ({"payload_len": 3}, "malformed"),
+        ({"xxh3": "abc"}, "malformed"),
         ({"layout": "0" * 16}, "layout"),
         ({"v": 99}, "version"),
         ({"kind": "model"}, "kind"),
@@ -67,7 +83,8 @@ def test_mutated_updates_are_refused_with_a_code(mutation, code):
 
 def test_wrong_size_and_nonfinite_payloads():
     short = np.arange(7, dtype=np.float32).tobytes()
-    data = _mutate(encode_update(_update(), LAYOUT), payload=short, crc32=zlib.crc32(short))
+    data = _mutate(encode_update(_update(), LAYOUT), payload=short, payload_len=len(short),
+                   xxh3=xxhash.xxh3_64_intdigest(short))
     with pytest.raises(WireError) as info:
         decode_update(data, LAYOUT)
     assert info.value.code == "shape"
@@ -91,6 +108,27 @@ def test_size_limit_checked_before_parsing():
 def test_random_bytes_never_crash(blob):
     with pytest.raises(WireError):
         decode_update(blob, LAYOUT)
+
+
+def test_huge_but_finite_values_are_not_mistaken_for_nonfinite():
+    d = np.full(8, 3e38, np.float32)  # the sum of squares overflows; the values are finite
+    assert decode_update(encode_update(_update(delta=d), LAYOUT), LAYOUT).delta[0] == d[0]
+
+
+def test_decoded_payload_is_a_zero_copy_view():
+    data = encode_update(_update(), LAYOUT)
+    u = decode_update(data, LAYOUT)
+    assert not u.delta.flags.writeable and u.delta.base is not None
+    assert u.delta.flags.aligned and u.delta.ctypes.data % 16 == 0
+
+
+def test_frame_prefix_errors():
+    data = encode_update(_update(), LAYOUT)
+    for bad in (b"", b"TSF", b"XXXX" + data[4:], data[:4] + struct.pack("<I", 1 << 30)
+                + data[8:]):
+        with pytest.raises(WireError) as info:
+            decode_update(bad, LAYOUT)
+        assert info.value.code == "malformed"
 
 
 @settings(max_examples=300, deadline=None)

@@ -19,7 +19,7 @@ import numpy as np
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
 from tsfl.config import JobSpec
-from tsfl.core.accumulator import WeightedAccumulator
+from tsfl.core.fold import RoundFold
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.storage.store import Store
@@ -33,21 +33,17 @@ log = logging.getLogger("tsfl.aggregator")
 @dataclass
 class _RoundFold:
     number: int
-    acc: WeightedAccumulator
-    accepted: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    loss_sum: float = 0.0
-    loss_weight: int = 0
-    num_examples: int = 0
+    fold: RoundFold
+    seen_clients: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)  # refused on arrival
+    weights: dict[str, int] = field(default_factory=dict)
+    losses: dict[str, float] = field(default_factory=dict)
     closing: set[str] | None = None
     held: dict[tuple[str, int], Record] = field(default_factory=dict)  # to commit at close
     close_record: Record | None = None
 
     def seen(self, client: str) -> bool:
-        return client in self.rejected or client in self._accepted_set
-
-    def __post_init__(self) -> None:
-        self._accepted_set: set[str] = set()
+        return client in self.seen_clients
 
 
 @dataclass
@@ -146,7 +142,7 @@ class Aggregator:
 
     def _ensure_fold(self, state: _JobState, number: int) -> _RoundFold:
         if state.fold is None or state.fold.number != number:
-            state.fold = _RoundFold(number, WeightedAccumulator(state.layout.total_size))
+            state.fold = _RoundFold(number, RoundFold(state.layout.total_size))
         return state.fold
 
     # -- updates ---------------------------------------------------------------------------
@@ -169,8 +165,13 @@ class Aggregator:
         client = meta["client_id"]
         if fold.seen(client):
             return  # duplicate delivery: counted once already
+        fold.seen_clients.add(client)
         try:
-            update = decode_update(record.value, state.layout, max_bytes=self.max_update_bytes)
+            # The coordinator verified the checksum at the edge (the bus hop is covered by
+            # Kafka's record CRC32C), and RoundFold checks finiteness at close, so decoding
+            # here reads nothing but the header.
+            update = decode_update(record.value, state.layout, max_bytes=self.max_update_bytes,
+                                   verify_checksum=False, allow_nonfinite=True)
             if update.model_version != state.version:
                 raise WireError("stale", f"trained on model v{update.model_version}, "
                                          f"the round is on v{state.version}")
@@ -180,13 +181,10 @@ class Aggregator:
                                           {"round": fold.number, "client_id": client,
                                            "reason": fold.rejected[client]}, actor="aggregator")
         else:
-            fold.acc.add(update.delta, float(update.num_examples))
-            fold.accepted.append(client)
-            fold._accepted_set.add(client)
-            fold.num_examples += update.num_examples
+            fold.fold.add(client, update.delta, float(update.num_examples))
+            fold.weights[client] = update.num_examples
             if "train_loss" in update.metrics:
-                fold.loss_sum += update.metrics["train_loss"] * update.num_examples
-                fold.loss_weight += update.num_examples
+                fold.losses[client] = update.metrics["train_loss"]
         await self._maybe_finalize(state)
 
     # -- close -----------------------------------------------------------------------------
@@ -196,11 +194,20 @@ class Aggregator:
             return
         if any(not fold.seen(c) for c in fold.closing):
             return  # some announced updates are still on their way
-        accepted = list(fold.accepted)  # only announced uploads ever reach the raw topic
-        rejected = dict(fold.rejected)
-        train_loss = fold.loss_sum / fold.loss_weight if fold.loss_weight else None
-        new_vector = (state.strategy.aggregate_fit(state.vector, fold.acc.mean_inplace())
-                      if accepted else None)
+        result = fold.fold.close()
+        rejected = {**fold.rejected, **{str(k): v for k, v in result.rejected.items()}}
+        for client in result.rejected:
+            await self.store.append_audit(state.job_id, "update.rejected",
+                                          {"round": fold.number, "client_id": client,
+                                           "reason": result.rejected[client]},
+                                          actor="aggregator")
+        accepted = [str(c) for c in result.accepted]
+        examples = sum(fold.weights[c] for c in accepted)
+        with_loss = [c for c in accepted if c in fold.losses]
+        train_loss = (sum(fold.losses[c] * fold.weights[c] for c in with_loss)
+                      / sum(fold.weights[c] for c in with_loss)) if with_loss else None
+        new_vector = (state.strategy.aggregate_fit(state.vector, result.mean)
+                      if result.mean is not None else None)
         if new_vector is not None:
             version = state.version + 1
             await self.store.save_checkpoint(state.job_id, version, fold.number,
@@ -209,12 +216,12 @@ class Aggregator:
             state.vector, state.version = new_vector, version
             msg = events.aggregate_message(
                 state.job_id, fold.number, version, ok=True, accepted=accepted,
-                rejected=rejected, num_examples=fold.num_examples, train_loss=train_loss)
+                rejected=rejected, num_examples=examples, train_loss=train_loss)
         else:
             msg = events.aggregate_message(
                 state.job_id, fold.number, state.version, ok=False, accepted=[],
                 rejected=rejected, num_examples=0, train_loss=None,
-                reason="no valid update to aggregate")
+                reason=result.error or "no valid update to aggregate")
         await self.bus.publish(topics.AGGREGATES, msg, key=topics.round_key(state.job_id,
                                                                             fold.number))
         await self._commit_fold(fold)

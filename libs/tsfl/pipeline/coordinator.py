@@ -229,7 +229,7 @@ class Coordinator:
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
         """Accept a device's update: check it, persist it, pass it down the pipeline."""
         try:
-            meta = peek_update_meta(data, self.max_update_bytes)
+            meta = peek_update_meta(data, self.max_update_bytes, verify=True)
         except WireError as exc:
             return await self._refuse(None, None, client_id, exc.code, str(exc))
         job = self.jobs.get(meta["job_id"])

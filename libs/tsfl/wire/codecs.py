@@ -11,21 +11,20 @@ import numpy as np
 from tsfl.wire.envelope import WireError
 
 F32 = np.dtype("<f4")
-
-
-def encode_f32(vec: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vec, dtype=F32).tobytes()
-
-
-def decode_f32(payload: bytes, expected_size: int) -> np.ndarray:
-    if len(payload) != expected_size * 4:
-        raise WireError(
-            "shape", f"payload holds {len(payload) // 4 if len(payload) % 4 == 0 else 'a partial'}"
-            f" float32 value(s); the layout needs {expected_size}")
-    return np.frombuffer(payload, dtype=F32)
-
-
 KNOWN_CODECS = ("f32",)
+
+
+def encode_f32(vec: np.ndarray) -> memoryview:
+    """The vector's bytes (no copy when it is already contiguous little-endian float32)."""
+    return memoryview(np.ascontiguousarray(vec, dtype=F32)).cast("B")
+
+
+def decode_f32(payload: bytes | memoryview, expected_size: int) -> np.ndarray:
+    """A read-only float32 view of the payload (no copy)."""
+    if len(payload) != expected_size * 4:
+        raise WireError("shape", f"payload has {len(payload)} bytes; the layout needs "
+                                 f"{expected_size} float32 values ({expected_size * 4} bytes)")
+    return np.frombuffer(payload, dtype=F32)
 
 
 def check_chain(chain: list[str]) -> tuple[str, ...]:
