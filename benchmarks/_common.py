@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results"
-console = Console()
+console = Console(width=150)
 
 
 def timeit(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:

@@ -158,7 +158,7 @@ def main() -> None:
     print_table("FedAvg aggregation (ms; ratios: Flower/tsfl, tsfl/floor, FlowerMsg/tsfl+decode)",
                 ["N", "P", "tsfl", "floor", "Flower", "×Flower", "÷floor", "tsfl+dec",
                  "Flower msg", "×msg"],
-                [[r["n"], r["p"], r["tsfl_s"] * 1e3, r["numpy_floor_s"] * 1e3,
+                [[r["n"], f"{r['p'] // 1000}k", r["tsfl_s"] * 1e3, r["numpy_floor_s"] * 1e3,
                   r["flower_s"] * 1e3, r["vs_flower"], r["vs_floor"],
                   r.get("tsfl_wire_s", float("nan")) * 1e3,
                   r.get("flower_msg_s", float("nan")) * 1e3,

@@ -216,7 +216,8 @@ class Aggregator:
             state.vector, state.version = new_vector, version
             msg = events.aggregate_message(
                 state.job_id, fold.number, version, ok=True, accepted=accepted,
-                rejected=rejected, num_examples=examples, train_loss=train_loss)
+                rejected=rejected, num_examples=examples, train_loss=train_loss,
+                vector=new_vector)
         else:
             msg = events.aggregate_message(
                 state.job_id, fold.number, state.version, ok=False, accepted=[],
@@ -245,6 +246,6 @@ class Aggregator:
                                        accepted=accepted, rejected={},
                                        num_examples=sum(p["num_examples"] or 0 for p in parts
                                                         if p["client_id"] in accepted),
-                                       train_loss=None)
+                                       train_loss=None, vector=ckpt["vector"])
         await self.bus.publish(topics.AGGREGATES, msg, key=topics.round_key(state.job_id, number))
 

@@ -25,6 +25,7 @@ from tsfl.pipeline.selection import UniformSelector, client_seed
 from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.storage.store import RoundState, Store, StoreError
 from tsfl.strategies import build_strategy
+from tsfl.wire.codecs import decode_f32
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import encode_model, peek_update_meta
 
@@ -284,14 +285,14 @@ class Coordinator:
             if record is None:
                 continue
             try:
-                await self._on_aggregate(events.parse_aggregate(record.value))
+                await self._on_aggregate(*events.parse_aggregate(record.value))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("coordinator failed on aggregate at offset %d", record.offset)
             await self._consumer.commit(record)
 
-    async def _on_aggregate(self, msg: dict[str, Any]) -> None:
+    async def _on_aggregate(self, msg: dict[str, Any], payload: memoryview) -> None:
         job = self.jobs.get(msg["job"])
         if job is None or job.round is None or job.round.number != msg["round"]:
             return  # replay of an older round's result
@@ -308,14 +309,15 @@ class Coordinator:
                                               dropped, 0, None, active.bytes_up,
                                               active.bytes_down, msg.get("reason")))
             return
-        ckpt = await self.store.latest_checkpoint(job.job_id)
-        if ckpt is None or ckpt["version"] != msg["version"]:
-            raise StoreError(f"checkpoint v{msg['version']} of {job.job_id} is missing")
+        if msg["version"] != job.version + 1:
+            raise StoreError(f"aggregate of round {active.number} is v{msg['version']}, "
+                             f"expected v{job.version + 1}")
+        vector = decode_f32(payload, job.layout.total_size)
         await self.store.complete_round(job.job_id, active.number, accepted=accepted,
                                         rejected=rejected, dropped=dropped)
         active.state = RoundState.PUBLISHED
         job.version = msg["version"]
-        job.model_bytes = encode_model(job.job_id, job.version, ckpt["vector"], job.layout,
+        job.model_bytes = encode_model(job.job_id, job.version, vector, job.layout,
                                        {"round": active.number})
         await self.bus.publish(topics.MODELS, job.model_bytes, key=job.job_id.encode())
         await self.bus.publish(topics.ROUNDS, events.round_event(

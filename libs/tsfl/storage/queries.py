@@ -41,8 +41,19 @@ _RECORD_UPLOAD = (update(participants).where(
 _PARTICIPANT_STATUS = select(participants.c.status).where(
     participants.c.job_id == bindparam("p_job"), participants.c.round == bindparam("p_round"),
     participants.c.client_id == bindparam("p_client"))
+_PARTICIPANT_OUTCOME = (update(participants).where(
+    participants.c.job_id == bindparam("p_job"), participants.c.round == bindparam("p_round"),
+    participants.c.client_id == bindparam("p_client"),
+).values(status=bindparam("st"), reason=bindparam("why"), updated_at=bindparam("ts")))
+_ROUND_INSERT = insert(rounds)
+_PARTICIPANT_INSERT = insert(participants)
+_CHECKPOINT_INSERT = insert(checkpoints)
+_LATEST_CHECKPOINT = (select(checkpoints).where(checkpoints.c.job_id == bindparam("c_job"))
+                      .order_by(checkpoints.c.version.desc()).limit(1))
 _ROUND_WHERE = (rounds.c.job_id == bindparam("r_job"), rounds.c.number == bindparam("r_num"))
 _ROUND_STATE = select(rounds.c.state).where(*_ROUND_WHERE)
+_ROUND_METRICS = update(rounds).where(*_ROUND_WHERE).values(metrics=bindparam("m"),
+                                                           updated_at=bindparam("ts"))
 _TRANSITIONS = {
     new: update(rounds).where(
         *_ROUND_WHERE, rounds.c.state.in_([s.value for s, nx in NEXT_STATES.items()
@@ -130,14 +141,14 @@ def open_round(conn: Connection, job_id: str, number: int, model_version: int,
     ts = now()
     try:
         with conn.begin_nested():
-            conn.execute(insert(rounds).values(
-                job_id=job_id, number=number, state=RoundState.COLLECTING.value,
-                model_version=model_version, cohort_size=len(cohort),
-                opened_at=ts, updated_at=ts))
+            conn.execute(_ROUND_INSERT, {
+                "job_id": job_id, "number": number, "state": RoundState.COLLECTING.value,
+                "model_version": model_version, "cohort_size": len(cohort),
+                "opened_at": ts, "updated_at": ts})
     except IntegrityError:
         raise StoreError(f"round {number} of job {job_id!r} already exists") from None
     if cohort:
-        conn.execute(insert(participants), [
+        conn.execute(_PARTICIPANT_INSERT, [
             {"job_id": job_id, "round": number, "client_id": c, "status": "selected",
              "updated_at": ts} for c in cohort])
     append_audits(conn, job_id, [
@@ -147,9 +158,10 @@ def open_round(conn: Connection, job_id: str, number: int, model_version: int,
     ])
 
 
-def transition_round(conn: Connection, job_id: str, number: int, new: RoundState,
-                     reason: str | None = None) -> None:
-    values: dict[str, Any] = {"state": new.value, "updated_at": now()}
+def _set_state(conn: Connection, job_id: str, number: int, new: RoundState,
+               reason: str | None = None, **extra: Any) -> tuple[str, str, dict[str, Any]]:
+    """Move the round to ``new`` if the lifecycle allows it; return its audit entry."""
+    values: dict[str, Any] = {"state": new.value, "updated_at": now(), **extra}
     if reason is not None:
         values["reason"] = reason
     key = {"r_job": job_id, "r_num": number}
@@ -162,35 +174,36 @@ def transition_round(conn: Connection, job_id: str, number: int, new: RoundState
     payload: dict[str, Any] = {"round": number, "to": new.value}
     if reason:
         payload["reason"] = reason
-    append_audits(conn, job_id, [(f"round.{new.value.lower()}", "coordinator", payload)])
+    return (f"round.{new.value.lower()}", "coordinator", payload)
+
+
+def transition_round(conn: Connection, job_id: str, number: int, new: RoundState,
+                     reason: str | None = None) -> None:
+    append_audits(conn, job_id, [_set_state(conn, job_id, number, new, reason)])
 
 
 def complete_round(conn: Connection, job_id: str, number: int, accepted: Iterable[str],
                    rejected: dict[str, str], dropped: Iterable[str], publish: bool) -> None:
+    """CLOSING -> AGGREGATED with every participant's outcome (-> PUBLISHED)."""
     accepted, dropped = list(accepted), list(dropped)
     ts = now()
-    transition_round(conn, job_id, number, RoundState.AGGREGATED)
-    base = (participants.c.job_id == job_id, participants.c.round == number)
-    if accepted:
-        conn.execute(update(participants).where(*base, participants.c.client_id.in_(accepted))
-                     .values(status="accepted", updated_at=ts))
-    for client, why in rejected.items():
-        conn.execute(update(participants).where(*base, participants.c.client_id == client)
-                     .values(status="rejected", reason=why, updated_at=ts))
-    if dropped:
-        conn.execute(update(participants).where(*base, participants.c.client_id.in_(dropped))
-                     .values(status="dropped", reason="no update before the round closed",
-                             updated_at=ts))
-    conn.execute(update(rounds).where(rounds.c.job_id == job_id, rounds.c.number == number)
-                 .values(accepted=len(accepted), rejected=len(rejected)))
+    audit = [_set_state(conn, job_id, number, RoundState.AGGREGATED,
+                        accepted=len(accepted), rejected=len(rejected))]
+    outcomes = ([(c, "accepted", None) for c in accepted]
+                + [(c, "rejected", why) for c, why in rejected.items()]
+                + [(c, "dropped", "no update before the round closed") for c in dropped])
+    if outcomes:
+        conn.execute(_PARTICIPANT_OUTCOME, [
+            {"p_job": job_id, "p_round": number, "p_client": c, "st": st, "why": why, "ts": ts}
+            for c, st, why in outcomes])
     if publish:
-        transition_round(conn, job_id, number, RoundState.PUBLISHED)
+        audit.append(_set_state(conn, job_id, number, RoundState.PUBLISHED))
+    append_audits(conn, job_id, audit)
 
 
 def set_round_metrics(conn: Connection, job_id: str, number: int,
                       metrics: dict[str, Any]) -> None:
-    conn.execute(update(rounds).where(rounds.c.job_id == job_id, rounds.c.number == number)
-                 .values(metrics=metrics, updated_at=now()))
+    conn.execute(_ROUND_METRICS, {"r_job": job_id, "r_num": number, "m": metrics, "ts": now()})
 
 
 def get_round(conn: Connection, job_id: str, number: int) -> dict[str, Any] | None:
@@ -242,16 +255,15 @@ def list_participants(conn: Connection, job_id: str, number: int | None
 def save_checkpoint(conn: Connection, job_id: str, version: int, number: int,
                     layout_digest: str, vector: np.ndarray,
                     strategy_state: dict[str, Any] | None) -> None:
-    conn.execute(insert(checkpoints).values(
-        job_id=job_id, version=version, round=number, layout_digest=layout_digest,
-        vector=np.ascontiguousarray(vector, "<f4").tobytes(),
-        strategy_state=pack_state(strategy_state) if strategy_state else None,
-        created_at=now()))
+    conn.execute(_CHECKPOINT_INSERT, {
+        "job_id": job_id, "version": version, "round": number, "layout_digest": layout_digest,
+        "vector": np.ascontiguousarray(vector, "<f4").tobytes(),
+        "strategy_state": pack_state(strategy_state) if strategy_state else None,
+        "created_at": now()})
 
 
 def latest_checkpoint(conn: Connection, job_id: str) -> dict[str, Any] | None:
-    row = conn.execute(select(checkpoints).where(checkpoints.c.job_id == job_id)
-                       .order_by(checkpoints.c.version.desc()).limit(1)).mappings().first()
+    row = conn.execute(_LATEST_CHECKPOINT, {"c_job": job_id}).mappings().first()
     if row is None:
         return None
     out = dict(row)

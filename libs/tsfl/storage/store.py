@@ -13,6 +13,7 @@ carries the hash of the previous one, so editing or deleting a row is detectable
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -55,6 +56,10 @@ class Store:
             raise ValueError("give exactly one of sync_engine, async_engine")
         self._sync = sync_engine
         self._async = async_engine
+        # SQLite: one connection for the store's lifetime. Calls come from one event loop
+        # thread and never interleave (each runs to completion without awaiting), and a
+        # pool checkout per transaction costs more than the statements.
+        self._conn: Connection | None = sync_engine.connect() if sync_engine else None
 
     @property
     def dialect(self) -> str:
@@ -95,6 +100,9 @@ class Store:
 
     async def close(self) -> None:
         if self._sync is not None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             self._sync.dispose()
         else:
             assert self._async is not None
@@ -108,17 +116,17 @@ class Store:
 
     async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one write transaction."""
-        if self._sync is not None:
-            with self._sync.begin() as conn:
-                return fn(conn, *args)
+        if self._conn is not None:
+            with self._conn.begin():
+                return fn(self._conn, *args)
         assert self._async is not None
         async with self._async.begin() as aconn:
             return await aconn.run_sync(fn, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._sync is not None:
-            with self._sync.connect() as conn:
-                return fn(conn, *args)
+        if self._conn is not None:
+            with self._conn.begin():  # never leave a read transaction open
+                return fn(self._conn, *args)
         assert self._async is not None
         async with self._async.connect() as aconn:
             return await aconn.run_sync(fn, *args)
@@ -173,8 +181,44 @@ class Store:
         uploaded, so a replayed or duplicated upload never counts twice; raises
         :class:`StoreError` if the client was not selected for the round.
         """
+        if self._conn is not None:  # SQLite: the per-update hot path, straight to the driver
+            return self._record_upload_sqlite(job_id, number, client_id, num_examples,
+                                              bytes_up, metrics)
         return await self._tx(q.record_upload, job_id, number, client_id, num_examples,
                               bytes_up, metrics)
+
+    _SQLITE_RECORD_UPLOAD = (
+        "UPDATE participants SET status = 'uploaded', num_examples = ?, bytes_up = ?, "
+        "metrics = ?, updated_at = ? WHERE job_id = ? AND round = ? AND client_id = ? "
+        "AND status = 'selected'")
+
+    def _record_upload_sqlite(self, job_id: str, number: int, client_id: str,
+                              num_examples: int, bytes_up: int,
+                              metrics: dict[str, float]) -> bool:
+        """:func:`queries.record_upload` on the raw sqlite3 connection.
+
+        One statement per device update: SQLAlchemy's per-statement work costs ~8× the
+        statement here. Same SQL, same semantics; the SQLite store tests cover it.
+        """
+        assert self._conn is not None
+        if self._conn.in_transaction():
+            raise StoreError("record_upload called inside another transaction")
+        raw = self._conn.connection.driver_connection
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            cur = raw.execute(self._SQLITE_RECORD_UPLOAD, (
+                num_examples, bytes_up, json.dumps(metrics), q.now(), job_id, number, client_id))
+            fresh = cur.rowcount == 1
+            status = None if fresh else raw.execute(
+                "SELECT status FROM participants WHERE job_id = ? AND round = ? "
+                "AND client_id = ?", (job_id, number, client_id)).fetchone()
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+        if not fresh and status is None:
+            raise StoreError(f"client {client_id!r} was not selected for round {number}")
+        return fresh
 
     async def reject_participant(self, job_id: str, number: int, client_id: str, reason: str,
                                  actor: str = "coordinator") -> None:
