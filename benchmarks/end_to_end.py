@@ -191,7 +191,8 @@ def main() -> None:
         / (plain["rounds_to_target"] or float("nan")),
     }
     if "flower" in results:
-        ratios["flower_over_tsfl_per_round"] = results["flower"]["s_per_round"] / ours["s_per_round"]
+        flower_round = results["flower"]["s_per_round"]
+        ratios["flower_over_tsfl_per_round"] = flower_round / ours["s_per_round"]
         ratios["flower_over_plain_per_round"] = (results["flower"]["s_per_round"]
                                                  / plain["s_per_round"])
     print_table("digits reference job", ["", "rounds to 0.90", "rounds run", "final acc",

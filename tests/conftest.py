@@ -20,7 +20,7 @@ async def _pg_reachable() -> bool:
     try:
         conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"),
                                      timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True

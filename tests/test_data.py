@@ -14,7 +14,7 @@ def test_digits_split_is_stratified_and_reproducible():
     np.testing.assert_array_equal(a.y_test, b.y_test)
     counts = np.bincount(a.y_test)
     assert counts.min() >= 35 and counts.max() <= 37  # stratified 20%
-    assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+    assert a.x_train.min() >= 0.0 and a.x_train.max() <= 1.0
 
 
 def test_breast_cancer_is_standardised():

@@ -60,7 +60,7 @@ def test_same_seed_same_metrics(tmp_path):
 
 
 def test_run_persists_rounds_participants_checkpoints_and_audit(tmp_path):
-    spec, result = run(SMALL, tmp_path)
+    _spec, result = run(SMALL, tmp_path)
 
     async def check():
         store = await Store.open(f"sqlite:///{result.database}")

@@ -1,9 +1,9 @@
 import struct
 
 import msgpack
-import xxhash
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

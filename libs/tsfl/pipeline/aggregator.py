@@ -9,9 +9,6 @@ by client) and nothing is lost or counted twice.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,12 +19,11 @@ from tsfl.config import JobSpec
 from tsfl.core.fold import RoundFold
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
+from tsfl.pipeline.role import BusRole
 from tsfl.storage.store import Store
 from tsfl.strategies import Strategy, build_strategy
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
-
-log = logging.getLogger("tsfl.aggregator")
 
 
 @dataclass
@@ -57,64 +53,37 @@ class _JobState:
     fold: _RoundFold | None = None
 
 
-class Aggregator:
+class Aggregator(BusRole):
+    name = "aggregator"
+
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "aggregator",
                  max_update_bytes: int = 2 * 1024**3):
-        self.bus = bus
-        self.store = store
-        self.group_id = group_id
+        super().__init__(bus, store, [topics.ROUNDS, topics.UPDATES_RAW], group_id)
         self.max_update_bytes = max_update_bytes
         self.jobs: dict[str, _JobState] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._consumer = None
 
-    async def start(self) -> None:
-        self._consumer = self.bus.consumer([topics.ROUNDS, topics.UPDATES_RAW], self.group_id)
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="tsfl-aggregator")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer:
-            await self._consumer.stop()
-
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            record = await self._consumer.getone()
-            if record is None:
-                continue
-            try:
-                if record.topic == topics.ROUNDS:
-                    await self._on_round_event(record)
-                else:
-                    await self._on_update(record)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bad record must not take the service down
-                log.exception("aggregator failed on %s@%d", record.topic, record.offset)
-                await self._consumer.commit(record)
+    async def handle(self, record: Record) -> None:
+        if record.topic == topics.ROUNDS:
+            await self._on_round_event(record)
+        else:
+            await self._on_update(record)
 
     # -- control ---------------------------------------------------------------------------
     async def _on_round_event(self, record: Record) -> None:
-        assert self._consumer is not None
         event = events.parse_round_event(record.value)
         job_id, kind = event["job"], event["type"]
         if kind == events.JOB_STARTED:
             await self._load_job(job_id)
-            await self._consumer.commit(record)
+            await self.consumer.commit(record)
         elif kind == events.COLLECTING:
             state = self.jobs.get(job_id) or await self._load_job(job_id)
             self._ensure_fold(state, event["round"])
-            await self._consumer.commit(record)
+            await self.consumer.commit(record)
         elif kind == events.CLOSING:
             state = self.jobs.get(job_id) or await self._load_job(job_id)
             if event["round"] <= state.version:  # finalized before a restart: re-announce
                 await self._announce_existing(state, event["round"])
-                await self._consumer.commit(record)
+                await self.consumer.commit(record)
                 return
             fold = self._ensure_fold(state, event["round"])
             fold.closing = set(event.get("uploaded", []))
@@ -123,7 +92,7 @@ class Aggregator:
         else:
             if kind == events.JOB_FINISHED:
                 self.jobs.pop(job_id, None)
-            await self._consumer.commit(record)
+            await self.consumer.commit(record)
 
     async def _load_job(self, job_id: str) -> _JobState:
         row = await self.store.get_job(job_id)
@@ -147,18 +116,17 @@ class Aggregator:
 
     # -- updates ---------------------------------------------------------------------------
     async def _on_update(self, record: Record) -> None:
-        assert self._consumer is not None
         try:
             meta = peek_update_meta(record.value, self.max_update_bytes)
         except WireError as exc:
-            log.warning("unreadable update at %s@%d: %s", record.topic, record.offset, exc)
-            await self._consumer.commit(record)
+            self.log.warning("unreadable update at %s@%d: %s", record.topic, record.offset, exc)
+            await self.consumer.commit(record)
             return
         state = self.jobs.get(meta["job_id"])
         if state is None:
             state = await self._load_job(meta["job_id"])
         if meta["round"] <= state.version or (state.fold and meta["round"] < state.fold.number):
-            await self._consumer.commit(record)  # a round already aggregated: replay
+            await self.consumer.commit(record)  # a round already aggregated: replay
             return
         fold = self._ensure_fold(state, meta["round"])
         fold.held[(record.topic, record.partition)] = record
@@ -229,11 +197,10 @@ class Aggregator:
         state.fold = None
 
     async def _commit_fold(self, fold: _RoundFold) -> None:
-        assert self._consumer is not None
         for record in fold.held.values():
-            await self._consumer.commit(record)
+            await self.consumer.commit(record)
         if fold.close_record is not None:
-            await self._consumer.commit(fold.close_record)
+            await self.consumer.commit(fold.close_record)
 
     async def _announce_existing(self, state: _JobState, number: int) -> None:
         """Re-send the result of a round whose checkpoint exists (restart after save)."""

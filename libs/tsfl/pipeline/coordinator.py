@@ -8,8 +8,6 @@ event announcing it is published. Uploads are idempotent by (job, round, client)
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from tsfl.bus import topics
-from tsfl.bus.base import Bus
+from tsfl.bus.base import Bus, Record
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
+from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.selection import UniformSelector, client_seed
 from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.storage.store import RoundState, Store, StoreError
@@ -28,8 +27,6 @@ from tsfl.strategies import build_strategy
 from tsfl.wire.codecs import decode_f32
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import encode_model, peek_update_meta
-
-log = logging.getLogger("tsfl.coordinator")
 
 #: audit chain for events that belong to no job (unreadable or unknown-job uploads)
 SYSTEM_AUDIT = "_system"
@@ -75,33 +72,20 @@ class _Job:
     last_round: int = 0
 
 
-class Coordinator:
+class Coordinator(BusRole):
+    name = "coordinator"
+
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "coordinator",
                  max_update_bytes: int = 2 * 1024**3):
-        self.bus = bus
-        self.store = store
-        self.group_id = group_id
+        super().__init__(bus, store, [topics.AGGREGATES], group_id)
         self.max_update_bytes = max_update_bytes
         self.jobs: dict[str, _Job] = {}
-        self._consumer = None
-        self._task: asyncio.Task[None] | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._consumer = self.bus.consumer([topics.AGGREGATES], self.group_id)
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="tsfl-coordinator")
 
     async def stop(self) -> None:
         for job in self.jobs.values():
             if job.round and job.round.deadline:
                 job.round.deadline.cancel()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer:
-            await self._consumer.stop()
+        await super().stop()
 
     # -- jobs ------------------------------------------------------------------------------
     async def submit_job(self, job_id: str, spec: JobSpec, layout: ParamLayout,
@@ -274,23 +258,13 @@ class Coordinator:
         await self.store.append_audit(job.job_id if job else SYSTEM_AUDIT, "upload.refused", {
             "round": active.number if active else None, "client_id": client_id,
             "code": code, "message": message})
-        log.info("refused upload from %s: %s (%s)", client_id, code, message)
+        self.log.info("refused upload from %s: %s (%s)", client_id, code, message)
         return UploadReceipt(False, code, message)
 
     # -- results from the aggregator -------------------------------------------------------
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            record = await self._consumer.getone()
-            if record is None:
-                continue
-            try:
-                await self._on_aggregate(*events.parse_aggregate(record.value))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("coordinator failed on aggregate at offset %d", record.offset)
-            await self._consumer.commit(record)
+    async def handle(self, record: Record) -> None:
+        await self._on_aggregate(*events.parse_aggregate(record.value))
+        await self.consumer.commit(record)
 
     async def _on_aggregate(self, msg: dict[str, Any], payload: memoryview) -> None:
         job = self.jobs.get(msg["job"])

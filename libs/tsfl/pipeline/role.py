@@ -1,0 +1,71 @@
+"""The lifecycle every pipeline role shares: one consumer, one loop, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from tsfl.bus.base import Bus, Consumer, Record
+from tsfl.storage.store import Store
+
+
+class BusRole(ABC):
+    """Consumes ``topics`` as member of ``group_id`` and hands each record to :meth:`handle`.
+
+    ``handle`` commits what it has made durable. A record that makes it raise is logged
+    and committed (skipped), so one bad message never stops the role.
+    """
+
+    name: str = "role"
+
+    def __init__(self, bus: Bus, store: Store, topics: Sequence[str], group_id: str):
+        self.bus = bus
+        self.store = store
+        self.topics = tuple(topics)
+        self.group_id = group_id
+        self.log = logging.getLogger(f"tsfl.{self.name}")
+        self._consumer: Consumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._consumer
+
+    async def start(self) -> None:
+        self._consumer = self.bus.consumer(self.topics, self.group_id)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"tsfl-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def _run(self) -> None:
+        consumer = self.consumer
+        while True:
+            record = await consumer.getone()
+            if record is None:
+                continue
+            try:
+                await self.handle(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("%s failed on %s@%d:%d; skipping it", self.name,
+                                   record.topic, record.partition, record.offset)
+                await consumer.commit(record)
+
+    @abstractmethod
+    async def handle(self, record: Record) -> None:
+        """Process one record; commit it once its effect is durable."""
