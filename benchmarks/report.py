@@ -1,0 +1,73 @@
+"""Regenerate the results tables in benchmarks/README.md from benchmarks/results/*.json.
+
+Run: ``python -m benchmarks.report``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def _load(name: str) -> dict | None:
+    path = HERE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _size(p: int) -> str:
+    return f"{p // 1_000_000}M" if p % 1_000_000 == 0 else f"{p // 1000}k"
+
+
+def aggregation_table(data: dict) -> str:
+    lines = ["| N | P | tsfl | floor | Flower | Flower ÷ tsfl | tsfl ÷ floor | tsfl+decode "
+             "| Flower msg | Flower msg ÷ tsfl+decode |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        wire = r.get("tsfl_wire_s")
+        msg = r.get("flower_msg_s")
+        lines.append(
+            f"| {r['n']} | {_size(r['p'])} | {r['tsfl_s'] * 1e3:.2f} | "
+            f"{r['numpy_floor_s'] * 1e3:.2f} | {r['flower_s'] * 1e3:.1f} | "
+            f"**{r['vs_flower']:.1f}×** | {r['vs_floor']:.2f} | "
+            + (f"{wire * 1e3:.2f} | {msg * 1e3:.1f} | **{msg / wire:.1f}×** |" if wire else
+               "– | – | – |"))
+    return "\n".join(lines)
+
+
+def end_to_end_table(data: dict) -> str:
+    res, ratios = data["results"], data["ratios"]
+    lines = ["| | rounds to 0.90 | ms per round | total s |", "|---|---:|---:|---:|"]
+    for name in ("plain", "tsfl", "flower"):
+        if name in res:
+            r = res[name]
+            rounds = r.get("rounds_to_target") or f"– ({r['rounds']} run)"
+            lines.append(f"| {name} | {rounds} | {r['s_per_round'] * 1e3:.1f} | "
+                         f"{r['total_s']:.1f} |")
+    lines.append("")
+    lines.append(f"tsfl ÷ plain per round: **{ratios['tsfl_over_plain_per_round']:.2f}×**; "
+                 f"rounds to 0.90, tsfl ÷ plain: **{ratios['rounds_tsfl_over_plain']:.2f}**"
+                 + (f"; Flower ÷ tsfl per round: **{ratios['flower_over_tsfl_per_round']:.1f}×**"
+                    f" (Flower ÷ plain: {ratios['flower_over_plain_per_round']:.0f}×)"
+                    if "flower_over_tsfl_per_round" in ratios else "") + ".")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    for name, render in (("aggregation", aggregation_table), ("end_to_end", end_to_end_table)):
+        data = _load(name)
+        if data is None:
+            continue
+        block = f"<!-- {name}:start -->\n{render(data)}\n<!-- {name}:end -->"
+        pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
+        text = pattern.sub(lambda _m, b=block: b, text)
+    readme.write_text(text)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The benchmarks keep running (tiny sizes; timings are never asserted)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import aggregation, end_to_end  # noqa: E402
+from tsfl.config import load_job  # noqa: E402
+
+
+def test_aggregation_benchmark_runs_and_contenders_agree():
+    row = aggregation.bench(10, 5000, repeats=1, with_messages=True)
+    assert set(row) == {"tsfl_s", "flower_s", "numpy_floor_s", "tsfl_wire_s", "flower_msg_s"}
+    updates, weights = aggregation.make_updates(10, 5000)
+    np.testing.assert_allclose(aggregation.ours(updates, weights),
+                               aggregation.numpy_floor(updates, weights), rtol=1e-6)
+
+
+def test_end_to_end_tsfl_follows_the_plain_loop_round_for_round():
+    spec = load_job(end_to_end.CONFIG, {"rounds": 4, "target_accuracy": 0.99})
+    plain, ours = end_to_end.run_plain(spec), end_to_end.run_tsfl(spec)
+    assert plain["rounds"] == ours["rounds"] == 4
+    assert abs(plain["final_accuracy"] - ours["final_accuracy"]) < 1e-9
