@@ -1,14 +1,9 @@
 """The benchmarks keep running (tiny sizes; timings are never asserted)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import aggregation, end_to_end  # noqa: E402
-from tsfl.config import load_job  # noqa: E402
+from benchmarks import aggregation, end_to_end
+from tsfl.config import load_job
 
 
 def test_aggregation_benchmark_runs_and_contenders_agree():

@@ -1,8 +1,6 @@
 """The embedded deployment end to end, against a plain reference loop."""
 
 import asyncio
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +11,6 @@ from tsfl.runtime.embedded import run_embedded
 from tsfl.runtime.simulation import build_federation
 from tsfl.sdk.training import train_epochs
 from tsfl.storage import Store
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 SMALL = {
     "name": "small", "seed": 3, "rounds": 5,
