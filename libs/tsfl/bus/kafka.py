@@ -1,0 +1,228 @@
+"""The Kafka bus (aiokafka): the distributed deployment's implementation of :class:`Bus`.
+
+* Topics are created explicitly with their partition counts (never auto-created).
+* Producers wait for ``acks=all``; idempotent/transactional producers are not used, so
+  delivery is at-least-once and every consumer is idempotent by key.
+* Offsets are committed manually, only after a record's effect is persisted.
+* Values larger than ``chunk_bytes`` travel as a sequence of chunk records with the same
+  key (hence the same partition, in order), reassembled by the consumer: duplicates are
+  dropped, incomplete messages time out, and a commit never passes the first chunk of a
+  message still being assembled.
+* Headers carry the schema version and the W3C trace context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import xxhash
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from tsfl.bus.base import Bus, BusError, Consumer, Record
+from tsfl.telemetry import inject_trace_headers
+from tsfl.wire.envelope import WIRE_VERSION
+
+log = logging.getLogger("tsfl.bus.kafka")
+
+CHUNK_HEADER = "tsfl-chunk"
+SCHEMA_HEADER = "tsfl-schema"
+_CHUNK = struct.Struct("<16sIIQQ")  # message id, index, count, total length, xxh3 of whole
+
+
+@dataclass
+class _Assembly:
+    first_offset: int
+    count: int
+    total: int
+    digest: int
+    started: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+
+class KafkaBus(Bus):
+    def __init__(self, bootstrap: str, *, chunk_bytes: int = 4 * 1024**2,
+                 client_id: str = "tsfl", request_timeout_ms: int = 60_000):
+        if chunk_bytes < 1024:
+            raise ValueError("chunk_bytes must be at least 1 KiB")
+        self.bootstrap = bootstrap
+        self.chunk_bytes = chunk_bytes
+        self.client_id = client_id
+        self.request_timeout_ms = request_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.chunk_bytes + 1024**2
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
+            enable_idempotence=False, max_request_size=self.max_request_bytes,
+            request_timeout_ms=self.request_timeout_ms, linger_ms=0)
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            self._producer = None
+            raise BusError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def create_topics(self, topics: dict[str, int]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            new = [NewTopic(name, partitions, 1) for name, partitions in topics.items()
+                   if name not in existing]
+            if new:
+                try:
+                    await admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            await admin.close()
+
+    async def publish(self, topic: str, value: bytes, key: bytes | None = None,
+                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        if self._producer is None:
+            raise BusError("bus is not started")
+        hdrs = [(SCHEMA_HEADER, str(WIRE_VERSION).encode()), *inject_trace_headers(),
+                *headers]
+        view = memoryview(value)
+        if len(view) <= self.chunk_bytes:
+            await self._producer.send_and_wait(topic, bytes(view), key=key, headers=hdrs)
+            return
+        # Chunked: same key -> same partition -> in order. Send all, then wait for all.
+        msg_id = uuid.uuid4().bytes
+        count = -(-len(view) // self.chunk_bytes)
+        digest = xxhash.xxh3_64_intdigest(view)
+        futures = []
+        for index in range(count):
+            part = view[index * self.chunk_bytes:(index + 1) * self.chunk_bytes]
+            meta = _CHUNK.pack(msg_id, index, count, len(view), digest)
+            futures.append(await self._producer.send(
+                topic, bytes(part), key=key or msg_id, headers=[*hdrs, (CHUNK_HEADER, meta)]))
+        await asyncio.gather(*futures)
+
+    def consumer(self, topics: Sequence[str], group_id: str) -> KafkaConsumer:
+        return KafkaConsumer(self, tuple(topics), group_id)
+
+
+class KafkaConsumer(Consumer):
+    def __init__(self, bus: KafkaBus, topics: tuple[str, ...], group_id: str,
+                 assembly_timeout_s: float = 300.0):
+        self.bus = bus
+        self.topics = topics
+        self.group_id = group_id
+        self.assembly_timeout_s = assembly_timeout_s
+        self._consumer: AIOKafkaConsumer | None = None
+        self._assemblies: dict[tuple[str, int, bytes], _Assembly] = {}
+        self._done: set[tuple[str, int, bytes]] = set()
+
+    async def start(self) -> None:
+        fetch = self.bus.max_request_bytes
+        self._consumer = AIOKafkaConsumer(
+            *self.topics, bootstrap_servers=self.bus.bootstrap, group_id=self.group_id,
+            client_id=f"{self.bus.client_id}-{self.group_id}", enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_bytes=fetch * 4,
+            max_partition_fetch_bytes=fetch, check_crcs=True)
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            self._consumer = None
+            raise BusError(f"cannot reach Kafka at {self.bus.bootstrap}: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def getone(self, timeout: float | None = None) -> Record | None:
+        if self._consumer is None:
+            raise BusError("consumer is not started")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                msg = await asyncio.wait_for(self._consumer.getone(), remaining)
+            except TimeoutError:
+                return None
+            headers = tuple((k, bytes(v)) for k, v in (msg.headers or ()))
+            chunk = next((v for k, v in headers if k == CHUNK_HEADER), None)
+            record = Record(msg.topic, msg.partition, msg.offset, msg.key,
+                            msg.value if msg.value is not None else b"",
+                            tuple(h for h in headers if h[0] != CHUNK_HEADER))
+            if chunk is None:
+                return record
+            whole = self._add_chunk(record, chunk)
+            if whole is not None:
+                return whole
+
+    def _add_chunk(self, record: Record, meta: bytes) -> Record | None:
+        try:
+            msg_id, index, count, total, digest = _CHUNK.unpack(meta)
+        except struct.error:
+            log.warning("dropping a chunk with a malformed header at %s@%d:%d", record.topic,
+                        record.partition, record.offset)
+            return None
+        key = (record.topic, record.partition, msg_id)
+        if key in self._done:
+            return None  # a redelivered chunk of a message already handed out
+        self._expire()
+        asm = self._assemblies.get(key)
+        if asm is None:
+            if count == 0 or index >= count or total > count * len(record.value) * 2 + 1:
+                log.warning("dropping an implausible chunk at %s@%d", record.topic,
+                            record.offset)
+                return None
+            asm = self._assemblies[key] = _Assembly(record.offset, count, total, digest,
+                                                     time.monotonic())
+        if index >= asm.count or index in asm.parts:
+            return None  # duplicate chunk
+        asm.parts[index] = record.value
+        if len(asm.parts) < asm.count:
+            return None
+        del self._assemblies[key]
+        value = b"".join(asm.parts[i] for i in range(asm.count))
+        if len(value) != asm.total or xxhash.xxh3_64_intdigest(value) != asm.digest:
+            log.warning("dropping a reassembled message that fails its checksum at %s@%d",
+                        record.topic, record.offset)
+            return None
+        self._done.add(key)
+        if len(self._done) > 100_000:
+            self._done.clear()
+        return Record(record.topic, record.partition, record.offset, record.key, value,
+                      record.headers)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key, asm in list(self._assemblies.items()):
+            if now - asm.started > self.assembly_timeout_s:
+                log.warning("chunked message at %s@%d timed out with %d/%d chunks", key[0],
+                            asm.first_offset, len(asm.parts), asm.count)
+                del self._assemblies[key]
+
+    async def commit(self, record: Record) -> None:
+        if self._consumer is None:
+            raise BusError("consumer is not started")
+        offset = record.offset + 1
+        pending = [a.first_offset for (t, p, _), a in self._assemblies.items()
+                   if t == record.topic and p == record.partition]
+        if pending:
+            offset = min(offset, min(pending))
+        tp = TopicPartition(record.topic, record.partition)
+        if tp not in self._consumer.assignment():
+            return  # partition moved to another member after a rebalance: theirs now
+        await self._consumer.commit({tp: offset})

