@@ -52,7 +52,6 @@ def run_tsfl(spec: JobSpec) -> dict[str, Any]:
 def run_plain(spec: JobSpec) -> dict[str, Any]:
     """The floor: the same work with no framework around it."""
     fed = build_federation(spec)
-    index = {c: i for i, c in enumerate(fed.client_ids)}
     selector = UniformSelector(spec.seed)
     x = fed.initial.copy()
     ws = fed.workspace
@@ -64,7 +63,7 @@ def run_plain(spec: JobSpec) -> dict[str, Any]:
         for cid in selector.select(rnd, fed.client_ids, spec.clients.per_round):
             client = fed.clients[cid]
             ws.load(x)
-            rng = np.random.default_rng(client_seed(spec.seed, rnd, index[cid]))
+            rng = np.random.default_rng(client_seed(spec.seed, rnd, cid))
             train_epochs(ws.module, ws.params, client.x, client.y, client.settings, rng)
             n = len(client.y)
             acc += n * (ws.vector - x)

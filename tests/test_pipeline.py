@@ -11,7 +11,7 @@ from tsfl.config import parse_job
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
 from tsfl.pipeline.aggregator import Aggregator
-from tsfl.pipeline.coordinator import Coordinator
+from tsfl.pipeline.roles import LocalPipeline
 from tsfl.storage import Store
 from tsfl.wire import encode_update
 
@@ -29,16 +29,21 @@ class Harness:
         self.bus = MemoryBus()
         await self.bus.start()
         await self.bus.create_topics(TOPICS)
-        self.coord = Coordinator(self.bus, self.store)
-        self.agg = Aggregator(self.bus, self.store)
-        await self.agg.start()
-        await self.coord.start()
+        self.pipeline = LocalPipeline(self.bus, self.store)
+        await self.pipeline.start()
+        self.coord = self.pipeline.coordinator
         await self.coord.submit_job(JOB, self.spec, LAYOUT, np.zeros(6, np.float32))
+        for c in CLIENTS:
+            await self.coord.register_device(JOB, c, "token-" + c)
         return self
 
+    async def restart_aggregator(self):
+        await self.pipeline.roles["aggregator"].stop()
+        self.pipeline.roles["aggregator"] = Aggregator(self.bus, self.store)
+        await self.pipeline.roles["aggregator"].start()
+
     async def __aexit__(self, *exc):
-        await self.coord.stop()
-        await self.agg.stop()
+        await self.pipeline.stop()
         await self.bus.stop()
         await self.store.close()
 
@@ -53,7 +58,7 @@ CLIENTS = ["c0", "c1", "c2", "c3"]
 
 async def test_round_with_bad_uploads_completes_with_the_good_ones(tmp_path):
     async with Harness(tmp_path, round={"quorum": 1.0}) as h:
-        cohort = await h.coord.open_round(JOB, CLIENTS)
+        cohort = await h.coord.open_round(JOB)
         assert sorted(cohort) == CLIENTS
         up = h.coord.upload
         assert (await up("c0", h.update("c0", 1.0, n=10))).accepted
@@ -97,7 +102,7 @@ async def test_round_with_bad_uploads_completes_with_the_good_ones(tmp_path):
 async def test_deadline_closes_with_partial_cohort_and_marks_dropouts(tmp_path):
     async with Harness(tmp_path, round={"quorum": 1.0, "deadline_s": 0.2,
                                         "min_updates": 2}) as h:
-        await h.coord.open_round(JOB, CLIENTS)
+        await h.coord.open_round(JOB)
         await h.coord.upload("c0", h.update("c0", 2.0))
         await h.coord.upload("c1", h.update("c1", 4.0))
         result = await asyncio.wait_for(h.coord.wait_round(JOB), 5)
@@ -109,7 +114,7 @@ async def test_deadline_closes_with_partial_cohort_and_marks_dropouts(tmp_path):
 
 async def test_too_few_updates_by_the_deadline_fails_the_round(tmp_path):
     async with Harness(tmp_path, round={"deadline_s": 0.1, "min_updates": 3}) as h:
-        await h.coord.open_round(JOB, CLIENTS)
+        await h.coord.open_round(JOB)
         await h.coord.upload("c0", h.update("c0", 2.0))
         result = await asyncio.wait_for(h.coord.wait_round(JOB), 5)
         assert not result.ok and "too few updates" in result.reason
@@ -119,13 +124,11 @@ async def test_too_few_updates_by_the_deadline_fails_the_round(tmp_path):
 
 async def test_restarted_aggregator_refolds_the_open_round_exactly_once(tmp_path):
     async with Harness(tmp_path) as h:
-        await h.coord.open_round(JOB, CLIENTS)
+        await h.coord.open_round(JOB)
         for i, c in enumerate(CLIENTS[:3]):
             assert (await h.coord.upload(c, h.update(c, float(i + 1)))).accepted
         await asyncio.sleep(0.05)  # the aggregator folds them...
-        await h.agg.stop()  # ...and dies before the round closes
-        h.agg = Aggregator(h.bus, h.store)
-        await h.agg.start()
+        await h.restart_aggregator()  # ...dies before the round closes, and comes back
         assert (await h.coord.upload("c3", h.update("c3", 4.0))).accepted
         result = await asyncio.wait_for(h.coord.wait_round(JOB), 5)
         assert result.ok and sorted(result.accepted) == CLIENTS
@@ -135,7 +138,7 @@ async def test_restarted_aggregator_refolds_the_open_round_exactly_once(tmp_path
 async def test_second_round_uses_the_new_model_and_strategy_state(tmp_path):
     async with Harness(tmp_path, strategy={"name": "fedavgm", "momentum": 0.5}) as h:
         for rnd, value in ((1, 1.0), (2, 1.0)):
-            await h.coord.open_round(JOB, CLIENTS)
+            await h.coord.open_round(JOB)
             for c in CLIENTS:
                 await h.coord.upload(c, h.update(c, value, rnd=rnd, version=rnd - 1))
             assert (await h.coord.wait_round(JOB)).ok
@@ -149,7 +152,7 @@ async def test_unknown_topics_of_garbage_do_not_stop_the_aggregator(tmp_path):
     async with Harness(tmp_path) as h:
         await h.bus.publish("tsfl.updates.raw", msgpack.packb({"v": 1, "kind": "update"}))
         await h.bus.publish("tsfl.rounds", b"\xc1")
-        await h.coord.open_round(JOB, CLIENTS)
+        await h.coord.open_round(JOB)
         for c in CLIENTS:
             await h.coord.upload(c, h.update(c, 1.0))
         assert (await asyncio.wait_for(h.coord.wait_round(JOB), 5)).ok
@@ -158,7 +161,7 @@ async def test_unknown_topics_of_garbage_do_not_stop_the_aggregator(tmp_path):
 @pytest.mark.parametrize("quorum,expected_uploads", [(0.5, 2), (0.75, 3)])
 async def test_quorum_closes_early(tmp_path, quorum, expected_uploads):
     async with Harness(tmp_path, round={"quorum": quorum}) as h:
-        await h.coord.open_round(JOB, CLIENTS)
+        await h.coord.open_round(JOB)
         for c in CLIENTS:
             await h.coord.upload(c, h.update(c, 1.0))
         result = await asyncio.wait_for(h.coord.wait_round(JOB), 5)

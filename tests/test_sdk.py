@@ -65,8 +65,7 @@ async def test_runner_drives_a_numpy_client_over_the_in_process_transport(tmp_pa
     """A plain NumPyClient takes part in a real round through coordinator + aggregator."""
     from tsfl.bus import TOPICS, MemoryBus
     from tsfl.config import parse_job
-    from tsfl.pipeline.aggregator import Aggregator
-    from tsfl.pipeline.coordinator import Coordinator
+    from tsfl.pipeline.roles import LocalPipeline
     from tsfl.runtime.transport import InProcessTransport
     from tsfl.sdk.runner import ClientRunner
     from tsfl.storage import Store
@@ -76,15 +75,17 @@ async def test_runner_drives_a_numpy_client_over_the_in_process_transport(tmp_pa
     bus = MemoryBus()
     await bus.start()
     await bus.create_topics(TOPICS)
-    coord, agg = Coordinator(bus, store), Aggregator(bus, store)
-    await agg.start()
-    await coord.start()
+    pipeline = LocalPipeline(bus, store)
+    await pipeline.start()
+    coord = pipeline.coordinator
     spec = parse_job({"name": "np", "clients": {"count": 2, "per_round": 2}})
     await coord.submit_job("np-1", spec, layout, np.zeros(4, np.float32))
+    for c in ("c0", "c1"):
+        await coord.register_device("np-1", c, "t")
     transport = InProcessTransport(coord)
     runners = [ClientRunner(f"c{i}", MeanClient(float(i + 1)), transport, layout)
                for i in range(2)]
-    await coord.open_round("np-1", ["c0", "c1"])
+    await coord.open_round("np-1")
     outcomes = [await r.run_once() for r in runners]
     assert all(o.receipt.accepted for o in outcomes)
     result = await coord.wait_round("np-1")
@@ -93,7 +94,6 @@ async def test_runner_drives_a_numpy_client_over_the_in_process_transport(tmp_pa
     np.testing.assert_allclose(coord.model_vector("np-1"), 0.75)
     assert await runners[0].run_once() is None  # nothing to do until the next round
     await coord.finish_job("np-1", "COMPLETED")
-    await coord.stop()
-    await agg.stop()
+    await pipeline.stop()
     await bus.stop()
     await store.close()

@@ -13,7 +13,8 @@ from tsfl.storage.schema import audit_events, metadata
 
 async def _job(store, job_id="j1", cohort=("a", "b", "c")):
     await store.create_job(job_id, "demo", {"name": "demo"}, "f" * 64, [{"name": "w"}])
-    await store.open_round(job_id, 1, 0, list(cohort))
+    await store.open_round(job_id, 1, 0)
+    await store.start_collecting(job_id, 1, list(cohort))
 
 
 async def test_migrations_reach_head_and_match_the_model(store):
@@ -67,7 +68,7 @@ async def test_illegal_transitions_are_refused(store):
     with pytest.raises(StoreError, match="does not exist"):
         await store.transition_round("j1", 9, RoundState.CLOSING)
     with pytest.raises(StoreError, match="already exists"):
-        await store.open_round("j1", 1, 0, ["a"])
+        await store.open_round("j1", 1, 0)
     with pytest.raises(StoreError, match="already exists"):
         await store.create_job("j1", "demo", {}, "f" * 64)
     await store.transition_round("j1", 1, RoundState.FAILED, reason="too few updates")

@@ -14,6 +14,6 @@ def inject_trace_headers() -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
-def extract_trace_context(headers: Sequence[tuple[str, bytes]]):  # noqa: ANN201
+def extract_trace_context(headers: Sequence[tuple[str, bytes]]):
     """The remote parent context carried by a record's headers."""
     return propagate.extract({k: v.decode(errors="replace") for k, v in headers})

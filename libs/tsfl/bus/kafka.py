@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -86,10 +87,8 @@ class KafkaBus(Bus):
             new = [NewTopic(name, partitions, 1) for name, partitions in topics.items()
                    if name not in existing]
             if new:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
-                except TopicAlreadyExistsError:
-                    pass
         finally:
             await admin.close()
 

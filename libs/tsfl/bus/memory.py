@@ -34,7 +34,7 @@ class MemoryBus(Bus):
     def __init__(self, default_partitions: int = 1):
         self._topics: dict[str, list[_Partition]] = {}
         self._groups: dict[str, _Group] = {}
-        self._changed = asyncio.Event()
+        self._readers: dict[str, set[MemoryConsumer]] = {}  # per topic: wake only its readers
         self._default_partitions = default_partitions
         self._running = False
 
@@ -46,7 +46,8 @@ class MemoryBus(Bus):
         for group in self._groups.values():
             for member in list(group.members):
                 member._closed = True
-        self._wake()
+        for topic in list(self._readers):
+            self._wake(topic)
 
     async def create_topics(self, topics: dict[str, int]) -> None:
         for name, partitions in topics.items():
@@ -68,7 +69,7 @@ class MemoryBus(Bus):
         record = Record(topic, index, part.next_offset, key, bytes(value), tuple(headers))
         part.records.append(record)
         part.next_offset += 1
-        self._wake()
+        self._wake(topic)
 
     def consumer(self, topics: Sequence[str], group_id: str) -> MemoryConsumer:
         for t in topics:
@@ -77,18 +78,23 @@ class MemoryBus(Bus):
         return MemoryConsumer(self, tuple(topics), group_id)
 
     # -- internals -----------------------------------------------------------------------
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _wake(self, topic: str) -> None:
+        for reader in self._readers.get(topic, ()):
+            reader._ready.set()
 
     def _join(self, member: MemoryConsumer) -> None:
         group = self._groups.setdefault(member.group_id, _Group())
         group.topics.update(member.topics)
         group.members.append(member)
+        for t in member.topics:
+            self._readers.setdefault(t, set()).add(member)
         self._rebalance(group)
 
     def _leave(self, member: MemoryConsumer) -> None:
         group = self._groups.get(member.group_id)
+        for t in member.topics:
+            self._readers.get(t, set()).discard(member)
+        member._ready.set()
         if group and member in group.members:
             group.members.remove(member)
             self._rebalance(group)
@@ -108,7 +114,8 @@ class MemoryBus(Bus):
                 if tp[0] in member.topics:
                     member._positions[tp] = group.committed.get(tp, self._topics[tp[0]][tp[1]].base)
                     break
-        self._wake()
+        for topic in group.topics:
+            self._wake(topic)
 
     def _commit(self, group_id: str, record: Record) -> None:
         group = self._groups[group_id]
@@ -141,6 +148,7 @@ class MemoryConsumer(Consumer):
         self._closed = False
         self._started = False
         self._rr = 0
+        self._ready = asyncio.Event()
 
     async def start(self) -> None:
         if self._started:
@@ -174,12 +182,12 @@ class MemoryConsumer(Consumer):
             record = self._poll()
             if record is not None:
                 return record
-            waiter = self._bus._changed
+            self._ready.clear()
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(waiter.wait(), remaining)
+                await asyncio.wait_for(self._ready.wait(), remaining)
             except TimeoutError:
                 return None
         return None

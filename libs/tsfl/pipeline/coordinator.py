@@ -1,13 +1,16 @@
 """The coordinator role: owns jobs and round state, and is what devices talk to.
 
-Consumes ``tsfl.aggregates``; produces ``tsfl.rounds``, ``tsfl.updates.raw`` and
-``tsfl.models``. Every round transition is persisted in the store before the
-event announcing it is published. Uploads are idempotent by (job, round, client).
+Consumes ``tsfl.cohorts`` (from the selector), ``tsfl.models`` (released by the privacy
+stage) and failed results on ``tsfl.aggregates``; produces ``tsfl.rounds``,
+``tsfl.updates.raw`` and ``tsfl.devices``. Every round transition is persisted in the
+store before the event announcing it is published. Uploads are idempotent by
+(job, round, client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +23,12 @@ from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
-from tsfl.pipeline.selection import UniformSelector, client_seed
+from tsfl.pipeline.selection import client_seed
 from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.storage.store import RoundState, Store, StoreError
 from tsfl.strategies import build_strategy
-from tsfl.wire.codecs import decode_f32
 from tsfl.wire.envelope import WireError
-from tsfl.wire.messages import encode_model, peek_update_meta
+from tsfl.wire.messages import decode_model, encode_model, peek_update_meta
 
 #: audit chain for events that belong to no job (unreadable or unknown-job uploads)
 SYSTEM_AUDIT = "_system"
@@ -50,12 +52,13 @@ class RoundResult:
 @dataclass
 class _ActiveRound:
     number: int
-    cohort: list[str]
-    seeds: dict[str, int]
-    state: RoundState = RoundState.COLLECTING
+    state: RoundState = RoundState.OPEN
+    cohort: list[str] = field(default_factory=list)
+    seeds: dict[str, int] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    selected: asyncio.Future[list[str]] | None = None
     done: asyncio.Future[RoundResult] | None = None
     deadline: asyncio.TimerHandle | None = None
 
@@ -72,12 +75,17 @@ class _Job:
     last_round: int = 0
 
 
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class Coordinator(BusRole):
     name = "coordinator"
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "coordinator",
                  max_update_bytes: int = 2 * 1024**3):
-        super().__init__(bus, store, [topics.AGGREGATES], group_id)
+        super().__init__(bus, store, [topics.COHORTS, topics.MODELS, topics.AGGREGATES],
+                         group_id)
         self.max_update_bytes = max_update_bytes
         self.jobs: dict[str, _Job] = {}
 
@@ -96,12 +104,17 @@ class Coordinator(BusRole):
         await self.store.create_job(job_id, spec.name, spec.model_dump(mode="json"),
                                     spec.sha256(), layout.to_json())
         await self.store.save_checkpoint(job_id, 0, 0, layout.digest, initial)
-        strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
-        self.jobs[job_id] = _Job(job_id, spec, layout, 0,
-                                 encode_model(job_id, 0, initial, layout),
-                                 strategy.client_config)
+        self._track(job_id, spec, layout, 0, encode_model(job_id, 0, initial, layout))
         await self.bus.publish(topics.ROUNDS, events.round_event(events.JOB_STARTED, job_id, 0),
                                key=job_id.encode())
+
+    def _track(self, job_id: str, spec: JobSpec, layout: ParamLayout, version: int,
+               model_bytes: bytes, last_round: int = 0) -> _Job:
+        strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
+        job = _Job(job_id, spec, layout, version, model_bytes, strategy.client_config,
+                   last_round=last_round)
+        self.jobs[job_id] = job
+        return job
 
     async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
         job = self.jobs.pop(job_id)
@@ -113,41 +126,77 @@ class Coordinator(BusRole):
             key=job_id.encode())
 
     def model_vector(self, job_id: str) -> np.ndarray:
-        """The current global model (decoded view of the published bytes)."""
-        from tsfl.wire.messages import decode_model
-
+        """The current global model (a view of the published bytes)."""
         job = self.jobs[job_id]
         return decode_model(job.model_bytes, job.layout)[2]
 
+    # -- devices ---------------------------------------------------------------------------
+    async def register_device(self, job_id: str, device_id: str, session_token: str,
+                              traits: dict[str, Any] | None = None) -> None:
+        if job_id not in self.jobs:
+            raise LookupError(f"no running job {job_id!r}")
+        if not device_id or len(device_id) > 256:
+            raise ValueError("device id must be 1..256 characters")
+        new = await self.store.register_device(job_id, device_id, token_hash(session_token),
+                                               traits)
+        await self.bus.publish(topics.DEVICES, events.device_event(
+            job_id, device_id, "registered" if new else "reconnected"), key=device_id.encode())
+
+    async def authenticate(self, job_id: str, device_id: str, session_token: str) -> bool:
+        stored = await self.store.device_token_hash(job_id, device_id)
+        return stored is not None and stored == token_hash(session_token)
+
     # -- rounds ----------------------------------------------------------------------------
-    async def open_round(self, job_id: str, available: list[str]) -> list[str]:
+    async def open_round(self, job_id: str, timeout: float | None = None) -> list[str]:
+        """Open the next round, have the selector choose its cohort, start collecting.
+
+        Returns the cohort (empty when the round failed for want of devices).
+        """
         job = self.jobs[job_id]
         if job.round is not None and not (job.round.done and job.round.done.done()):
             raise StoreError(f"round {job.round.number} of {job_id} is still open")
         number = job.last_round + 1
-        k = job.spec.clients.per_round
-        if len(available) < job.spec.round.min_updates:
-            raise StoreError(f"only {len(available)} clients available, the round needs "
-                             f"{job.spec.round.min_updates}")
-        cohort = UniformSelector(job.spec.seed).select(number, available, min(k, len(available)))
-        index = {c: i for i, c in enumerate(available)}
-        seeds = {c: client_seed(job.spec.seed, number, index[c]) for c in cohort}
-        await self.store.open_round(job_id, number, job.version, cohort)
-        active = _ActiveRound(number, cohort, seeds,
-                              done=asyncio.get_running_loop().create_future())
-        active.deadline = asyncio.get_running_loop().call_later(
-            job.spec.round.deadline_s, lambda: asyncio.ensure_future(self._on_deadline(job_id,
-                                                                                      number)))
+        loop = asyncio.get_running_loop()
+        await self.store.open_round(job_id, number, job.version)
+        active = _ActiveRound(number, selected=loop.create_future(), done=loop.create_future())
         job.round, job.last_round = active, number
+        spec = job.spec
         await self.bus.publish(topics.ROUNDS, events.round_event(
-            events.COLLECTING, job_id, number, cohort=cohort, model_version=job.version),
-            key=job_id.encode())
-        return cohort
+            events.OPEN, job_id, number, model_version=job.version, k=spec.clients.per_round,
+            min=spec.round.min_updates, seed=spec.seed), key=job_id.encode())
+        assert active.selected is not None
+        return await asyncio.wait_for(asyncio.shield(active.selected), timeout)
+
+    async def _on_cohort(self, msg: dict[str, Any]) -> None:
+        job = self.jobs.get(msg["job"])
+        if job is None or job.round is None or job.round.number != msg["round"]:
+            return
+        active = job.round
+        if active.state is not RoundState.OPEN:
+            return  # a redelivered cohort: the first one counts
+        cohort = [str(c) for c in msg["cohort"]]
+        if not cohort:
+            await self._fail(job, active, msg.get("reason") or "no cohort")
+            if active.selected and not active.selected.done():
+                active.selected.set_result([])
+            return
+        await self.store.start_collecting(job.job_id, active.number, cohort)
+        active.state = RoundState.COLLECTING
+        active.cohort = cohort
+        active.seeds = {c: client_seed(job.spec.seed, active.number, c) for c in cohort}
+        active.deadline = asyncio.get_running_loop().call_later(
+            job.spec.round.deadline_s,
+            lambda: asyncio.ensure_future(self._on_deadline(job.job_id, active.number)))
+        await self.bus.publish(topics.ROUNDS, events.round_event(
+            events.COLLECTING, job.job_id, active.number, cohort=cohort,
+            model_version=job.version), key=job.job_id.encode())
+        if active.selected and not active.selected.done():
+            active.selected.set_result(cohort)
 
     async def wait_round(self, job_id: str) -> RoundResult:
         active = self.jobs[job_id].round
         assert active is not None and active.done is not None
-        return await active.done
+        return await asyncio.shield(active.done)
 
     def _quorum(self, job: _Job, active: _ActiveRound) -> int:
         need = math.ceil(job.spec.round.quorum * len(active.cohort) - 1e-9)
@@ -174,16 +223,24 @@ class Coordinator(BusRole):
         if len(active.uploaded) >= job.spec.round.min_updates:
             await self._close(job, active)
         else:
-            reason = (f"too few updates: {len(active.uploaded)} before the deadline, "
-                      f"{job.spec.round.min_updates} needed")
-            active.state = RoundState.FAILED
-            await self.store.transition_round(job_id, number, RoundState.FAILED, reason=reason)
-            await self.bus.publish(topics.ROUNDS, events.round_event(
-                events.ROUND_FAILED, job_id, number, reason=reason), key=job_id.encode())
-            self._resolve(active, RoundResult(
-                number, False, job.version, [], {}, [c for c in active.cohort
-                                                     if c not in active.uploaded],
-                0, None, active.bytes_up, active.bytes_down, reason))
+            await self._fail(job, active, (
+                f"too few updates: {len(active.uploaded)} before the deadline, "
+                f"{job.spec.round.min_updates} needed"))
+
+    async def _fail(self, job: _Job, active: _ActiveRound, reason: str,
+                    rejected: dict[str, str] | None = None) -> None:
+        active.state = RoundState.FAILED
+        if active.deadline:
+            active.deadline.cancel()
+        await self.store.transition_round(job.job_id, active.number, RoundState.FAILED,
+                                          reason=reason)
+        await self.bus.publish(topics.ROUNDS, events.round_event(
+            events.ROUND_FAILED, job.job_id, active.number, reason=reason),
+            key=job.job_id.encode())
+        dropped = [c for c in active.cohort if c not in active.uploaded]
+        self._resolve(active, RoundResult(active.number, False, job.version, [],
+                                          rejected or {}, dropped, 0, None, active.bytes_up,
+                                          active.bytes_down, reason))
 
     @staticmethod
     def _resolve(active: _ActiveRound, result: RoundResult) -> None:
@@ -191,8 +248,10 @@ class Coordinator(BusRole):
             active.done.set_result(result)
 
     # -- the device-facing API -------------------------------------------------------------
-    async def get_task(self, client_id: str) -> RoundTask | None:
-        for job in self.jobs.values():
+    async def get_task(self, client_id: str, job_id: str | None = None) -> RoundTask | None:
+        jobs = [self.jobs[job_id]] if job_id in self.jobs else (
+            [] if job_id else list(self.jobs.values()))
+        for job in jobs:
             active = job.round
             if (active and active.state is RoundState.COLLECTING and client_id in active.seeds
                     and client_id not in active.uploaded):
@@ -247,7 +306,7 @@ class Coordinator(BusRole):
         active.uploaded.append(client_id)
         active.bytes_up += len(data)
         await self.bus.publish(topics.UPDATES_RAW, data,
-                               key=f"{job.job_id}:{active.number}:{client_id}".encode())
+                               key=events.update_key(job.job_id, active.number, client_id))
         if len(active.uploaded) >= self._quorum(job, active):
             await self._close(job, active)
         return UploadReceipt(True)
@@ -261,43 +320,51 @@ class Coordinator(BusRole):
         self.log.info("refused upload from %s: %s (%s)", client_id, code, message)
         return UploadReceipt(False, code, message)
 
-    # -- results from the aggregator -------------------------------------------------------
+    # -- pipeline results ------------------------------------------------------------------
     async def handle(self, record: Record) -> None:
-        await self._on_aggregate(*events.parse_aggregate(record.value))
+        if record.topic == topics.COHORTS:
+            await self._on_cohort(events.parse_cohort(record.value))
+        elif record.topic == topics.MODELS:
+            await self._on_model(record.value)
+        else:
+            head, _ = events.parse_aggregate(record.value)
+            if not head["ok"]:
+                await self._on_failed_aggregate(head)
         await self.consumer.commit(record)
 
-    async def _on_aggregate(self, msg: dict[str, Any], payload: memoryview) -> None:
-        job = self.jobs.get(msg["job"])
-        if job is None or job.round is None or job.round.number != msg["round"]:
-            return  # replay of an older round's result
+    async def _on_failed_aggregate(self, head: dict[str, Any]) -> None:
+        job = self.jobs.get(head["job"])
+        if job is None or job.round is None or job.round.number != head["round"]:
+            return
+        if job.round.state is RoundState.CLOSING:
+            await self._fail(job, job.round, head.get("reason") or "aggregation failed",
+                             dict(head["rejected"]))
+
+    async def _on_model(self, data: bytes) -> None:
+        job_id_hint = events.peek_model_job(data)
+        job = self.jobs.get(job_id_hint)
+        if job is None:
+            return
+        _, version, _, extra = decode_model(data, job.layout)
         active = job.round
+        if active is None or active.number != extra.get("round"):
+            return  # replay of an older round's model
         if active.state is not RoundState.CLOSING:
             return
-        accepted, rejected = list(msg["accepted"]), dict(msg["rejected"])
-        dropped = [c for c in active.cohort if c not in active.uploaded]
-        if not msg["ok"]:
-            active.state = RoundState.FAILED
-            await self.store.transition_round(job.job_id, active.number, RoundState.FAILED,
-                                              reason=msg.get("reason"))
-            self._resolve(active, RoundResult(active.number, False, job.version, [], rejected,
-                                              dropped, 0, None, active.bytes_up,
-                                              active.bytes_down, msg.get("reason")))
-            return
-        if msg["version"] != job.version + 1:
-            raise StoreError(f"aggregate of round {active.number} is v{msg['version']}, "
+        if version != job.version + 1:
+            raise StoreError(f"model of round {active.number} is v{version}, "
                              f"expected v{job.version + 1}")
-        vector = decode_f32(payload, job.layout.total_size)
+        accepted = [str(c) for c in extra.get("accepted", [])]
+        rejected = {str(k): str(v) for k, v in extra.get("rejected", {}).items()}
+        dropped = [c for c in active.cohort if c not in active.uploaded]
         await self.store.complete_round(job.job_id, active.number, accepted=accepted,
                                         rejected=rejected, dropped=dropped)
         active.state = RoundState.PUBLISHED
-        job.version = msg["version"]
-        job.model_bytes = encode_model(job.job_id, job.version, vector, job.layout,
-                                       {"round": active.number})
-        await self.bus.publish(topics.MODELS, job.model_bytes, key=job.job_id.encode())
+        job.version, job.model_bytes = version, data
         await self.bus.publish(topics.ROUNDS, events.round_event(
-            events.PUBLISHED, job.job_id, active.number, model_version=job.version),
+            events.PUBLISHED, job.job_id, active.number, model_version=version),
             key=job.job_id.encode())
         self._resolve(active, RoundResult(
-            active.number, True, job.version, accepted, rejected, dropped,
-            int(msg.get("num_examples") or 0), msg.get("train_loss"), active.bytes_up,
+            active.number, True, version, accepted, rejected, dropped,
+            int(extra.get("num_examples") or 0), extra.get("train_loss"), active.bytes_up,
             active.bytes_down))

@@ -11,9 +11,13 @@ from tsfl.wire.envelope import pack, pack_frame, require, unpack, unpack_frame
 
 ROUND_EVENT = "round_event"
 AGGREGATE = "aggregate"
+COHORT = "cohort"
+VERDICT = "verdict"
+DEVICE_EVENT = "device_event"
 
 # round event types
 JOB_STARTED = "job_started"
+OPEN = "open"
 COLLECTING = "collecting"
 CLOSING = "closing"
 PUBLISHED = "published"
@@ -34,7 +38,7 @@ def parse_round_event(data: bytes) -> dict[str, Any]:
     return obj
 
 
-def aggregate_message(job_id: str, round_number: int, version: int, *, ok: bool,
+def aggregate_message(job_id: str, round_number: int, version: int, *, layout: str, ok: bool,
                       accepted: list[str], rejected: dict[str, str], num_examples: int,
                       train_loss: float | None, vector: np.ndarray | None = None,
                       reason: str | None = None) -> bytes:
@@ -45,7 +49,7 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, ok: bool,
     """
     payload = encode_f32(vector) if vector is not None else b""
     return pack_frame(AGGREGATE, {
-        "job": job_id, "round": round_number, "version": version, "ok": ok,
+        "job": job_id, "round": round_number, "version": version, "layout": layout, "ok": ok,
         "accepted": accepted, "rejected": rejected, "num_examples": num_examples,
         "train_loss": train_loss, "reason": reason,
     }, payload)
@@ -53,7 +57,53 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, ok: bool,
 
 def parse_aggregate(data: bytes) -> tuple[dict[str, Any], memoryview]:
     head, payload = unpack_frame(data, AGGREGATE)
-    for field, typ in (("job", str), ("round", int), ("version", int), ("ok", bool),
-                       ("accepted", list), ("rejected", dict)):
+    for field, typ in (("job", str), ("round", int), ("version", int), ("layout", str),
+                       ("ok", bool), ("accepted", list), ("rejected", dict)):
         require(head, field, typ)
     return head, payload
+
+
+def cohort_message(job_id: str, round_number: int, cohort: list[str],
+                   reason: str | None = None) -> bytes:
+    """The selector's choice for a round (empty, with a reason, when it cannot choose)."""
+    return pack(COHORT, {"job": job_id, "round": round_number, "cohort": cohort,
+                         "reason": reason})
+
+
+def parse_cohort(data: bytes) -> dict[str, Any]:
+    obj = unpack(data, COHORT, max_bytes=64 * 1024 * 1024)
+    for field, typ in (("job", str), ("round", int), ("cohort", list)):
+        require(obj, field, typ)
+    return obj
+
+
+def verdict_message(job_id: str, round_number: int, client_id: str, *, weight: float,
+                    reason: str, scores: dict[str, float] | None = None) -> bytes:
+    """The Byzantine stage's decision on one update: a weight in [0, 1] and why."""
+    return pack(VERDICT, {"job": job_id, "round": round_number, "client": client_id,
+                          "weight": float(weight), "reason": reason, "scores": scores or {}})
+
+
+def parse_verdict(data: bytes) -> dict[str, Any]:
+    obj = unpack(data, VERDICT, max_bytes=1024 * 1024)
+    for field, typ in (("job", str), ("round", int), ("client", str), ("weight", float),
+                       ("reason", str)):
+        require(obj, field, typ)
+    if not 0.0 <= obj["weight"] <= 1.0:
+        raise ValueError(f"verdict weight {obj['weight']} outside [0, 1]")
+    return obj
+
+
+def device_event(job_id: str, device_id: str, kind: str, **fields: Any) -> bytes:
+    return pack(DEVICE_EVENT, {"job": job_id, "device": device_id, "event": kind, **fields})
+
+
+def update_key(job_id: str, round_number: int, client_id: str) -> bytes:
+    """Key of per-update records: one (job, round, client) always lands on one partition."""
+    return f"{job_id}:{round_number}:{client_id}".encode()
+
+
+def peek_model_job(data: bytes) -> str:
+    """The job a ``tsfl.models`` frame belongs to (header only)."""
+    head, _ = unpack_frame(data, "model", verify=False)
+    return require(head, "job", str)

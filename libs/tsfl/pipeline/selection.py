@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import xxhash
 
 
 class UniformSelector:
@@ -21,6 +22,7 @@ class UniformSelector:
         return [available[i] for i in picks]
 
 
-def client_seed(job_seed: int, round_number: int, client_index: int) -> int:
-    """The local-training seed handed to a simulated client with its task."""
-    return int(np.random.default_rng([job_seed, round_number, client_index]).integers(2**63))
+def client_seed(job_seed: int, round_number: int, client_id: str) -> int:
+    """The local-training seed handed to a client with its task (same in both deployments)."""
+    ident = xxhash.xxh3_64_intdigest(client_id.encode())
+    return int(np.random.default_rng([job_seed, round_number, ident]).integers(2**63))

@@ -8,6 +8,7 @@ transport. Nothing here is specific to simulation but the device loop.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +19,7 @@ import numpy as np
 
 from tsfl.bus import TOPICS, MemoryBus
 from tsfl.config import JobSpec
-from tsfl.pipeline.aggregator import Aggregator
-from tsfl.pipeline.coordinator import Coordinator
+from tsfl.pipeline.roles import LocalPipeline
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport
 from tsfl.sdk.runner import ClientRunner
@@ -62,10 +62,9 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
     bus = MemoryBus()
     await bus.start()
     await bus.create_topics(TOPICS)
-    coordinator = Coordinator(bus, store)
-    aggregator = Aggregator(bus, store)
-    await aggregator.start()
-    await coordinator.start()
+    pipeline = LocalPipeline(bus, store)
+    await pipeline.start()
+    coordinator = pipeline.coordinator
     # Deterministic id: with it the bus's partitioning, hence the order updates are folded
     # in (float summation order), is the same on every run of the same spec.
     job_id = f"{spec.name}-{spec.sha256()[:10]}"
@@ -73,13 +72,15 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
     status, reason = "COMPLETED", None
     try:
         await coordinator.submit_job(job_id, spec, layout, fed.initial)
+        for cid in fed.client_ids:  # simulated devices enrol like real ones
+            await coordinator.register_device(job_id, cid, secrets.token_hex(16))
         transport = InProcessTransport(coordinator)
         runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout)
                    for cid in fed.client_ids}
         failed_in_a_row = 0
         for number in range(1, spec.rounds + 1):
             t0 = time.perf_counter()
-            cohort = await coordinator.open_round(job_id, fed.client_ids)
+            cohort = await coordinator.open_round(job_id)
             for cid in cohort:
                 await runners[cid].run_once()
             result = await coordinator.wait_round(job_id)
@@ -121,8 +122,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
             await coordinator.finish_job(job_id, "FAILED", "interrupted")
         raise
     finally:
-        await coordinator.stop()
-        await aggregator.stop()
+        await pipeline.stop()
         await bus.stop()
         await store.close()
         await asyncio.sleep(0)

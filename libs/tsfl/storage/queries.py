@@ -19,12 +19,12 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from tsfl.storage.schema import audit_events, checkpoints, jobs, participants, rounds
+from tsfl.storage.schema import audit_events, checkpoints, devices, jobs, participants, rounds
 from tsfl.storage.states import NEXT_STATES, RoundState, StoreError
 
 GENESIS_HASH = "0" * 64
 TABLES = {"jobs": jobs, "rounds": rounds, "participants": participants,
-          "checkpoints": checkpoints, "audit_events": audit_events}
+          "checkpoints": checkpoints, "audit_events": audit_events, "devices": devices}
 
 
 # Hot-path statements are built once: constructing SQLAlchemy expressions per call costs
@@ -45,6 +45,8 @@ _PARTICIPANT_OUTCOME = (update(participants).where(
     participants.c.job_id == bindparam("p_job"), participants.c.round == bindparam("p_round"),
     participants.c.client_id == bindparam("p_client"),
 ).values(status=bindparam("st"), reason=bindparam("why"), updated_at=bindparam("ts")))
+_DEVICE_IDS = (select(devices.c.device_id).where(devices.c.job_id == bindparam("d_job"))
+               .order_by(devices.c.device_id))
 _ROUND_INSERT = insert(rounds)
 _PARTICIPANT_INSERT = insert(participants)
 _CHECKPOINT_INSERT = insert(checkpoints)
@@ -136,26 +138,31 @@ def get_job(conn: Connection, job_id: str) -> dict[str, Any] | None:
 
 
 # -- rounds ----------------------------------------------------------------------------------
-def open_round(conn: Connection, job_id: str, number: int, model_version: int,
-               cohort: Sequence[str]) -> None:
+def open_round(conn: Connection, job_id: str, number: int, model_version: int) -> None:
+    """Create round ``number`` in state OPEN (its cohort is not chosen yet)."""
     ts = now()
     try:
         with conn.begin_nested():
             conn.execute(_ROUND_INSERT, {
-                "job_id": job_id, "number": number, "state": RoundState.COLLECTING.value,
-                "model_version": model_version, "cohort_size": len(cohort),
+                "job_id": job_id, "number": number, "state": RoundState.OPEN.value,
+                "model_version": model_version, "cohort_size": 0,
                 "opened_at": ts, "updated_at": ts})
     except IntegrityError:
         raise StoreError(f"round {number} of job {job_id!r} already exists") from None
+    append_audits(conn, job_id, [("round.open", "coordinator",
+                                  {"round": number, "model_version": model_version})])
+
+
+def start_collecting(conn: Connection, job_id: str, number: int, cohort: Sequence[str]) -> None:
+    """Record the selected cohort and move the round OPEN -> COLLECTING."""
+    ts = now()
+    entry = _set_state(conn, job_id, number, RoundState.COLLECTING, cohort_size=len(cohort))
     if cohort:
         conn.execute(_PARTICIPANT_INSERT, [
             {"job_id": job_id, "round": number, "client_id": c, "status": "selected",
              "updated_at": ts} for c in cohort])
-    append_audits(conn, job_id, [
-        ("round.open", "coordinator", {"round": number, "cohort_size": len(cohort),
-                                       "model_version": model_version}),
-        ("round.collecting", "coordinator", {"round": number, "to": "COLLECTING"}),
-    ])
+    entry[2]["cohort_size"] = len(cohort)
+    append_audits(conn, job_id, [entry])
 
 
 def _set_state(conn: Connection, job_id: str, number: int, new: RoundState,
@@ -296,3 +303,51 @@ def unpack_state(blob: bytes | None) -> dict[str, Any]:
             v = np.frombuffer(v["data"], dtype=v["dtype"]).reshape(v["shape"]).copy()
         out[k] = v
     return out
+
+
+# -- devices ---------------------------------------------------------------------------------
+def register_device(conn: Connection, job_id: str, device_id: str, token_hash: str,
+                    traits: dict[str, Any]) -> bool:
+    """Register (or re-register, replacing the session token); True if new."""
+    ts = now()
+    res = conn.execute(update(devices).where(devices.c.job_id == job_id,
+                                             devices.c.device_id == device_id)
+                       .values(token_hash=token_hash, traits=traits, last_seen=ts))
+    if res.rowcount == 1:
+        return False
+    conn.execute(insert(devices).values(job_id=job_id, device_id=device_id,
+                                        token_hash=token_hash, traits=traits,
+                                        registered_at=ts, last_seen=ts))
+    append_audits(conn, job_id, [("device.registered", "coordinator", {"device_id": device_id})])
+    return True
+
+
+def touch_device(conn: Connection, job_id: str, device_id: str,
+                 traits: dict[str, Any] | None) -> None:
+    values: dict[str, Any] = {"last_seen": now()}
+    if traits is not None:
+        values["traits"] = traits
+    conn.execute(update(devices).where(devices.c.job_id == job_id,
+                                       devices.c.device_id == device_id).values(**values))
+
+
+def list_devices(conn: Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(devices).where(devices.c.job_id == job_id)
+                        .order_by(devices.c.device_id)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def list_device_ids(conn: Connection, job_id: str) -> list[str]:
+    return list(conn.execute(_DEVICE_IDS, {"d_job": job_id}).scalars())
+
+
+def device_token_hash(conn: Connection, job_id: str, device_id: str) -> str | None:
+    return conn.execute(select(devices.c.token_hash).where(
+        devices.c.job_id == job_id, devices.c.device_id == device_id)).scalar()
+
+
+def list_jobs(conn: Connection, status: str | None) -> list[dict[str, Any]]:
+    query = select(jobs).order_by(jobs.c.created_at)
+    if status is not None:
+        query = query.where(jobs.c.status == status)
+    return [dict(r) for r in conn.execute(query).mappings().all()]

@@ -91,3 +91,15 @@ audit_events = Table(
     Column("hash", String(64), nullable=False),
     UniqueConstraint("job_id", "seq", name="uq_audit_job_seq"),
 )
+
+devices = Table(
+    "devices", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("device_id", String(256), nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("traits", JSON),
+    Column("registered_at", String(40), nullable=False),
+    Column("last_seen", String(40), nullable=False),
+    UniqueConstraint("job_id", "device_id", name="uq_devices_job_device"),
+)

@@ -143,11 +143,13 @@ class Store:
         return await self._read(q.get_job, job_id)
 
     # -- rounds ----------------------------------------------------------------------------
-    async def open_round(self, job_id: str, number: int, model_version: int,
-                         cohort: Sequence[str]) -> None:
-        """Create round ``number`` with its cohort and move it OPEN -> COLLECTING
-        (one transaction, before the round is announced)."""
-        await self._tx(q.open_round, job_id, number, model_version, list(cohort))
+    async def open_round(self, job_id: str, number: int, model_version: int) -> None:
+        """Create round ``number`` in state OPEN (before it is announced)."""
+        await self._tx(q.open_round, job_id, number, model_version)
+
+    async def start_collecting(self, job_id: str, number: int, cohort: Sequence[str]) -> None:
+        """Record the cohort and move the round OPEN -> COLLECTING (one transaction)."""
+        await self._tx(q.start_collecting, job_id, number, list(cohort))
 
     async def transition_round(self, job_id: str, number: int, new: RoundState, *,
                                reason: str | None = None) -> None:
@@ -258,6 +260,28 @@ class Store:
                 return False, f"row seq {row['seq']}: content does not match its hash"
             prev = row["hash"]
         return True, "ok"
+
+    # -- devices ---------------------------------------------------------------------------
+    async def register_device(self, job_id: str, device_id: str, token_hash: str,
+                              traits: dict[str, Any] | None = None) -> bool:
+        return await self._tx(q.register_device, job_id, device_id, token_hash, traits or {})
+
+    async def touch_device(self, job_id: str, device_id: str,
+                           traits: dict[str, Any] | None = None) -> None:
+        await self._tx(q.touch_device, job_id, device_id, traits)
+
+    async def list_devices(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._read(q.list_devices, job_id)
+
+    async def list_device_ids(self, job_id: str) -> list[str]:
+        """The job's registered device ids, in order."""
+        return await self._read(q.list_device_ids, job_id)
+
+    async def device_token_hash(self, job_id: str, device_id: str) -> str | None:
+        return await self._read(q.device_token_hash, job_id, device_id)
+
+    async def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        return await self._read(q.list_jobs, status)
 
     async def count(self, table_name: str) -> int:
         return await self._read(q.count, table_name)

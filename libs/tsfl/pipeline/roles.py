@@ -1,0 +1,60 @@
+"""All the pipeline's roles, by service name, and a helper that runs them in one process."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from tsfl.bus.base import Bus
+from tsfl.pipeline.aggregator import Aggregator
+from tsfl.pipeline.byzantine import Byzantine
+from tsfl.pipeline.coordinator import Coordinator
+from tsfl.pipeline.he import HomomorphicAggregator
+from tsfl.pipeline.privacy import Privacy
+from tsfl.pipeline.role import BusRole
+from tsfl.pipeline.selector import Selector
+from tsfl.storage.store import Store
+
+ROLES: dict[str, type[BusRole]] = {
+    "coordinator": Coordinator,
+    "selector": Selector,
+    "privacy": Privacy,
+    "byzantine": Byzantine,
+    "aggregator": Aggregator,
+    "he": HomomorphicAggregator,
+}
+
+
+class LocalPipeline:
+    """Every role over one bus and store: the embedded deployment's server side."""
+
+    def __init__(self, bus: Bus, store: Store):
+        self.roles: dict[str, BusRole] = {name: cls(bus, store) for name, cls in ROLES.items()}
+
+    @property
+    def coordinator(self) -> Coordinator:
+        role = self.roles["coordinator"]
+        assert isinstance(role, Coordinator)
+        return role
+
+    @property
+    def aggregator(self) -> Aggregator:
+        role = self.roles["aggregator"]
+        assert isinstance(role, Aggregator)
+        return role
+
+    async def start(self) -> None:
+        # downstream first, so nothing a role publishes waits for a consumer to join
+        for name in reversed(list(self.roles)):
+            await self.roles[name].start()
+
+    async def stop(self) -> None:
+        for role in self.roles.values():
+            await role.stop()
+
+    async def __aenter__(self) -> LocalPipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
