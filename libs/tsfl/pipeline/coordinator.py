@@ -28,7 +28,7 @@ from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.storage.store import RoundState, Store, StoreError
 from tsfl.strategies import build_strategy
 from tsfl.wire.envelope import WireError
-from tsfl.wire.messages import decode_model, encode_model, peek_update_meta
+from tsfl.wire.messages import decode_model, decode_update, encode_model, peek_update_meta
 
 #: audit chain for events that belong to no job (unreadable or unknown-job uploads)
 SYSTEM_AUDIT = "_system"
@@ -97,12 +97,13 @@ class Coordinator(BusRole):
 
     # -- jobs ------------------------------------------------------------------------------
     async def submit_job(self, job_id: str, spec: JobSpec, layout: ParamLayout,
-                         initial: np.ndarray) -> None:
+                         initial: np.ndarray, enrollment_token: str | None = None) -> None:
         """Persist the job and its initial model (version 0), then announce it."""
         if layout.total_size != initial.shape[0]:
             raise ValueError("initial model does not match its layout")
-        await self.store.create_job(job_id, spec.name, spec.model_dump(mode="json"),
-                                    spec.sha256(), layout.to_json())
+        await self.store.create_job(
+            job_id, spec.name, spec.model_dump(mode="json"), spec.sha256(), layout.to_json(),
+            token_hash(enrollment_token) if enrollment_token else None)
         await self.store.save_checkpoint(job_id, 0, 0, layout.digest, initial)
         self._track(job_id, spec, layout, 0, encode_model(job_id, 0, initial, layout))
         await self.bus.publish(topics.ROUNDS, events.round_event(events.JOB_STARTED, job_id, 0),
@@ -115,6 +116,57 @@ class Coordinator(BusRole):
                    last_round=last_round)
         self.jobs[job_id] = job
         return job
+
+    async def resume_job(self, job_id: str) -> None:
+        """Pick a RUNNING job up again after a restart, from the store alone.
+
+        The latest checkpoint gives the model; the last round carries on where it was:
+        OPEN asks the selector again, COLLECTING keeps its cohort and the uploads already
+        recorded (a device whose update was on the bus but not recorded retries and the
+        aggregator counts it once), CLOSING announces the close again.
+        """
+        row = await self.store.get_job(job_id)
+        if row is None or row["status"] != "RUNNING":
+            raise LookupError(f"job {job_id!r} is not running")
+        spec = JobSpec.model_validate(row["spec"])
+        layout = ParamLayout.from_json(row["layout"])
+        ckpt = await self.store.latest_checkpoint(job_id)
+        if ckpt is None:
+            raise LookupError(f"job {job_id!r} has no checkpoint")
+        rounds = await self.store.list_rounds(job_id)
+        last = rounds[-1] if rounds else None
+        job = self._track(job_id, spec, layout, ckpt["version"],
+                          encode_model(job_id, ckpt["version"], ckpt["vector"], layout),
+                          last_round=last["number"] if last else 0)
+        if last is None or last["state"] in ("PUBLISHED", "FAILED", "AGGREGATED"):
+            return
+        loop = asyncio.get_running_loop()
+        active = _ActiveRound(last["number"], RoundState(last["state"]),
+                              selected=loop.create_future(), done=loop.create_future())
+        job.round = active
+        if active.state is RoundState.OPEN:
+            await self.bus.publish(topics.ROUNDS, events.round_event(
+                events.OPEN, job_id, active.number, model_version=job.version,
+                k=spec.clients.per_round, min=spec.round.min_updates, seed=spec.seed),
+                key=job_id.encode())
+            return
+        parts = await self.store.list_participants(job_id, active.number)
+        active.cohort = [p["client_id"] for p in parts]
+        active.uploaded = [p["client_id"] for p in parts if p["status"] == "uploaded"]
+        active.bytes_up = sum(p["bytes_up"] or 0 for p in parts if p["status"] == "uploaded")
+        active.seeds = {c: client_seed(spec.seed, active.number, c) for c in active.cohort}
+        assert active.selected is not None
+        active.selected.set_result(active.cohort)
+        if active.state is RoundState.COLLECTING:
+            active.deadline = loop.call_later(
+                spec.round.deadline_s,
+                lambda: asyncio.ensure_future(self._on_deadline(job_id, active.number)))
+            if len(active.uploaded) >= self._quorum(job, active):
+                await self._close(job, active)
+        else:  # CLOSING
+            await self.bus.publish(topics.ROUNDS, events.round_event(
+                events.CLOSING, job_id, active.number, uploaded=list(active.uploaded)),
+                key=job_id.encode())
 
     async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
         job = self.jobs.pop(job_id)
@@ -198,6 +250,13 @@ class Coordinator(BusRole):
         assert active is not None and active.done is not None
         return await asyncio.shield(active.done)
 
+    def open_round_number(self, job_id: str) -> int | None:
+        """The round in progress (after a resume), or None when the next must be opened."""
+        active = self.jobs[job_id].round
+        if active is None or (active.done is not None and active.done.done()):
+            return None
+        return active.number
+
     def _quorum(self, job: _Job, active: _ActiveRound) -> int:
         need = math.ceil(job.spec.round.quorum * len(active.cohort) - 1e-9)
         return max(job.spec.round.min_updates, min(need, len(active.cohort)))
@@ -280,6 +339,10 @@ class Coordinator(BusRole):
         if job is None:
             return await self._refuse(None, None, client_id, "unknown_job",
                                       f"no running job {meta['job_id']!r}")
+        try:  # the whole update, so the device hears exactly what is wrong with it
+            decode_update(data, job.layout, max_bytes=self.max_update_bytes)
+        except WireError as exc:
+            return await self._refuse(job, job.round, client_id, exc.code, str(exc))
         active = job.round
         if meta["client_id"] != client_id:
             return await self._refuse(job, active, client_id, "identity",
@@ -297,6 +360,14 @@ class Coordinator(BusRole):
             return await self._refuse(job, active, client_id, "stale_model",
                                       f"trained on v{meta['model_version']}, current "
                                       f"v{job.version}")
+        if client_id in active.uploaded:
+            return await self._refuse(job, active, client_id, "duplicate",
+                                      "this update was already accepted")
+        # Publish, then persist, then acknowledge: a crash in between leaves the update on
+        # the bus but unrecorded, the device retries, and the aggregator (idempotent by
+        # client) counts it once. Never the reverse, which could lose an accepted update.
+        await self.bus.publish(topics.UPDATES_RAW, data,
+                               key=events.update_key(job.job_id, active.number, client_id))
         fresh = await self.store.record_upload(
             job.job_id, active.number, client_id, num_examples=meta["num_examples"],
             bytes_up=len(data), metrics={})
@@ -305,8 +376,6 @@ class Coordinator(BusRole):
                                       "this update was already accepted")
         active.uploaded.append(client_id)
         active.bytes_up += len(data)
-        await self.bus.publish(topics.UPDATES_RAW, data,
-                               key=events.update_key(job.job_id, active.number, client_id))
         if len(active.uploaded) >= self._quorum(job, active):
             await self._close(job, active)
         return UploadReceipt(True)

@@ -19,6 +19,8 @@ import numpy as np
 
 from tsfl.bus import TOPICS, MemoryBus
 from tsfl.config import JobSpec
+from tsfl.pipeline.coordinator import RoundResult
+from tsfl.pipeline.driver import drive_rounds
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport
@@ -69,7 +71,6 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
     # in (float summation order), is the same on every run of the same spec.
     job_id = f"{spec.name}-{spec.sha256()[:10]}"
     metrics: list[dict[str, Any]] = []
-    status, reason = "COMPLETED", None
     try:
         await coordinator.submit_job(job_id, spec, layout, fed.initial)
         for cid in fed.client_ids:  # simulated devices enrol like real ones
@@ -77,13 +78,15 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         transport = InProcessTransport(coordinator)
         runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout)
                    for cid in fed.client_ids}
-        failed_in_a_row = 0
-        for number in range(1, spec.rounds + 1):
-            t0 = time.perf_counter()
-            cohort = await coordinator.open_round(job_id)
+        clock = {"t0": time.perf_counter()}
+        final: dict[str, np.ndarray] = {}
+
+        async def run_devices(cohort: list[str]) -> None:
             for cid in cohort:
                 await runners[cid].run_once()
-            result = await coordinator.wait_round(job_id)
+
+        async def after_round(result: RoundResult) -> str | None:
+            number = result.round
             record: dict[str, Any] = {
                 "round": number,
                 "clients": len(result.accepted),
@@ -96,35 +99,32 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 "bytes_down": result.bytes_down,
                 "model_version": result.version,
             }
-            evaluate_now = number % spec.evaluation.every == 0 or number == spec.rounds
-            if evaluate_now:
-                loss, acc = _evaluate(fed, coordinator.model_vector(job_id),
-                                      spec.evaluation.batch_size)
+            vector = coordinator.model_vector(job_id)
+            final["vector"] = vector.copy()
+            if number % spec.evaluation.every == 0 or number == spec.rounds:
+                loss, acc = _evaluate(fed, vector, spec.evaluation.batch_size)
                 record["test_loss"], record["test_accuracy"] = loss, acc
                 await store.set_round_metrics(job_id, number, {
                     "test_loss": loss, "test_accuracy": acc, "train_loss": result.train_loss})
-            record["wall_s"] = time.perf_counter() - t0
+            now = time.perf_counter()
+            record["wall_s"], clock["t0"] = now - clock["t0"], now
             metrics.append(record)
             if on_round:
                 on_round(record)
-            failed_in_a_row = 0 if result.ok else failed_in_a_row + 1
-            if failed_in_a_row >= 3:
-                status, reason = "FAILED", f"3 rounds in a row failed (last: {result.reason})"
-                break
             if (spec.target_accuracy is not None and record["test_accuracy"] is not None
                     and record["test_accuracy"] >= spec.target_accuracy):
-                reason = f"target accuracy {spec.target_accuracy} reached"
-                break
-        final = coordinator.model_vector(job_id).copy()
-        await coordinator.finish_job(job_id, status, reason)
-    except BaseException:
-        if job_id in coordinator.jobs:
-            await coordinator.finish_job(job_id, "FAILED", "interrupted")
-        raise
+                return f"target accuracy {spec.target_accuracy} reached"
+            return None
+
+        outcome = await drive_rounds(coordinator, job_id, spec.rounds,
+                                     run_devices=run_devices, after_round=after_round)
+        status, reason = outcome.status, outcome.reason
+        final_vector = final.get("vector", fed.initial)
     finally:
         await pipeline.stop()
         await bus.stop()
         await store.close()
         await asyncio.sleep(0)
-    return RunResult(job_id, metrics, final, status, reason, time.perf_counter() - started,
+    return RunResult(job_id, metrics, final_vector, status, reason,
+                     time.perf_counter() - started,
                      db_path)

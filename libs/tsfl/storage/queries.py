@@ -111,13 +111,14 @@ def audit_trail(conn: Connection, job_id: str) -> list[dict[str, Any]]:
 
 # -- jobs ------------------------------------------------------------------------------------
 def create_job(conn: Connection, job_id: str, name: str, spec: dict[str, Any],
-               spec_sha256: str, layout: list[dict[str, Any]] | None) -> None:
+               spec_sha256: str, layout: list[dict[str, Any]] | None,
+               enrollment_hash: str | None = None) -> None:
     ts = now()
     try:
         with conn.begin_nested():
             conn.execute(insert(jobs).values(
                 id=job_id, name=name, spec=spec, spec_sha256=spec_sha256, status="RUNNING",
-                layout=layout, created_at=ts, updated_at=ts))
+                layout=layout, created_at=ts, updated_at=ts, enrollment_hash=enrollment_hash))
     except IntegrityError:
         raise StoreError(f"job {job_id!r} already exists") from None
     append_audits(conn, job_id, [("job.created", "coordinator",

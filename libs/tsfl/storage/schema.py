@@ -30,6 +30,7 @@ jobs = Table(
     Column("layout", JSON),
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
+    Column("enrollment_hash", String(64)),
 )
 
 rounds = Table(

@@ -133,8 +133,9 @@ class Store:
 
     # -- jobs ------------------------------------------------------------------------------
     async def create_job(self, job_id: str, name: str, spec: dict[str, Any], spec_sha256: str,
-                         layout: list[dict[str, Any]] | None = None) -> None:
-        await self._tx(q.create_job, job_id, name, spec, spec_sha256, layout)
+                         layout: list[dict[str, Any]] | None = None,
+                         enrollment_hash: str | None = None) -> None:
+        await self._tx(q.create_job, job_id, name, spec, spec_sha256, layout, enrollment_hash)
 
     async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
         await self._tx(q.finish_job, job_id, status, reason)

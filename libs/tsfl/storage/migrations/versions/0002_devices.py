@@ -1,4 +1,4 @@
-"""device registry
+"""device registry; jobs.enrollment_hash
 
 Revision ID: 0002
 Revises: 0001
@@ -26,7 +26,11 @@ def upgrade() -> None:
         sa.Column("last_seen", sa.String(40), nullable=False),
         sa.UniqueConstraint("job_id", "device_id", name="uq_devices_job_device"),
     )
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("enrollment_hash", sa.String(64)))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("enrollment_hash")
     op.drop_table("devices")

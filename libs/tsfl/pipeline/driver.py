@@ -1,0 +1,58 @@
+"""The round loop of a job, shared by both deployments.
+
+Embedded runs simulated devices inline (``run_devices``) and evaluates centrally
+(``after_round``); the coordinator service lets real devices pull their tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from tsfl.pipeline.coordinator import Coordinator, RoundResult
+
+RunDevices = Callable[[list[str]], Awaitable[None]]
+AfterRound = Callable[[RoundResult], Awaitable[str | None]]  # a reason to stop, or None
+
+MAX_FAILED_IN_A_ROW = 3
+
+
+@dataclass
+class JobOutcome:
+    status: str
+    reason: str | None
+    results: list[RoundResult] = field(default_factory=list)
+
+
+async def drive_rounds(coordinator: Coordinator, job_id: str, total_rounds: int, *,
+                       run_devices: RunDevices | None = None,
+                       after_round: AfterRound | None = None) -> JobOutcome:
+    """Run rounds until ``total_rounds`` (or a stop reason); finishes the job."""
+    outcome = JobOutcome("COMPLETED", None)
+    failed_in_a_row = 0
+    try:
+        while True:
+            if coordinator.open_round_number(job_id) is None:
+                if coordinator.jobs[job_id].last_round >= total_rounds:
+                    break
+                cohort = await coordinator.open_round(job_id)
+                if cohort and run_devices is not None:
+                    await run_devices(cohort)
+            result = await coordinator.wait_round(job_id)
+            outcome.results.append(result)
+            failed_in_a_row = 0 if result.ok else failed_in_a_row + 1
+            stop = await after_round(result) if after_round else None
+            if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                outcome.status = "FAILED"
+                outcome.reason = (f"{MAX_FAILED_IN_A_ROW} rounds in a row failed "
+                                  f"(last: {result.reason})")
+                break
+            if stop:
+                outcome.reason = stop
+                break
+    except BaseException:
+        if job_id in coordinator.jobs:
+            await coordinator.finish_job(job_id, "FAILED", "interrupted")
+        raise
+    await coordinator.finish_job(job_id, outcome.status, outcome.reason)
+    return outcome
