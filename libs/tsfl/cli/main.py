@@ -1,7 +1,12 @@
 """``tsfl``: run federated jobs.
 
-    tsfl run [JOB.yaml] [--out DIR] [--seed N] [--rounds N]
+    tsfl run [JOB.yaml] [--out DIR] [--seed N] [--rounds N]     embedded, one process
     tsfl validate JOB.yaml
+    tsfl stack up|status|down                                  the local distributed stack
+    tsfl service NAME --kafka HOST:PORT --database URL         one service
+    tsfl job submit|status|watch|cancel ...                    admin
+    tsfl devices --job ID --token T --count N                  simulated devices over gRPC
+    tsfl audit JOB_ID
 """
 
 from __future__ import annotations
@@ -126,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a job spec and exit")
     val.add_argument("job", nargs="?")
     val.set_defaults(func=cmd_validate)
+
+    from tsfl.cli.distributed import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ Embedded runs simulated devices inline (``run_devices``) and evaluates centrally
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -26,8 +27,13 @@ class JobOutcome:
 
 async def drive_rounds(coordinator: Coordinator, job_id: str, total_rounds: int, *,
                        run_devices: RunDevices | None = None,
-                       after_round: AfterRound | None = None) -> JobOutcome:
-    """Run rounds until ``total_rounds`` (or a stop reason); finishes the job."""
+                       after_round: AfterRound | None = None,
+                       finish_on_cancel: bool = True) -> JobOutcome:
+    """Run rounds until ``total_rounds`` (or a stop reason); finishes the job.
+
+    ``finish_on_cancel=False`` leaves a cancelled job RUNNING in the store, for a service
+    that is stopping and will resume it.
+    """
     outcome = JobOutcome("COMPLETED", None)
     failed_in_a_row = 0
     try:
@@ -50,9 +56,13 @@ async def drive_rounds(coordinator: Coordinator, job_id: str, total_rounds: int,
             if stop:
                 outcome.reason = stop
                 break
-    except BaseException:
-        if job_id in coordinator.jobs:
+    except asyncio.CancelledError:
+        if finish_on_cancel and job_id in coordinator.jobs:
             await coordinator.finish_job(job_id, "FAILED", "interrupted")
+        raise
+    except Exception as exc:
+        if job_id in coordinator.jobs:
+            await coordinator.finish_job(job_id, "FAILED", f"internal error: {exc}")
         raise
     await coordinator.finish_job(job_id, outcome.status, outcome.reason)
     return outcome

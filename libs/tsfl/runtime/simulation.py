@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tsfl.config import JobSpec
+from tsfl.core.layout import ParamLayout
 from tsfl.sdk.client import TorchClient
 from tsfl.sdk.flat import FlatModule
 from tsfl.sdk.training import TrainSettings
@@ -66,3 +67,11 @@ def build_federation(spec: JobSpec) -> Federation:
                for cid, idx in zip(ids, (torch.from_numpy(p) for p in partitions), strict=True)}
     return Federation(data, partitions, ids, clients, workspace, evaluator, initial,
                       torch.from_numpy(data.x_test), torch.from_numpy(data.y_test))
+
+
+def initial_model(spec: JobSpec) -> tuple[ParamLayout, np.ndarray]:
+    """The job's model layout and initial weights, exactly as the embedded run builds them."""
+    torch.set_num_threads(spec.simulation.torch_threads)
+    data = load_dataset(spec.data, spec.clients.count)
+    flat = FlatModule(build_model(spec.model, data.input_shape, data.num_classes, spec.seed))
+    return flat.layout, flat.vector.copy()

@@ -1,0 +1,222 @@
+"""CLI commands of the distributed deployment: service, stack, devices, job, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+err = Console(stderr=True)
+out = Console()
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def _admin(address: str):
+    from tsfl.v1 import admin_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    return channel, admin_pb2_grpc.AdminServiceStub(channel)
+
+
+def _rpc_error(exc: grpc.RpcError) -> int:
+    err.print(f"[bold red]error:[/] {exc.code().name}: {exc.details()}", highlight=False)
+    return 2 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                               grpc.StatusCode.NOT_FOUND) else 1
+
+
+# -- service ---------------------------------------------------------------------------------
+def cmd_service(args: argparse.Namespace) -> int:
+    from tsfl.runtime import logs
+    from tsfl.runtime.service import ServiceConfig, run_service
+
+    logs.configure(args.name, args.log_level)
+    cfg = ServiceConfig(name=args.name, kafka=args.kafka, database=args.database,
+                        grpc=args.grpc, health=args.health,
+                        registration_timeout_s=args.registration_timeout)
+    asyncio.run(run_service(cfg))
+    return 0
+
+
+# -- stack -----------------------------------------------------------------------------------
+def cmd_stack(args: argparse.Namespace) -> int:
+    from tsfl.runtime import stack
+
+    directory = Path(args.dir)
+    if args.action == "up":
+        state = stack.up(directory, kafka=args.kafka, database=args.database,
+                         grpc_port=args.grpc_port)
+        out.print(f"coordinator gRPC: {state.grpc}", highlight=False)
+        err.print(f"kafka {state.kafka}, database {state.database}, logs in {directory}/",
+                  highlight=False)
+        return 0
+    if args.action == "status":
+        try:
+            states = stack.status(directory)
+        except FileNotFoundError as exc:
+            err.print(str(exc))
+            return 1
+        table = Table("component", "state")
+        for name, st in states.items():
+            table.add_row(name, st)
+        out.print(table)
+        bad = [n for n, s in states.items() if s not in ("serving", "running")
+               and not s.startswith("external")]
+        return 1 if bad else 0
+    stack.down(directory)
+    err.print("stack stopped")
+    return 0
+
+
+# -- devices ---------------------------------------------------------------------------------
+def cmd_devices(args: argparse.Namespace) -> int:
+    from tsfl.config import parse_job
+    from tsfl.v1 import admin_pb2
+
+    channel, admin = _admin(args.coordinator)
+    try:
+        info = admin.GetJob(admin_pb2.JobRef(job_id=args.job), timeout=10)
+    except grpc.RpcError as exc:
+        return _rpc_error(exc)
+    finally:
+        channel.close()
+    import yaml
+
+    spec = parse_job(yaml.safe_load(info.spec_yaml))
+    counts = asyncio.run(run_fleet(args.coordinator, args.job, args.token, spec, args.count))
+    err.print(f"{len(counts)} devices done, {sum(counts)} updates contributed")
+    return 0
+
+
+async def run_fleet(address: str, job_id: str, token: str, spec, count: int) -> list[int]:
+    """``count`` simulated devices (the embedded run's partitions) as real gRPC clients."""
+    from tsfl.rpc.client import start_client
+    from tsfl.runtime.simulation import build_federation
+
+    fed = build_federation(spec)
+    ids = fed.client_ids[:count]
+    # They share one model workspace and train one at a time in this event loop
+    # (offload=False), like the embedded simulation.
+    return list(await asyncio.gather(*(
+        start_client(address, fed.clients[cid], job_id=job_id, device_id=cid, token=token,
+                     layout=fed.workspace.layout, offload=False) for cid in ids)))
+
+
+# -- jobs ------------------------------------------------------------------------------------
+def cmd_job(args: argparse.Namespace) -> int:
+    from tsfl.v1 import admin_pb2
+
+    channel, admin = _admin(args.coordinator)
+    try:
+        if args.action == "submit":
+            try:
+                text = Path(args.target).read_text(encoding="utf-8")
+            except OSError as exc:
+                err.print(f"[bold red]error:[/] cannot read {args.target}: {exc.strerror}")
+                return 2
+            info = admin.SubmitJob(admin_pb2.SubmitJobRequest(
+                spec_yaml=text, enrollment_token=args.token or ""), timeout=120)
+            out.print(info.job_id, highlight=False)
+            err.print(f"enrollment token: {info.enrollment_token}  (devices: tsfl devices "
+                      f"--coordinator {args.coordinator} --job {info.job_id} --token "
+                      f"{info.enrollment_token} --count N)", highlight=False)
+        elif args.action == "status":
+            info = admin.GetJob(admin_pb2.JobRef(job_id=args.target), timeout=10)
+            out.print(json.dumps({"job_id": info.job_id, "name": info.name,
+                                  "status": info.status, "reason": info.reason,
+                                  "rounds_done": info.rounds_done,
+                                  "rounds_total": info.rounds_total,
+                                  "model_version": info.model_version,
+                                  "devices": info.devices}, indent=2))
+        elif args.action == "cancel":
+            info = admin.CancelJob(admin_pb2.JobRef(job_id=args.target), timeout=30)
+            out.print(f"{info.job_id}: {info.status}", highlight=False)
+        else:  # watch
+            info = admin.GetJob(admin_pb2.JobRef(job_id=args.target), timeout=10)
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("round {task.completed}/{task.total} {task.fields[st]}"),
+                          TimeElapsedColumn(), console=err) as progress:
+                bar = progress.add_task(info.job_id, total=info.rounds_total, st="")
+                final = "RUNNING"
+                for r in admin.WatchJob(admin_pb2.JobRef(job_id=args.target)):
+                    if r.round == 0:
+                        final = r.job_status
+                        break
+                    done = r.round if r.state in ("PUBLISHED", "FAILED") else r.round - 1
+                    progress.update(bar, completed=done, st=r.state)
+            out.print(f"{args.target}: {final}", highlight=False)
+            return 0 if final == "COMPLETED" else 1
+    except grpc.RpcError as exc:
+        return _rpc_error(exc)
+    finally:
+        channel.close()
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from tsfl.v1 import admin_pb2
+
+    channel, admin = _admin(args.coordinator)
+    try:
+        trail = admin.QueryAudit(admin_pb2.JobRef(job_id=args.job), timeout=30)
+    except grpc.RpcError as exc:
+        return _rpc_error(exc)
+    finally:
+        channel.close()
+    for e in trail.events:
+        print(json.dumps({"seq": e.seq, "at": e.created_at, "kind": e.kind, "actor": e.actor,
+                          "payload": json.loads(e.payload_json), "hash": e.hash[:16]}))
+    verdict = "intact" if trail.chain_valid else f"BROKEN ({trail.chain_detail})"
+    err.print(f"{len(trail.events)} events; hash chain {verdict}")
+    return 0 if trail.chain_valid else 1
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from tsfl.pipeline.roles import ROLES
+
+    svc = sub.add_parser("service", help="run one pipeline service (distributed deployment)")
+    svc.add_argument("name", choices=sorted(ROLES))
+    svc.add_argument("--kafka", required=True, help="bootstrap HOST:PORT")
+    svc.add_argument("--database", required=True,
+                     help="postgresql+asyncpg://USER@HOST/DB or sqlite:///FILE")
+    svc.add_argument("--grpc", default=DEFAULT_COORDINATOR, help="coordinator: listen address")
+    svc.add_argument("--health", default="127.0.0.1:0", help="health-check listen address")
+    svc.add_argument("--registration-timeout", type=float, default=600.0,
+                     help="coordinator: seconds a new job waits for its devices to enrol")
+    svc.add_argument("--log-level", default="INFO")
+    svc.set_defaults(func=cmd_service)
+
+    st = sub.add_parser("stack", help="the local stack: broker + six services as processes")
+    st.add_argument("action", choices=["up", "status", "down"])
+    st.add_argument("--dir", default=".tsfl-stack", help="state and logs")
+    st.add_argument("--kafka", help="use this broker instead of starting one")
+    st.add_argument("--database", help="database URL (default: a SQLite file in --dir)")
+    st.add_argument("--grpc-port", type=int, default=50051)
+    st.set_defaults(func=cmd_stack)
+
+    dev = sub.add_parser("devices", help="run simulated devices as real gRPC clients")
+    dev.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
+    dev.add_argument("--job", required=True)
+    dev.add_argument("--token", required=True, help="the job's enrollment token")
+    dev.add_argument("--count", type=int, required=True)
+    dev.set_defaults(func=cmd_devices)
+
+    job = sub.add_parser("job", help="submit, inspect, watch or cancel jobs")
+    job.add_argument("action", choices=["submit", "status", "watch", "cancel"])
+    job.add_argument("target", help="JOB.yaml for submit, else the job id")
+    job.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
+    job.add_argument("--token", help="submit: the enrollment token devices will present")
+    job.set_defaults(func=cmd_job)
+
+    audit = sub.add_parser("audit", help="print a job's audit trail and check its hash chain")
+    audit.add_argument("job")
+    audit.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
+    audit.set_defaults(func=cmd_audit)
+
+
+__all__ = ["add_commands", "run_fleet"]

@@ -1,0 +1,1 @@
+"""gRPC: the device and admin services (server side) and the device transport (SDK side)."""

@@ -1,0 +1,170 @@
+"""The SDK's gRPC side: a :class:`~tsfl.sdk.runner.Transport` to the coordinator, and
+``start_client`` — enrol, then poll for tasks and run them, reconnecting with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+import grpc
+import xxhash
+
+from tsfl.core.layout import ParamLayout
+from tsfl.rpc.server import CHUNK_BYTES, DEVICE_HEADER, grpc_options
+from tsfl.sdk.client import NumPyClient
+from tsfl.sdk.runner import ClientRunner, RoundTask, UploadReceipt
+from tsfl.v1 import device_pb2, device_pb2_grpc
+
+log = logging.getLogger("tsfl.sdk")
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+
+
+@dataclass
+class TLSConfig:
+    """mTLS material (PEM bytes); ``ca`` alone authenticates the server only."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+
+class GrpcTransport:
+    """Implements :class:`tsfl.sdk.runner.Transport` over the DeviceService."""
+
+    def __init__(self, address: str, job_id: str, device_id: str, *,
+                 tls: TLSConfig | None = None):
+        self.address = address
+        self.job_id = job_id
+        self.device_id = device_id
+        opts = grpc_options(CHUNK_BYTES * 4)
+        self.channel = (grpc.aio.secure_channel(address, tls.credentials(), options=opts)
+                        if tls else grpc.aio.insecure_channel(address, options=opts))
+        self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)
+        self.session: str | None = None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def _md(self) -> tuple[tuple[str, str], ...]:
+        return ((DEVICE_HEADER, self.device_id), ("authorization", f"Bearer {self.session}"))
+
+    async def register(self, enrollment_token: str,
+                       traits: device_pb2.DeviceTraits | None = None) -> None:
+        resp = await self.stub.Register(device_pb2.RegisterRequest(
+            job_id=self.job_id, device_id=self.device_id, enrollment_token=enrollment_token,
+            traits=traits or device_pb2.DeviceTraits(battery=-1)))
+        self.session = resp.session_token
+
+    async def get_task(self, client_id: str) -> RoundTask | None:
+        resp = await self.stub.GetTask(device_pb2.GetTaskRequest(job_id=self.job_id),
+                                       metadata=self._md())
+        if resp.job_finished:
+            raise JobFinished(self.job_id)
+        if not resp.has_task:
+            return None
+        return RoundTask(self.job_id, resp.round, resp.model_version,
+                         json.loads(resp.config_json or "{}"))
+
+    async def download_model(self, job_id: str, version: int) -> bytes:
+        buf = bytearray()
+        total, digest = None, None
+        for _attempt in range(5):  # resume from where a broken stream stopped
+            try:
+                async for chunk in self.stub.DownloadModel(device_pb2.DownloadModelRequest(
+                        job_id=job_id, version=version, offset=len(buf)),
+                        metadata=self._md()):
+                    if chunk.offset != len(buf):
+                        raise ValueError("model chunks out of order")
+                    if total is None:
+                        total, digest = chunk.total_size, chunk.checksum
+                    buf += chunk.data
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                await asyncio.sleep(0.2)
+        if total is None or len(buf) != total or xxhash.xxh3_64_intdigest(buf) != digest:
+            raise ConnectionError("model download incomplete or corrupted")
+        return bytes(buf)
+
+    async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
+        view = memoryview(data)
+        digest = xxhash.xxh3_64_intdigest(view)
+
+        def chunks():
+            for offset in range(0, max(len(view), 1), CHUNK_BYTES):
+                part = bytes(view[offset:offset + CHUNK_BYTES])
+                if offset == 0:
+                    yield device_pb2.UploadChunk(job_id=self.job_id, total_size=len(view),
+                                                 checksum=digest, data=part)
+                else:
+                    yield device_pb2.UploadChunk(data=part)
+
+        try:
+            resp = await self.stub.UploadUpdate(chunks(), metadata=self._md())
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in RETRYABLE:
+                raise
+            code = (exc.details() or "").split(":", 1)[0]
+            return UploadReceipt(False, code or exc.code().name.lower(), exc.details() or "")
+        return UploadReceipt(resp.accepted, resp.code, resp.message)
+
+
+class JobFinished(Exception):
+    """The job is over: the device can stop."""
+
+
+async def start_client(address: str, client: NumPyClient, *, job_id: str, device_id: str,
+                       token: str, layout: ParamLayout, tls: TLSConfig | None = None,
+                       poll_s: float = 0.2, max_backoff_s: float = 10.0,
+                       stop: asyncio.Event | None = None, offload: bool = True) -> int:
+    """Take part in a job until it finishes; returns the number of rounds contributed.
+
+    Connection failures (coordinator restarts, network drops) are retried with
+    exponential backoff and jitter; an upload interrupted half-way is sent again whole,
+    and the coordinator counts an update once per (job, round, client) whatever happens.
+    """
+    transport = GrpcTransport(address, job_id, device_id, tls=tls)
+    runner = ClientRunner(device_id, client, transport, layout, offload=offload)
+    backoff, contributed = 0.1, 0
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                if transport.session is None:
+                    await transport.register(token)
+                task = await transport.get_task(device_id)
+                if task is None:
+                    await asyncio.sleep(poll_s)
+                    continue
+                outcome = await runner.run_task(task)
+                if outcome.receipt.accepted:
+                    contributed += 1
+                elif outcome.receipt.code not in ("duplicate", "round_closed", "wrong_round",
+                                                  "stale_model"):
+                    log.warning("%s: update refused: %s %s", device_id, outcome.receipt.code,
+                                outcome.receipt.message)
+                backoff = 0.1
+            except JobFinished:
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    transport.session = None  # e.g. a coordinator that forgot us: enrol again
+                elif exc.code() not in RETRYABLE:
+                    raise
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, max_backoff_s)
+            except ConnectionError as exc:
+                log.info("%s: %s; retrying", device_id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+    finally:
+        await transport.close()
+    return contributed

@@ -1,0 +1,279 @@
+"""The coordinator's gRPC server: DeviceService, AdminService and the health service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import xxhash
+import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from tsfl.config import ConfigError
+from tsfl.pipeline.coordinator import Coordinator
+from tsfl.rpc.status import status_for
+from tsfl.runtime.jobs import JobManager
+from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+
+CHUNK_BYTES = 1024 * 1024
+DEVICE_HEADER = "x-tsfl-device"
+
+
+def _traits(t: device_pb2.DeviceTraits) -> dict[str, Any]:
+    return {"battery": t.battery, "network": t.network,
+            "free_memory_bytes": t.free_memory_bytes, "dataset_size": t.dataset_size}
+
+
+class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
+    def __init__(self, coordinator: Coordinator, jobs: JobManager, *,
+                 max_update_bytes: int = 2 * 1024**3, heartbeat_interval_s: int = 10):
+        self.coordinator = coordinator
+        self.jobs = jobs
+        self.max_update_bytes = max_update_bytes
+        self.heartbeat_interval_s = heartbeat_interval_s
+
+    async def _device(self, context: grpc.aio.ServicerContext, job_id: str) -> str:
+        """The authenticated device id of a call, or an UNAUTHENTICATED/NOT_FOUND abort."""
+        md = dict(context.invocation_metadata() or ())
+        device = md.get(DEVICE_HEADER, "")
+        auth = md.get("authorization", "")
+        if not device or not auth.startswith("Bearer "):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing device id or session token metadata")
+        if await self.coordinator.store.device_token_hash(job_id, device) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"device {device!r} is not enrolled in job {job_id!r}")
+        if not await self.coordinator.authenticate(job_id, device, auth.removeprefix("Bearer ")):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad session token")
+        return device
+
+    async def Register(self, request: device_pb2.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> device_pb2.RegisterResponse:
+        if request.job_id not in self.coordinator.jobs:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no running job {request.job_id!r}")
+        if not await self.jobs.enrollment_ok(request.job_id, request.enrollment_token):
+            await self.coordinator.store.append_audit(request.job_id, "device.refused", {
+                "device_id": request.device_id, "reason": "bad enrollment token"})
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad enrollment token")
+        session = secrets.token_urlsafe(32)
+        try:
+            await self.coordinator.register_device(request.job_id, request.device_id, session,
+                                                   _traits(request.traits))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return device_pb2.RegisterResponse(session_token=session,
+                                           heartbeat_interval_s=self.heartbeat_interval_s)
+
+    async def Heartbeat(self, request: device_pb2.HeartbeatRequest,
+                        context: grpc.aio.ServicerContext) -> device_pb2.HeartbeatResponse:
+        device = await self._device(context, request.job_id)
+        await self.coordinator.store.touch_device(request.job_id, device,
+                                                  _traits(request.traits))
+        task = await self.coordinator.get_task(device, request.job_id)
+        return device_pb2.HeartbeatResponse(
+            task_available=task is not None,
+            job_finished=request.job_id not in self.coordinator.jobs)
+
+    async def GetTask(self, request: device_pb2.GetTaskRequest,
+                      context: grpc.aio.ServicerContext) -> device_pb2.GetTaskResponse:
+        if request.job_id not in self.coordinator.jobs:
+            return device_pb2.GetTaskResponse(has_task=False, job_finished=True)
+        device = await self._device(context, request.job_id)
+        task = await self.coordinator.get_task(device, request.job_id)
+        if task is None:
+            return device_pb2.GetTaskResponse(has_task=False)
+        return device_pb2.GetTaskResponse(has_task=True, round=task.round,
+                                          model_version=task.model_version,
+                                          config_json=json.dumps(task.config))
+
+    async def DownloadModel(self, request: device_pb2.DownloadModelRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> AsyncIterator[device_pb2.ModelChunk]:
+        await self._device(context, request.job_id)
+        try:
+            data = await self.coordinator.download_model(request.job_id, request.version)
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if not 0 <= request.offset <= len(data):
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"offset {request.offset} outside 0..{len(data)}")
+        view = memoryview(data)
+        digest = xxhash.xxh3_64_intdigest(view)
+        for offset in range(request.offset, len(data), CHUNK_BYTES):
+            yield device_pb2.ModelChunk(data=bytes(view[offset:offset + CHUNK_BYTES]),
+                                        offset=offset, total_size=len(data),
+                                        checksum=digest if offset == request.offset else 0)
+
+    async def UploadUpdate(self, request_iterator: AsyncIterator[device_pb2.UploadChunk],
+                           context: grpc.aio.ServicerContext) -> device_pb2.UploadResponse:
+        buf = bytearray()
+        first: device_pb2.UploadChunk | None = None
+        async for chunk in request_iterator:
+            if first is None:
+                first = chunk
+                if not 0 < chunk.total_size <= self.max_update_bytes:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                        f"update of {chunk.total_size} bytes: the limit is "
+                        f"{self.max_update_bytes}"))
+                device = await self._device(context, chunk.job_id)
+            if len(buf) + len(chunk.data) > first.total_size:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "more data than the declared total size")
+            buf += chunk.data
+        if first is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload")
+        if len(buf) != first.total_size:
+            await context.abort(grpc.StatusCode.DATA_LOSS, (
+                f"upload ended after {len(buf)} of {first.total_size} bytes"))
+        if xxhash.xxh3_64_intdigest(buf) != first.checksum:
+            await self.coordinator.store.append_audit(first.job_id, "upload.refused", {
+                "round": first.round, "client_id": device, "code": "checksum",
+                "message": "transfer checksum mismatch"})
+            await context.abort(grpc.StatusCode.DATA_LOSS, "upload checksum mismatch")
+        receipt = await self.coordinator.upload(device, bytes(buf))
+        if not receipt.accepted:
+            await context.abort(status_for(receipt.code), f"{receipt.code}: {receipt.message}")
+        return device_pb2.UploadResponse(accepted=True, code="ok")
+
+    async def ReportEvaluation(self, request: device_pb2.EvaluationReport,
+                               context: grpc.aio.ServicerContext) -> device_pb2.Ack:
+        device = await self._device(context, request.job_id)
+        await self.coordinator.store.append_audit(request.job_id, "device.evaluation", {
+            "device_id": device, "round": request.round, "loss": request.loss,
+            "num_examples": request.num_examples, "metrics": dict(request.metrics)})
+        return device_pb2.Ack()
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, coordinator: Coordinator, jobs: JobManager, watch_poll_s: float = 0.25):
+        self.coordinator = coordinator
+        self.jobs = jobs
+        self.store = coordinator.store
+        self.watch_poll_s = watch_poll_s
+
+    async def _info(self, job_id: str, context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
+        row = await self.store.get_job(job_id)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+        rounds = await self.store.list_rounds(job_id)
+        done = sum(1 for r in rounds if r["state"] in ("PUBLISHED", "FAILED"))
+        ckpt_version = max((r["model_version"] + (r["state"] == "PUBLISHED")
+                            for r in rounds), default=0)
+        return admin_pb2.JobInfo(
+            job_id=job_id, name=row["name"], status=row["status"], reason=row["reason"] or "",
+            rounds_total=int(row["spec"].get("rounds", 0)), rounds_done=done,
+            model_version=ckpt_version, spec_yaml=yaml.safe_dump(row["spec"], sort_keys=False),
+            devices=len(await self.store.list_device_ids(job_id)))
+
+    async def SubmitJob(self, request: admin_pb2.SubmitJobRequest,
+                        context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
+        try:
+            sub = await self.jobs.submit(request.spec_yaml, request.enrollment_token)
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
+        except (ValueError, OSError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        info = await self._info(sub.job_id, context)
+        info.enrollment_token = sub.enrollment_token
+        return info
+
+    async def GetJob(self, request: admin_pb2.JobRef,
+                     context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
+        return await self._info(request.job_id, context)
+
+    async def CancelJob(self, request: admin_pb2.JobRef,
+                        context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
+        info = await self._info(request.job_id, context)
+        if info.status != "RUNNING":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"job {request.job_id} is {info.status}")
+        await self.jobs.cancel(request.job_id)
+        return await self._info(request.job_id, context)
+
+    async def WatchJob(self, request: admin_pb2.JobRef,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.RoundInfo]:
+        seen: dict[int, str] = {}
+        while True:
+            row = await self.store.get_job(request.job_id)
+            if row is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            for r in await self.store.list_rounds(request.job_id):
+                if seen.get(r["number"]) != r["state"]:
+                    seen[r["number"]] = r["state"]
+                    yield _round_info(r, row["status"])
+            if row["status"] != "RUNNING":
+                yield admin_pb2.RoundInfo(round=0, state="", job_status=row["status"],
+                                          reason=row["reason"] or "")
+                return
+            await asyncio.sleep(self.watch_poll_s)
+
+    async def ListRounds(self, request: admin_pb2.JobRef,
+                         context: grpc.aio.ServicerContext) -> admin_pb2.RoundList:
+        row = await self.store.get_job(request.job_id)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        return admin_pb2.RoundList(rounds=[_round_info(r, row["status"]) for r in
+                                           await self.store.list_rounds(request.job_id)])
+
+    async def ListParticipants(self, request: admin_pb2.ParticipantsRequest,
+                               context: grpc.aio.ServicerContext) -> admin_pb2.ParticipantList:
+        rows = await self.store.list_participants(request.job_id, request.round or None)
+        return admin_pb2.ParticipantList(participants=[admin_pb2.Participant(
+            round=p["round"], client_id=p["client_id"], status=p["status"],
+            reason=p["reason"] or "", num_examples=p["num_examples"] or 0,
+            bytes_up=p["bytes_up"] or 0) for p in rows])
+
+    async def QueryAudit(self, request: admin_pb2.JobRef,
+                         context: grpc.aio.ServicerContext) -> admin_pb2.AuditTrail:
+        trail = await self.store.audit_trail(request.job_id)
+        ok, detail = await self.store.verify_audit(request.job_id)
+        return admin_pb2.AuditTrail(chain_valid=ok, chain_detail=detail, events=[
+            admin_pb2.AuditEvent(seq=e["seq"], kind=e["kind"], actor=e["actor"],
+                                 payload_json=json.dumps(e["payload"]),
+                                 created_at=e["created_at"], hash=e["hash"],
+                                 prev_hash=e["prev_hash"]) for e in trail])
+
+
+def _round_info(r: dict[str, Any], job_status: str) -> admin_pb2.RoundInfo:
+    return admin_pb2.RoundInfo(round=r["number"], state=r["state"], reason=r["reason"] or "",
+                               accepted=r["accepted"], rejected=r["rejected"],
+                               cohort_size=r["cohort_size"], model_version=r["model_version"],
+                               job_status=job_status)
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)]
+
+
+def health_servicer(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+async def set_serving(servicer: health.aio.HealthServicer, serving: bool,
+                      services: tuple[str, ...] = ("",)) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if serving
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in services:
+        await servicer.set(name, status)
+
+
+async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, address: str,
+                                   *, credentials: grpc.ServerCredentials | None = None
+                                   ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    server = grpc.aio.server(options=grpc_options(CHUNK_BYTES * 4))
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(
+        DeviceServicer(coordinator, jobs, max_update_bytes=coordinator.max_update_bytes), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(coordinator, jobs), server)
+    hs = health_servicer(server)
+    port = (server.add_secure_port(address, credentials) if credentials
+            else server.add_insecure_port(address))
+    await server.start()
+    await set_serving(hs, True, ("", "tsfl.v1.DeviceService", "tsfl.v1.AdminService"))
+    return server, port, hs

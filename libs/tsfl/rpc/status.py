@@ -1,0 +1,29 @@
+"""Mapping of refusal codes (wire and coordinator) to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+UPLOAD_STATUS: dict[str, grpc.StatusCode] = {
+    "malformed": grpc.StatusCode.INVALID_ARGUMENT,
+    "version": grpc.StatusCode.INVALID_ARGUMENT,
+    "kind": grpc.StatusCode.INVALID_ARGUMENT,
+    "shape": grpc.StatusCode.INVALID_ARGUMENT,
+    "layout": grpc.StatusCode.INVALID_ARGUMENT,
+    "codec": grpc.StatusCode.INVALID_ARGUMENT,
+    "examples": grpc.StatusCode.INVALID_ARGUMENT,
+    "nonfinite": grpc.StatusCode.INVALID_ARGUMENT,
+    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "checksum": grpc.StatusCode.DATA_LOSS,
+    "unknown_job": grpc.StatusCode.NOT_FOUND,
+    "identity": grpc.StatusCode.PERMISSION_DENIED,
+    "not_selected": grpc.StatusCode.FAILED_PRECONDITION,
+    "wrong_round": grpc.StatusCode.FAILED_PRECONDITION,
+    "stale_model": grpc.StatusCode.FAILED_PRECONDITION,
+    "round_closed": grpc.StatusCode.FAILED_PRECONDITION,
+    "duplicate": grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+def status_for(code: str) -> grpc.StatusCode:
+    return UPLOAD_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT)

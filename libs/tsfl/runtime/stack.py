@@ -1,0 +1,131 @@
+"""The local stack without Docker: a Kafka-wire broker and the six services as processes.
+
+State (pids, addresses, log files) lives in ``DIR/stack.json``; ``status`` and ``down``
+read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tsfl.pipeline.roles import ROLES
+from tsfl.runtime.broker import free_port, start_local_broker, wait_for_port
+
+SERVICE_ORDER = ["aggregator", "byzantine", "privacy", "he", "selector", "coordinator"]
+
+
+@dataclass
+class StackState:
+    kafka: str
+    database: str
+    grpc: str
+    broker_pid: int | None = None
+    services: dict[str, dict] = field(default_factory=dict)  # name -> {pid, health, log}
+
+    def save(self, directory: Path) -> None:
+        (directory / "stack.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> StackState:
+        path = directory / "stack.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no stack in {directory} (run 'tsfl stack up' first)")
+        return cls(**json.loads(path.read_text()))
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0): look at its state
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def service_command(name: str, kafka: str, database: str, grpc: str, health: str) -> list[str]:
+    cmd = [sys.executable, "-m", "tsfl.cli.main", "service", name, "--kafka", kafka,
+           "--database", database]
+    return cmd + (["--grpc", grpc] if name == "coordinator" else ["--health", health])
+
+
+def start_service(name: str, state: StackState, directory: Path) -> dict:
+    health = f"127.0.0.1:{free_port()}"
+    log_path = directory / f"{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(service_command(name, state.kafka, state.database, state.grpc,
+                                                health),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    entry = {"pid": proc.pid, "health": state.grpc if name == "coordinator" else health,
+             "log": str(log_path)}
+    state.services[name] = entry
+    return entry
+
+
+def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: int = 50051,
+       timeout: float = 90.0) -> StackState:
+    directory.mkdir(parents=True, exist_ok=True)
+    broker_pid = None
+    if kafka is None:
+        broker = start_local_broker(log_file=directory / "broker.log")
+        kafka, broker_pid = broker.address, broker.process.pid
+    database = database or f"sqlite:///{(directory / 'tsfl.db').resolve()}"
+    state = StackState(kafka=kafka, database=database, grpc=f"127.0.0.1:{grpc_port}",
+                       broker_pid=broker_pid)
+    for name in SERVICE_ORDER:
+        start_service(name, state, directory)
+    state.save(directory)
+    deadline = time.monotonic() + timeout
+    for name, entry in state.services.items():
+        host, port = entry["health"].rsplit(":", 1)
+        if not wait_for_port(host, int(port), max(1.0, deadline - time.monotonic())):
+            raise RuntimeError(f"service {name} did not come up; see {entry['log']}")
+    return state
+
+
+def status(directory: Path) -> dict[str, str]:
+    from tsfl.rpc.health import check
+
+    state = StackState.load(directory)
+    out = {"broker": ("running" if alive(state.broker_pid) else "stopped")
+           if state.broker_pid else f"external {state.kafka}"}
+    for name, entry in state.services.items():
+        if not alive(entry["pid"]):
+            out[name] = "stopped"
+        else:
+            out[name] = check(entry["health"])
+    return out
+
+
+def down(directory: Path, timeout: float = 20.0) -> None:
+    state = StackState.load(directory)
+    pids = [e["pid"] for e in state.services.values()]
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    if state.broker_pid and alive(state.broker_pid):
+        os.kill(state.broker_pid, signal.SIGTERM)
+    (directory / "stack.json").unlink(missing_ok=True)
+
+
+assert set(SERVICE_ORDER) == set(ROLES)
