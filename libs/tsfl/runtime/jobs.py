@@ -63,6 +63,8 @@ class JobManager:
         """Restart the round loops of every RUNNING job (after a coordinator restart)."""
         resumed = []
         for row in await self.store.list_jobs("RUNNING"):
+            if row["id"] in self.tasks or row["id"] in self.coordinator.jobs:
+                continue
             try:
                 await self.coordinator.resume_job(row["id"])
             except LookupError as exc:

@@ -48,13 +48,23 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
             loop.add_signal_handler(sig, stop.set)
     bus = KafkaBus(cfg.kafka, chunk_bytes=cfg.chunk_bytes, client_id=f"tsfl-{cfg.name}")
     await bus.start()
-    await bus.create_topics(TOPICS)
-    store = await Store.open(cfg.database)
+    try:
+        await bus.create_topics(TOPICS)
+        store = await Store.open(cfg.database)
+    except BaseException:
+        await bus.stop()
+        raise
     role = ROLES[cfg.name](bus, store)
     jobs: JobManager | None = None
     server: grpc.aio.Server
+    # Consume first and resume the running jobs, then open the doors: a job submitted
+    # before the resume would otherwise be picked up twice.
+    await role.start()
     if isinstance(role, Coordinator):
         jobs = JobManager(role, registration_timeout_s=cfg.registration_timeout_s)
+        resumed = await jobs.resume_all()
+        if resumed:
+            log.info("resumed jobs: %s", ", ".join(resumed))
         server, port, health = await start_coordinator_server(role, jobs, cfg.grpc)
         address = f"{cfg.grpc.rsplit(':', 1)[0]}:{port}"
     else:
@@ -63,11 +73,6 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
         port = server.add_insecure_port(cfg.health)
         await server.start()
         address = f"{cfg.health.rsplit(':', 1)[0]}:{port}"
-    await role.start()
-    if jobs is not None:
-        resumed = await jobs.resume_all()
-        if resumed:
-            log.info("resumed jobs: %s", ", ".join(resumed))
     await set_serving(health, True)
     log.info("%s serving on %s", cfg.name, address)
     print(f"tsfl {cfg.name} serving on {address}", flush=True)

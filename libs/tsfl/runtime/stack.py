@@ -19,6 +19,7 @@ from tsfl.pipeline.roles import ROLES
 from tsfl.runtime.broker import free_port, start_local_broker, wait_for_port
 
 SERVICE_ORDER = ["aggregator", "byzantine", "privacy", "he", "selector", "coordinator"]
+_PROCS: dict[int, subprocess.Popen[bytes]] = {}  # children of this process, to reap them
 
 
 @dataclass
@@ -72,6 +73,7 @@ def start_service(name: str, state: StackState, directory: Path) -> dict:
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     entry = {"pid": proc.pid, "health": state.grpc if name == "coordinator" else health,
              "log": str(log_path)}
+    _PROCS[proc.pid] = proc
     state.services[name] = entry
     return entry
 
@@ -92,8 +94,11 @@ def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: i
     deadline = time.monotonic() + timeout
     for name, entry in state.services.items():
         host, port = entry["health"].rsplit(":", 1)
-        if not wait_for_port(host, int(port), max(1.0, deadline - time.monotonic())):
-            raise RuntimeError(f"service {name} did not come up; see {entry['log']}")
+        while not wait_for_port(host, int(port), 0.5):
+            proc = _PROCS.get(entry["pid"])
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                down(directory)
+                raise RuntimeError(f"service {name} did not come up; see {entry['log']}")
     return state
 
 

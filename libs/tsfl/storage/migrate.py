@@ -6,6 +6,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 
@@ -24,7 +25,14 @@ def head_revision() -> str:
     return head
 
 
+MIGRATION_LOCK = 0x75F1  # pg advisory lock key: one migrator at a time
+
+
 def upgrade_on(connection: Connection, revision: str = "head") -> None:
+    """Upgrade inside the caller's transaction. Services starting together on one
+    PostgreSQL database queue on an advisory lock; SQLite's write lock does the same."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
     command.upgrade(alembic_config(connection), revision)
 
 
