@@ -142,6 +142,7 @@ def _kill_when_collecting(state: stack.StackState, database: str, name: str,
         if asyncio.run(round_state()) == "COLLECTING":
             break
         time.sleep(0.05)
+    job_id_box.append(asyncio.run(round_state()))  # the state the victim died in
     os.kill(state.services[name]["pid"], signal.SIGKILL)
     time.sleep(1.0)
     stack.start_service(name, state, directory)
@@ -162,8 +163,130 @@ def test_kill_9_mid_round_then_restart_gives_the_same_model(services, database, 
     box.append(job_id)
     _fleet(state.grpc, job_id, JOB)
     killer.join(60)
+    assert box[1:] == ["COLLECTING"], "the service was not killed mid-round"
     assert _job(state.grpc, job_id).status == "COMPLETED"
     final, rounds, parts = asyncio.run(_final_model(database, job_id))
     _check_counted_once(rounds, parts, JOB)
     embedded = _embedded_final(tmp_path, JOB)
     assert np.max(np.abs(final - embedded)) <= 1e-5
+
+
+BAD_JOB = {**JOB, "name": "bad", "rounds": 1, "clients": {"count": 4, "per_round": 4}}
+
+
+async def _bad_uploads(address: str, job_id: str) -> dict[str, grpc.StatusCode]:
+    from tsfl.core.update import Update
+    from tsfl.rpc.client import GrpcTransport
+    from tsfl.runtime.simulation import initial_model
+    from tsfl.v1 import device_pb2
+    from tsfl.wire import encode_update
+
+    layout, _ = initial_model(parse_job(BAD_JOB))
+    ids = [f"client-{i:05d}" for i in range(4)]
+    devices = {i: GrpcTransport(address, job_id, i) for i in ids}
+    for t in devices.values():
+        await t.register("enrol-me")
+    a = devices[ids[0]]
+    task = None
+    for _ in range(600):
+        task = await a.get_task(ids[0])
+        if task:
+            break
+        await asyncio.sleep(0.1)
+    assert task is not None
+
+    def frame(client, delta=None, rnd=None, n=10):
+        d = np.zeros(layout.total_size, np.float32) if delta is None else delta
+        return encode_update(Update(job_id, rnd or task.round, client, task.model_version, n,
+                                    d, {"train_loss": 1.0}), layout)
+
+    async def raw_upload(transport, data, *, checksum=None, total=None, md=None):
+        import xxhash
+
+        chunk = device_pb2.UploadChunk(job_id=job_id, total_size=total or len(data),
+                                       checksum=checksum if checksum is not None
+                                       else xxhash.xxh3_64_intdigest(data), data=data)
+
+        async def gen():
+            yield chunk
+
+        try:
+            await transport.stub.UploadUpdate(gen(), metadata=md or transport._md())
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    codes = {}
+    good = frame(ids[0])
+    codes["checksum"] = await raw_upload(a, good, checksum=12345)
+    codes["shape"] = await raw_upload(a, frame(ids[0], np.zeros(7, np.float32)))
+    nan = np.zeros(layout.total_size, np.float32)
+    nan[3] = np.nan
+    codes["nan"] = await raw_upload(a, frame(ids[0], nan))
+    codes["oversized"] = await raw_upload(a, good, total=3 * 1024**3)
+    codes["unknown_device"] = await raw_upload(a, good, md=(("x-tsfl-device", "ghost"),
+                                                            ("authorization", "Bearer x")))
+    codes["bad_token"] = await raw_upload(a, good, md=(("x-tsfl-device", ids[0]),
+                                                       ("authorization", "Bearer wrong")))
+    codes["wrong_round"] = await raw_upload(a, frame(ids[0], rnd=task.round + 6))
+    codes["accepted"] = await raw_upload(a, good)
+    codes["replay"] = await raw_upload(a, good)
+
+    # a device that drops mid-upload, reconnects and sends the update again
+    b = devices[ids[1]]
+    data = frame(ids[1])
+    first = device_pb2.UploadChunk(job_id=job_id, total_size=len(data) * 2, checksum=0,
+                                   data=data)
+    stalled = asyncio.Event()
+
+    async def half():
+        yield first
+        await stalled.wait()  # never sends the rest
+
+    call = b.stub.UploadUpdate(half(), metadata=b._md())
+    await asyncio.sleep(0.3)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    codes["retry_after_drop"] = await raw_upload(b, data)
+    codes["retry_again"] = await raw_upload(b, data)
+    for i in ids[2:]:
+        codes[f"good:{i}"] = await raw_upload(devices[i], frame(i))
+    for t in devices.values():
+        await t.close()
+    return codes
+
+
+def test_bad_uploads_get_precise_statuses_and_the_round_completes(services, database):
+    state, _ = services
+    job_id = _submit(state.grpc, BAD_JOB)
+    codes = asyncio.run(asyncio.wait_for(_bad_uploads(state.grpc, job_id), 120))
+    S = grpc.StatusCode
+    assert codes == {
+        "checksum": S.DATA_LOSS, "shape": S.INVALID_ARGUMENT, "nan": S.INVALID_ARGUMENT,
+        "oversized": S.RESOURCE_EXHAUSTED, "unknown_device": S.NOT_FOUND,
+        "bad_token": S.UNAUTHENTICATED, "wrong_round": S.FAILED_PRECONDITION,
+        "accepted": S.OK, "replay": S.ALREADY_EXISTS, "retry_after_drop": S.OK,
+        "retry_again": S.ALREADY_EXISTS,
+        "good:client-00002": S.OK, "good:client-00003": S.OK,
+    }
+    for _ in range(100):
+        if _job(state.grpc, job_id).status != "RUNNING":
+            break
+        time.sleep(0.1)
+    assert _job(state.grpc, job_id).status == "COMPLETED"
+
+    async def trail():
+        store = await Store.open(database, migrate_schema=False)
+        try:
+            return (await store.audit_trail(job_id), await store.list_participants(job_id),
+                    await store.verify_audit(job_id))
+        finally:
+            await store.close()
+
+    events, parts, chain = asyncio.run(trail())
+    refused = {e["payload"]["code"] for e in events if e["kind"] == "upload.refused"}
+    assert {"checksum", "shape", "nonfinite", "too_large", "unknown_device", "bad_token",
+            "wrong_round", "duplicate"} <= refused
+    assert sorted(p["status"] for p in parts) == ["accepted"] * 4
+    assert chain == (True, "ok")

@@ -14,7 +14,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tsfl.config import ConfigError
-from tsfl.pipeline.coordinator import Coordinator
+from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator
 from tsfl.rpc.status import status_for
 from tsfl.runtime.jobs import JobManager
 from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -36,19 +36,31 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         self.max_update_bytes = max_update_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
 
+    async def _refuse(self, context: grpc.aio.ServicerContext, job_id: str, device: str,
+                      code: str, status: grpc.StatusCode, message: str) -> None:
+        """Audit a refused call (on the job's chain, or the system chain), then abort it."""
+        chain = job_id if await self.coordinator.store.get_job(job_id) else SYSTEM_AUDIT
+        await self.coordinator.store.append_audit(chain, "upload.refused" if code else
+                                                  "call.refused", {
+            "client_id": device, "code": code, "message": message})
+        await context.abort(status, f"{code}: {message}")
+
     async def _device(self, context: grpc.aio.ServicerContext, job_id: str) -> str:
         """The authenticated device id of a call, or an UNAUTHENTICATED/NOT_FOUND abort."""
         md = dict(context.invocation_metadata() or ())
         device = md.get(DEVICE_HEADER, "")
         auth = md.get("authorization", "")
         if not device or not auth.startswith("Bearer "):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing device id or session token metadata")
+            await self._refuse(context, job_id, device, "unauthenticated",
+                               grpc.StatusCode.UNAUTHENTICATED,
+                               "missing device id or session token metadata")
         if await self.coordinator.store.device_token_hash(job_id, device) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"device {device!r} is not enrolled in job {job_id!r}")
+            await self._refuse(context, job_id, device, "unknown_device",
+                               grpc.StatusCode.NOT_FOUND,
+                               f"device {device!r} is not enrolled in job {job_id!r}")
         if not await self.coordinator.authenticate(job_id, device, auth.removeprefix("Bearer ")):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad session token")
+            await self._refuse(context, job_id, device, "bad_token",
+                               grpc.StatusCode.UNAUTHENTICATED, "bad session token")
         return device
 
     async def Register(self, request: device_pb2.RegisterRequest,
@@ -115,11 +127,12 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         async for chunk in request_iterator:
             if first is None:
                 first = chunk
-                if not 0 < chunk.total_size <= self.max_update_bytes:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
-                        f"update of {chunk.total_size} bytes: the limit is "
-                        f"{self.max_update_bytes}"))
                 device = await self._device(context, chunk.job_id)
+                if not 0 < chunk.total_size <= self.max_update_bytes:
+                    await self._refuse(context, chunk.job_id, device, "too_large",
+                                       grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                                           f"update of {chunk.total_size} bytes: the limit "
+                                           f"is {self.max_update_bytes}"))
             if len(buf) + len(chunk.data) > first.total_size:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "more data than the declared total size")
@@ -130,10 +143,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             await context.abort(grpc.StatusCode.DATA_LOSS, (
                 f"upload ended after {len(buf)} of {first.total_size} bytes"))
         if xxhash.xxh3_64_intdigest(buf) != first.checksum:
-            await self.coordinator.store.append_audit(first.job_id, "upload.refused", {
-                "round": first.round, "client_id": device, "code": "checksum",
-                "message": "transfer checksum mismatch"})
-            await context.abort(grpc.StatusCode.DATA_LOSS, "upload checksum mismatch")
+            await self._refuse(context, first.job_id, device, "checksum",
+                               grpc.StatusCode.DATA_LOSS, "transfer checksum mismatch")
         receipt = await self.coordinator.upload(device, bytes(buf))
         if not receipt.accepted:
             await context.abort(status_for(receipt.code), f"{receipt.code}: {receipt.message}")
