@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import grpc
@@ -32,6 +33,11 @@ def _rpc_error(exc: grpc.RpcError) -> int:
 
 # -- service ---------------------------------------------------------------------------------
 def cmd_service(args: argparse.Namespace) -> int:
+    missing = [f for f in ("kafka", "database") if not getattr(args, f)]
+    if missing:
+        err.print(f"[bold red]error:[/] missing {', '.join('--' + m for m in missing)} "
+                  f"(or {', '.join('TSFL_' + m.upper() for m in missing)})", highlight=False)
+        return 2
     from tsfl.runtime import logs
     from tsfl.runtime.service import ServiceConfig, run_service
 
@@ -181,11 +187,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     svc = sub.add_parser("service", help="run one pipeline service (distributed deployment)")
     svc.add_argument("name", choices=sorted(ROLES))
-    svc.add_argument("--kafka", required=True, help="bootstrap HOST:PORT")
-    svc.add_argument("--database", required=True,
-                     help="postgresql+asyncpg://USER@HOST/DB or sqlite:///FILE")
-    svc.add_argument("--grpc", default=DEFAULT_COORDINATOR, help="coordinator: listen address")
-    svc.add_argument("--health", default="127.0.0.1:0", help="health-check listen address")
+    env = os.environ.get
+    svc.add_argument("--kafka", default=env("TSFL_KAFKA"),
+                     help="bootstrap HOST:PORT (env TSFL_KAFKA)")
+    svc.add_argument("--database", default=env("TSFL_DATABASE"),
+                     help="postgresql+asyncpg://USER@HOST/DB or sqlite:///FILE "
+                          "(env TSFL_DATABASE)")
+    svc.add_argument("--grpc", default=env("TSFL_GRPC", DEFAULT_COORDINATOR),
+                     help="coordinator: listen address (env TSFL_GRPC)")
+    svc.add_argument("--health", default=env("TSFL_HEALTH", "127.0.0.1:0"),
+                     help="health-check listen address (env TSFL_HEALTH)")
     svc.add_argument("--registration-timeout", type=float, default=600.0,
                      help="coordinator: seconds a new job waits for its devices to enrol")
     svc.add_argument("--log-level", default="INFO")

@@ -1,0 +1,77 @@
+"""Typed faust-streaming records of the events TrustStram FL publishes, for TrustStram
+services that subscribe to its topics (see docs/topics.md).
+
+Messages on the wire are tsfl envelopes (msgpack maps, or frames with a raw float32
+payload); the ``tsfl`` codec registered here turns them into these records::
+
+    from tsfl.faust_models import ModelRelease, RoundEvent
+    models = app.topic("tsfl.models", value_type=ModelRelease, value_serializer="tsfl")
+
+Needs the ``faust`` extra: ``pip install truststram-fl[faust]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import numpy as np
+from faust.serializers import codecs
+
+from tsfl.pipeline import events
+from tsfl.wire.codecs import F32
+from tsfl.wire.envelope import unpack, unpack_frame
+
+
+class RoundEvent(faust.Record, serializer="tsfl"):
+    """``tsfl.rounds``: a job's or round's state change (persisted before it is sent)."""
+
+    type: str          # job_started, open, collecting, closing, published, failed, job_finished
+    job: str
+    round: int
+    model_version: int | None = None
+    cohort: list[str] | None = None
+    uploaded: list[str] | None = None
+    status: str | None = None
+    reason: str | None = None
+
+
+class ModelRelease(faust.Record, serializer="tsfl"):
+    """``tsfl.models``: a released global model (after the privacy stage)."""
+
+    job: str
+    version: int
+    round: int
+    layout: str        # digest of the model's ParamLayout (see AdminService.GetJob)
+    accepted: list[str]
+    rejected: dict[str, str]
+    num_examples: int
+    payload: bytes     # little-endian float32, the flat parameter vector
+
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(self.payload, dtype=F32)
+
+
+class TsflCodec(codecs.Codec):
+    """Decodes tsfl envelopes and frames into the dicts faust builds records from."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        raise NotImplementedError("TrustStram FL topics are written by TrustStram FL only")
+
+    def _loads(self, s: bytes) -> Any:
+        if s[:4] == b"TSF1":
+            head, payload = unpack_frame(s, "model")
+            extra = head.get("extra", {})
+            return {"job": head["job"], "version": head["version"],
+                    "round": extra.get("round", 0), "layout": head["layout"],
+                    "accepted": extra.get("accepted", []),
+                    "rejected": extra.get("rejected", {}),
+                    "num_examples": extra.get("num_examples", 0), "payload": bytes(payload)}
+        obj = unpack(s, events.ROUND_EVENT)
+        obj.pop("v", None)
+        obj.pop("kind", None)
+        known = set(RoundEvent._options.fields)
+        return {k: v for k, v in obj.items() if k in known}
+
+
+codecs.register("tsfl", TsflCodec())

@@ -1,0 +1,40 @@
+"""TrustStram consumers' Faust records decode what the pipeline publishes."""
+
+import numpy as np
+import pytest
+
+faust = pytest.importorskip("faust", reason="installed with the [faust] extra")
+
+from tsfl.core.layout import ParamLayout  # noqa: E402
+from tsfl.faust_models import ModelRelease, RoundEvent, TsflCodec  # noqa: E402
+from tsfl.pipeline import events  # noqa: E402
+from tsfl.pipeline.privacy import release_model  # noqa: E402
+
+
+def test_round_events_decode_into_records():
+    raw = events.round_event(events.COLLECTING, "job-1", 3, cohort=["a", "b"], model_version=2)
+    event = RoundEvent.from_data(TsflCodec().loads(raw))
+    assert (event.type, event.job, event.round, event.cohort, event.model_version) == (
+        "collecting", "job-1", 3, ["a", "b"], 2)
+
+
+def test_released_models_decode_into_records():
+    layout = ParamLayout([("w", (4,), "float32")])
+    vec = np.arange(4, dtype=np.float32)
+    agg = events.aggregate_message("job-1", 2, 2, layout=layout.digest, ok=True,
+                                   accepted=["a"], rejected={"b": "nonfinite"},
+                                   num_examples=12, train_loss=0.5, vector=vec)
+    head, payload = events.parse_aggregate(agg)
+    model = ModelRelease.from_data(TsflCodec().loads(release_model(head, payload)))
+    assert (model.job, model.version, model.round, model.num_examples) == ("job-1", 2, 2, 12)
+    assert model.rejected == {"b": "nonfinite"} and model.layout == layout.digest
+    np.testing.assert_array_equal(model.vector(), vec)
+
+
+async def test_the_example_app_agents_process_events():
+    from tsfl.examples import faust_consumer
+
+    async with faust_consumer.on_round.test_context() as agent:
+        event = RoundEvent(type="published", job="j", round=1, model_version=1)
+        out = await agent.put(event)
+        assert agent.results[out.message.offset].round == 1
