@@ -55,10 +55,26 @@ def end_to_end_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def pipeline_table(data: dict) -> str:
+    lines = ["| updates | update size | broker MB/s | pipeline MB/s | updates/s "
+             "| pipeline ÷ broker |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['n']} | {r['update_kb']:.0f} KB | {r['broker_mb_per_s']:.1f} | "
+                     f"{r['mb_per_s']:.1f} | {r['updates_per_s']:.0f} | "
+                     f"**{r['pipeline_over_broker']:.2f}** |")
+    c = data["round_close"]
+    lines.append("")
+    lines.append(f"Round close ({c['n']} updates × {_size(c['params'])} parameters, last "
+                 f"update in → model released and PUBLISHED persisted): "
+                 f"**{c['round_close_s'] * 1e3:.0f} ms**.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
-    for name, render in (("aggregation", aggregation_table), ("end_to_end", end_to_end_table)):
+    for name, render in (("aggregation", aggregation_table), ("end_to_end", end_to_end_table),
+                         ("pipeline", pipeline_table)):
         data = _load(name)
         if data is None:
             continue

@@ -66,7 +66,8 @@ def services(broker, database, tmp_path):
     state = stack.up(tmp_path / "stack", kafka=broker.address, database=database,
                      grpc_port=free_port())
     yield state, tmp_path / "stack"
-    stack.down(tmp_path / "stack")
+    if (tmp_path / "stack" / "stack.json").exists():
+        stack.down(tmp_path / "stack")
 
 
 def _submit(address: str, job: dict, token: str = "enrol-me") -> str:
@@ -290,3 +291,42 @@ def test_bad_uploads_get_precise_statuses_and_the_round_completes(services, data
             "wrong_round", "duplicate"} <= refused
     assert sorted(p["status"] for p in parts) == ["accepted"] * 4
     assert chain == (True, "ok")
+
+
+def test_admin_cli_status_cancel_and_graceful_stop(services):
+    import subprocess
+    import sys
+
+    state, directory = services
+
+    def tsfl(*args):
+        return subprocess.run([sys.executable, "-m", "tsfl.cli.main", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    spec = directory / "job.yaml"
+    spec.write_text(yaml.safe_dump({**JOB, "name": "cancel-me"}))
+    sub = tsfl("job", "submit", str(spec), "--coordinator", state.grpc, "--token", "t")
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip()
+    status = tsfl("job", "status", job_id, "--coordinator", state.grpc)
+    assert '"status": "RUNNING"' in status.stdout and '"devices": 0' in status.stdout
+    assert tsfl("job", "cancel", job_id, "--coordinator", state.grpc).returncode == 0
+    assert '"status": "CANCELLED"' in tsfl("job", "status", job_id, "--coordinator",
+                                           state.grpc).stdout
+    watch = tsfl("job", "watch", job_id, "--coordinator", state.grpc)
+    assert watch.returncode == 1 and "CANCELLED" in watch.stdout
+    audit = tsfl("audit", job_id, "--coordinator", state.grpc)
+    assert audit.returncode == 0 and "job.cancelled" in audit.stdout
+    assert "hash chain intact" in audit.stderr
+    bad = directory / "bad.yaml"
+    bad.write_text("name: x\nrounds: 0\n")
+    refused = tsfl("job", "submit", str(bad), "--coordinator", state.grpc)
+    assert refused.returncode == 2 and "rounds" in refused.stderr
+    missing = tsfl("job", "status", "no-such-job", "--coordinator", state.grpc)
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+    st = tsfl("stack", "status", "--dir", str(directory))
+    assert st.returncode == 0 and st.stdout.count("serving") == 6
+    assert tsfl("stack", "down", "--dir", str(directory)).returncode == 0
+    for name in stack.SERVICE_ORDER:  # SIGTERM: each service said it stopped cleanly
+        log = (directory / f"{name}.log").read_text()
+        assert f'"msg": "{name} stopped"' in log, name

@@ -50,13 +50,17 @@ class _Assembly:
 
 class KafkaBus(Bus):
     def __init__(self, bootstrap: str, *, chunk_bytes: int = 4 * 1024**2,
-                 client_id: str = "tsfl", request_timeout_ms: int = 60_000):
+                 client_id: str = "tsfl", request_timeout_ms: int = 60_000,
+                 fetch_max_wait_ms: int = 10):
         if chunk_bytes < 1024:
             raise ValueError("chunk_bytes must be at least 1 KiB")
         self.bootstrap = bootstrap
         self.chunk_bytes = chunk_bytes
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
+        # How long the broker may hold an empty fetch. Kafka's 500 ms default would add up
+        # to half a second to every hop of a round; control messages need milliseconds.
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -135,7 +139,8 @@ class KafkaConsumer(Consumer):
             *self.topics, bootstrap_servers=self.bus.bootstrap, group_id=self.group_id,
             client_id=f"{self.bus.client_id}-{self.group_id}", enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_bytes=fetch * 4,
-            max_partition_fetch_bytes=fetch, check_crcs=True)
+            max_partition_fetch_bytes=fetch, check_crcs=True,
+            fetch_max_wait_ms=self.bus.fetch_max_wait_ms)
         try:
             await self._consumer.start()
         except KafkaError as exc:

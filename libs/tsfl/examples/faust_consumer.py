@@ -23,7 +23,7 @@ models = app.topic("tsfl.models", value_type=ModelRelease, value_serializer="tsf
 
 
 @app.agent(rounds)
-async def on_round(stream):  # noqa: ANN001, ANN201
+async def on_round(stream):
     async for event in stream:
         print(f"{event.job} round {event.round}: {event.type}"
               + (f" ({event.reason})" if event.reason else ""))
@@ -31,7 +31,7 @@ async def on_round(stream):  # noqa: ANN001, ANN201
 
 
 @app.agent(models)
-async def on_model(stream):  # noqa: ANN001, ANN201
+async def on_model(stream):
     async for model in stream:
         vec = model.vector()
         print(f"{model.job} model v{model.version} (round {model.round}): {vec.size} params, "
