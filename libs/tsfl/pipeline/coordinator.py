@@ -332,14 +332,14 @@ class Coordinator(BusRole):
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
         """Accept a device's update: check it, persist it, pass it down the pipeline."""
         try:
-            meta = peek_update_meta(data, self.max_update_bytes, verify=True)
+            meta = peek_update_meta(data, self.max_update_bytes)
         except WireError as exc:
             return await self._refuse(None, None, client_id, exc.code, str(exc))
         job = self.jobs.get(meta["job_id"])
         if job is None:
             return await self._refuse(None, None, client_id, "unknown_job",
                                       f"no running job {meta['job_id']!r}")
-        try:  # the whole update, so the device hears exactly what is wrong with it
+        try:  # all of it (checksum, layout, sizes, values): the device hears what is wrong
             decode_update(data, job.layout, max_bytes=self.max_update_bytes)
         except WireError as exc:
             return await self._refuse(job, job.round, client_id, exc.code, str(exc))
