@@ -44,8 +44,14 @@ def cmd_service(args: argparse.Namespace) -> int:
     logs.configure(args.name, args.log_level)
     cfg = ServiceConfig(name=args.name, kafka=args.kafka, database=args.database,
                         grpc=args.grpc, health=args.health,
-                        registration_timeout_s=args.registration_timeout)
-    asyncio.run(run_service(cfg))
+                        registration_timeout_s=args.registration_timeout,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        tls_client_ca=args.tls_client_ca)
+    try:
+        asyncio.run(run_service(cfg))
+    except (ValueError, OSError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
     return 0
 
 
@@ -197,6 +203,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="coordinator: listen address (env TSFL_GRPC)")
     svc.add_argument("--health", default=env("TSFL_HEALTH", "127.0.0.1:0"),
                      help="health-check listen address (env TSFL_HEALTH)")
+    svc.add_argument("--tls-cert", default=env("TSFL_TLS_CERT"),
+                     help="coordinator: serve gRPC over TLS with this certificate (PEM)")
+    svc.add_argument("--tls-key", default=env("TSFL_TLS_KEY"), help="its private key (PEM)")
+    svc.add_argument("--tls-client-ca", default=env("TSFL_TLS_CLIENT_CA"),
+                     help="require device certificates signed by this CA (mTLS)")
     svc.add_argument("--registration-timeout", type=float, default=600.0,
                      help="coordinator: seconds a new job waits for its devices to enrol")
     svc.add_argument("--log-level", default="INFO")

@@ -36,11 +36,35 @@ class ServiceConfig:
     health: str = "127.0.0.1:0"        # the other services' health endpoint
     chunk_bytes: int = 4 * 1024**2
     registration_timeout_s: float = 600.0
+    tls_cert: str | None = None        # coordinator: server certificate (PEM file)
+    tls_key: str | None = None         # coordinator: its private key
+    tls_client_ca: str | None = None   # coordinator: require client certificates (mTLS)
+
+
+def server_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
+    """TLS for the coordinator's gRPC port; with a client CA, devices need certificates."""
+    if not cfg.tls_cert and not cfg.tls_key:
+        if cfg.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    with open(cfg.tls_cert, "rb") as fh:
+        cert = fh.read()
+    with open(cfg.tls_key, "rb") as fh:
+        key = fh.read()
+    client_ca = None
+    if cfg.tls_client_ca:
+        with open(cfg.tls_client_ca, "rb") as fh:
+            client_ca = fh.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
 
 async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> None:
     if cfg.name not in ROLES:
         raise ValueError(f"unknown service {cfg.name!r}; choose from {sorted(ROLES)}")
+    server_credentials(cfg)  # fail fast on bad TLS settings, before connecting anything
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,7 +89,8 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
         resumed = await jobs.resume_all()
         if resumed:
             log.info("resumed jobs: %s", ", ".join(resumed))
-        server, port, health = await start_coordinator_server(role, jobs, cfg.grpc)
+        server, port, health = await start_coordinator_server(
+            role, jobs, cfg.grpc, credentials=server_credentials(cfg))
         address = f"{cfg.grpc.rsplit(':', 1)[0]}:{port}"
     else:
         server = grpc.aio.server()
