@@ -133,3 +133,27 @@ async def test_unsupported_database_url():
 
     with pytest.raises(StoreError, match="unsupported database"):
         await Store.open("mysql://localhost/x")
+
+
+async def test_exclusive_sqlite_store_caches_audit_heads_safely(tmp_path):
+    """The sole-writer cache of chain heads survives a rolled-back transaction."""
+    from tsfl.storage import Store
+    from tsfl.storage import queries as q
+
+    store = await Store.open(f"sqlite:///{tmp_path / 'x.db'}", exclusive=True)
+    try:
+        await _job(store)
+        await store.append_audit("j1", "note", {"i": 1})
+
+        def append_then_fail(conn):
+            q.append_audits(conn, "j1", [("doomed", "test", {})])
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await store.run_in_transaction(append_then_fail)
+        await store.append_audit("j1", "note", {"i": 2})
+        trail = await store.audit_trail("j1")
+        assert [e["kind"] for e in trail][-2:] == ["note", "note"]
+        assert await store.verify_audit("j1") == (True, "ok")
+    finally:
+        await store.close()

@@ -60,7 +60,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db_path}{suffix}").unlink(missing_ok=True)
         database_url = f"sqlite:///{db_path}"
-    store = await Store.open(database_url)
+    store = await Store.open(database_url, exclusive=database_url.startswith("sqlite"))
     bus = MemoryBus()
     await bus.start()
     await bus.create_topics(TOPICS)
@@ -79,6 +79,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout)
                    for cid in fed.client_ids}
         clock = {"t0": time.perf_counter()}
+        round_metrics: dict[int, dict[str, Any]] = {}  # written once, with the outputs
         final: dict[str, np.ndarray] = {}
 
         async def run_devices(cohort: list[str]) -> None:
@@ -104,8 +105,8 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
             if number % spec.evaluation.every == 0 or number == spec.rounds:
                 loss, acc = _evaluate(fed, vector, spec.evaluation.batch_size)
                 record["test_loss"], record["test_accuracy"] = loss, acc
-                await store.set_round_metrics(job_id, number, {
-                    "test_loss": loss, "test_accuracy": acc, "train_loss": result.train_loss})
+                round_metrics[number] = {"test_loss": loss, "test_accuracy": acc,
+                                         "train_loss": result.train_loss}
             now = time.perf_counter()
             record["wall_s"], clock["t0"] = now - clock["t0"], now
             metrics.append(record)
@@ -119,6 +120,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         outcome = await drive_rounds(coordinator, job_id, spec.rounds,
                                      run_devices=run_devices, after_round=after_round)
         status, reason = outcome.status, outcome.reason
+        await store.set_rounds_metrics(job_id, round_metrics)
         final_vector = final.get("vector", fed.initial)
     finally:
         await pipeline.stop()

@@ -23,6 +23,8 @@ from tsfl.storage.schema import audit_events, checkpoints, devices, jobs, partic
 from tsfl.storage.states import NEXT_STATES, RoundState, StoreError
 
 GENESIS_HASH = "0" * 64
+AUDIT_HEADS = "tsfl_audit_heads"      # Connection.info keys of the audit-head cache
+AUDIT_PENDING = "tsfl_audit_pending"
 TABLES = {"jobs": jobs, "rounds": rounds, "participants": participants,
           "checkpoints": checkpoints, "audit_events": audit_events, "devices": devices}
 
@@ -89,9 +91,13 @@ def append_audits(conn: Connection, job_id: str,
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                      {"k": f"tsfl-audit:{job_id}"})
-    last = conn.execute(_AUDIT_HEAD, {"job_id": job_id}).first()
-    seq = 0 if last is None else last.seq + 1
-    prev = GENESIS_HASH if last is None else last.hash
+    heads = conn.info.get(AUDIT_HEADS)  # set only by a store that is the sole writer
+    if heads is not None and job_id in heads:
+        seq, prev = heads[job_id]
+    else:
+        last = conn.execute(_AUDIT_HEAD, {"job_id": job_id}).first()
+        seq = 0 if last is None else last.seq + 1
+        prev = GENESIS_HASH if last is None else last.hash
     rows = []
     for kind, actor, payload in entries:
         row = {"job_id": job_id, "seq": seq, "kind": kind, "actor": actor,
@@ -101,6 +107,8 @@ def append_audits(conn: Connection, job_id: str,
         rows.append(row)
         seq += 1
     conn.execute(_AUDIT_INSERT, rows)
+    if heads is not None:  # becomes the cached head when the transaction commits
+        conn.info.setdefault(AUDIT_PENDING, {})[job_id] = (seq, prev)
 
 
 def audit_trail(conn: Connection, job_id: str) -> list[dict[str, Any]]:
@@ -207,6 +215,14 @@ def complete_round(conn: Connection, job_id: str, number: int, accepted: Iterabl
     if publish:
         audit.append(_set_state(conn, job_id, number, RoundState.PUBLISHED))
     append_audits(conn, job_id, audit)
+
+
+def set_rounds_metrics(conn: Connection, job_id: str,
+                       metrics: dict[int, dict[str, Any]]) -> None:
+    ts = now()
+    if metrics:
+        conn.execute(_ROUND_METRICS, [{"r_job": job_id, "r_num": n, "m": m, "ts": ts}
+                                      for n, m in metrics.items()])
 
 
 def set_round_metrics(conn: Connection, job_id: str, number: int,

@@ -51,7 +51,7 @@ class Store:
     """Async repository over one database (see the module docstring)."""
 
     def __init__(self, *, sync_engine: Engine | None = None,
-                 async_engine: AsyncEngine | None = None):
+                 async_engine: AsyncEngine | None = None, exclusive: bool = False):
         if (sync_engine is None) == (async_engine is None):
             raise ValueError("give exactly one of sync_engine, async_engine")
         self._sync = sync_engine
@@ -60,6 +60,10 @@ class Store:
         # thread and never interleave (each runs to completion without awaiting), and a
         # pool checkout per transaction costs more than the statements.
         self._conn: Connection | None = sync_engine.connect() if sync_engine else None
+        if exclusive and self._conn is not None:
+            # The sole writer of this SQLite file may remember each audit chain's head
+            # instead of reading it back in every transaction.
+            self._conn.info[q.AUDIT_HEADS] = {}
 
     @property
     def dialect(self) -> str:
@@ -69,18 +73,20 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
-    async def open(cls, url: str, *, migrate_schema: bool = True, **engine_kw: Any) -> Store:
+    async def open(cls, url: str, *, migrate_schema: bool = True, exclusive: bool = False,
+                   **engine_kw: Any) -> Store:
         """Connect and bring the schema to the latest migration.
 
         ``url``: ``sqlite:///path`` (``sqlite+aiosqlite://`` is accepted too) or
-        ``postgresql+asyncpg://user@host/db``.
+        ``postgresql+asyncpg://user@host/db``. ``exclusive``: this process is the only
+        writer of a SQLite file (the embedded run), so small read-backs may be cached.
         """
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), **engine_kw)
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin)
-            store = cls(sync_engine=engine)
+            store = cls(sync_engine=engine, exclusive=exclusive)
         elif parsed.get_backend_name() == "postgresql":
             if parsed.get_driver_name() != "asyncpg":
                 parsed = parsed.set(drivername="postgresql+asyncpg")
@@ -117,8 +123,18 @@ class Store:
     async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one write transaction."""
         if self._conn is not None:
-            with self._conn.begin():
-                return fn(self._conn, *args)
+            pending = self._conn.info.setdefault(q.AUDIT_PENDING, {})
+            try:
+                with self._conn.begin():
+                    result = fn(self._conn, *args)
+            except BaseException:
+                pending.clear()
+                raise
+            heads = self._conn.info.get(q.AUDIT_HEADS)
+            if heads is not None:
+                heads.update(pending)
+            pending.clear()
+            return result
         assert self._async is not None
         async with self._async.begin() as aconn:
             return await aconn.run_sync(fn, *args)
@@ -163,6 +179,10 @@ class Store:
         """CLOSING -> AGGREGATED (with each participant's outcome) -> PUBLISHED."""
         await self._tx(q.complete_round, job_id, number, list(accepted), dict(rejected),
                        list(dropped), publish)
+
+    async def set_rounds_metrics(self, job_id: str, metrics: dict[int, dict[str, Any]]) -> None:
+        """Several rounds' metrics in one transaction."""
+        await self._tx(q.set_rounds_metrics, job_id, metrics)
 
     async def set_round_metrics(self, job_id: str, number: int,
                                 metrics: dict[str, Any]) -> None:
