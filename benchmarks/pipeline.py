@@ -4,7 +4,8 @@ On a local Kafka-wire broker (Tansu, in-memory) and SQLite, all six roles in thi
 over the Kafka bus:
 
 * ``broker``   — aiokafka producer → consumer on one topic, no processing: the ceiling;
-* ``pipeline`` — N updates through coordinator ingest (full validation) → tsfl.updates.raw
+* ``pipeline`` — N updates, uploaded by 16 concurrent devices, through coordinator
+                 ingest (full validation) → tsfl.updates.raw
                  → privacy → tsfl.updates.clipped → byzantine verdicts → aggregator fold,
                  timed from the first upload to the last update folded. Each update
                  crosses the broker twice (raw, clipped), so the ceiling is ~50% of
@@ -76,7 +77,8 @@ async def broker_floor(address: str, n: int, size: int) -> float:
     return elapsed
 
 
-async def pipeline_run(address: str, n: int, params: int, tmp: Path) -> dict[str, float]:
+async def pipeline_run(address: str, n: int, params: int, tmp: Path,
+                       concurrency: int = 16) -> dict[str, float]:
     bus = KafkaBus(address)
     await bus.start()
     await bus.create_topics(TOPICS)
@@ -99,9 +101,15 @@ async def pipeline_run(address: str, n: int, params: int, tmp: Path) -> dict[str
               for i, c in enumerate(clients)]
     agg = pipeline.aggregator
     t0 = time.perf_counter()
-    for c, data in zip(clients[:-1], frames[:-1], strict=True):
-        receipt = await coord.upload(c, data)
+    gate = asyncio.Semaphore(concurrency)  # devices upload in parallel, as over gRPC
+
+    async def upload(c: str, data: bytes) -> None:
+        async with gate:
+            receipt = await coord.upload(c, data)
         assert receipt.accepted, receipt
+
+    await asyncio.gather(*(upload(c, d) for c, d in zip(clients[:-1], frames[:-1],
+                                                           strict=True)))
     # wait until the aggregator has folded everything before the last update
     while True:
         state = agg.jobs.get(job)

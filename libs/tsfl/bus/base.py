@@ -8,6 +8,7 @@ by key.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,15 @@ class Bus(ABC):
     async def publish(self, topic: str, value: bytes, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
         """Append a record; returns once the bus has accepted it."""
+
+    async def publish_nowait(self, topic: str, value: bytes, key: bytes | None = None,
+                             headers: Sequence[tuple[str, bytes]] = ()) -> asyncio.Future[None]:
+        """Hand a record to the bus and return a future that resolves once it is
+        accepted, so a stage can keep working while its output is in flight."""
+        await self.publish(topic, value, key, headers)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     @abstractmethod
     def consumer(self, topics: Sequence[str], group_id: str) -> Consumer:

@@ -98,14 +98,17 @@ class KafkaBus(Bus):
 
     async def publish(self, topic: str, value: bytes, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        await (await self.publish_nowait(topic, value, key, headers))
+
+    async def publish_nowait(self, topic: str, value: bytes, key: bytes | None = None,
+                             headers: Sequence[tuple[str, bytes]] = ()) -> asyncio.Future[None]:
         if self._producer is None:
             raise BusError("bus is not started")
         hdrs = [(SCHEMA_HEADER, str(WIRE_VERSION).encode()), *inject_trace_headers(),
                 *headers]
         view = memoryview(value)
         if len(view) <= self.chunk_bytes:
-            await self._producer.send_and_wait(topic, bytes(view), key=key, headers=hdrs)
-            return
+            return await self._producer.send(topic, bytes(view), key=key, headers=hdrs)
         # Chunked: same key -> same partition -> in order. Send all, then wait for all.
         msg_id = uuid.uuid4().bytes
         count = -(-len(view) // self.chunk_bytes)
@@ -116,7 +119,7 @@ class KafkaBus(Bus):
             meta = _CHUNK.pack(msg_id, index, count, len(view), digest)
             futures.append(await self._producer.send(
                 topic, bytes(part), key=key or msg_id, headers=[*hdrs, (CHUNK_HEADER, meta)]))
-        await asyncio.gather(*futures)
+        return asyncio.ensure_future(asyncio.gather(*futures))
 
     def consumer(self, topics: Sequence[str], group_id: str) -> KafkaConsumer:
         return KafkaConsumer(self, tuple(topics), group_id)

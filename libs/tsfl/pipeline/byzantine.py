@@ -30,6 +30,6 @@ class Byzantine(BusRole):
             return
         verdict = events.verdict_message(meta["job_id"], meta["round"], meta["client_id"],
                                          weight=1.0, reason="accepted: no robust filter")
-        await self.bus.publish(topics.VERDICTS, verdict, key=events.update_key(
+        published = await self.bus.publish_nowait(topics.VERDICTS, verdict, key=events.update_key(
             meta["job_id"], meta["round"], meta["client_id"]))
-        await self.consumer.commit(record)
+        await self.commit_when_published(record, published)

@@ -23,13 +23,14 @@ class Privacy(BusRole):
 
     async def handle(self, record: Record) -> None:
         if record.topic == topics.UPDATES_RAW:
-            await self.bus.publish(topics.UPDATES_CLIPPED, record.value, key=record.key,
-                                   headers=record.headers)
-        else:
-            head, payload = events.parse_aggregate(record.value)
-            if head["ok"]:
-                await self.bus.publish(topics.MODELS, release_model(head, payload),
-                                       key=head["job"].encode(), headers=record.headers)
+            published = await self.bus.publish_nowait(topics.UPDATES_CLIPPED, record.value,
+                                                       key=record.key, headers=record.headers)
+            await self.commit_when_published(record, published)
+            return
+        head, payload = events.parse_aggregate(record.value)
+        if head["ok"]:
+            await self.bus.publish(topics.MODELS, release_model(head, payload),
+                                   key=head["job"].encode(), headers=record.headers)
         await self.consumer.commit(record)
 
 

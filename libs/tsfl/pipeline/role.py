@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from abc import ABC, abstractmethod
@@ -29,6 +30,10 @@ class BusRole(ABC):
         self.log = logging.getLogger(f"tsfl.{self.name}")
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._inflight: collections.deque[tuple[Record, asyncio.Future[None]]] = (
+            collections.deque())
+        self._committer: asyncio.Task[None] | None = None
+        self._inflight_changed = asyncio.Event()
 
     @property
     def consumer(self) -> Consumer:
@@ -42,6 +47,14 @@ class BusRole(ABC):
         self._task = asyncio.create_task(self._run(), name=f"tsfl-{self.name}")
 
     async def stop(self) -> None:
+        if self._inflight and self._committer:  # let what is in flight land and commit
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained(), 10)
+        if self._committer:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -65,6 +78,43 @@ class BusRole(ABC):
                 self.log.exception("%s failed on %s@%d:%d; skipping it", self.name,
                                    record.topic, record.partition, record.offset)
                 await consumer.commit(record)
+
+    async def commit_when_published(self, record: Record, published: asyncio.Future[None]
+                                    ) -> None:
+        """Commit ``record`` once the output it produced is accepted by the bus.
+
+        The stage goes on to the next record meanwhile (its outputs are batched by the
+        producer); commits keep the consumption order, and stop at the first failed
+        publish, so after a restart that record and everything after it are read again.
+        """
+        if not self._inflight and published.done() and published.exception() is None:
+            await self.consumer.commit(record)
+            return
+        self._inflight.append((record, published))
+        self._inflight_changed.set()
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_in_order(),
+                                                  name=f"tsfl-{self.name}-commits")
+
+    async def _commit_in_order(self) -> None:
+        while True:
+            while not self._inflight:
+                self._inflight_changed.clear()
+                await self._inflight_changed.wait()
+            record, published = self._inflight[0]
+            try:
+                await published
+            except Exception:
+                self.log.exception("%s: publishing the output of %s@%d:%d failed; not "
+                                   "committing from there on", self.name, record.topic,
+                                   record.partition, record.offset)
+                return
+            self._inflight.popleft()
+            await self.consumer.commit(record)
+
+    async def _drained(self) -> None:
+        while self._inflight:
+            await asyncio.sleep(0.01)
 
     @abstractmethod
     async def handle(self, record: Record) -> None:
