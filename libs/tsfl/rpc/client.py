@@ -13,7 +13,7 @@ import grpc
 import xxhash
 
 from tsfl.core.layout import ParamLayout
-from tsfl.rpc.server import CHUNK_BYTES, DEVICE_HEADER, grpc_options
+from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, grpc_options
 from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.runner import ClientRunner, RoundTask, UploadReceipt
 from tsfl.v1 import device_pb2, device_pb2_grpc

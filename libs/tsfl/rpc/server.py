@@ -15,12 +15,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tsfl.config import ConfigError
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator
+from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, grpc_options
 from tsfl.rpc.status import status_for
 from tsfl.runtime.jobs import JobManager
 from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
-
-CHUNK_BYTES = 1024 * 1024
-DEVICE_HEADER = "x-tsfl-device"
 
 
 def _traits(t: device_pb2.DeviceTraits) -> dict[str, Any]:
@@ -254,11 +252,6 @@ def _round_info(r: dict[str, Any], job_status: str) -> admin_pb2.RoundInfo:
                                accepted=r["accepted"], rejected=r["rejected"],
                                cohort_size=r["cohort_size"], model_version=r["model_version"],
                                job_status=job_status)
-
-
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)]
 
 
 def health_servicer(server: grpc.aio.Server) -> health.aio.HealthServicer:

@@ -3,5 +3,13 @@
 from tsfl.sdk.client import NumPyClient, TorchClient
 from tsfl.sdk.runner import ClientRunner, RoundTask, Transport, UploadReceipt
 
-__all__ = ["ClientRunner", "NumPyClient", "RoundTask", "TorchClient", "Transport",
-           "UploadReceipt"]
+__all__ = ["ClientRunner", "GrpcTransport", "NumPyClient", "RoundTask", "TLSConfig",
+           "TorchClient", "Transport", "UploadReceipt", "start_client"]
+
+
+def __getattr__(name: str) -> object:  # the gRPC side loads on first use
+    if name in ("start_client", "GrpcTransport", "TLSConfig"):
+        from tsfl.rpc import client
+
+        return getattr(client, name)
+    raise AttributeError(name)

@@ -1,0 +1,11 @@
+"""What the gRPC client and server agree on."""
+
+from __future__ import annotations
+
+CHUNK_BYTES = 1024 * 1024          # models and updates stream in chunks of this size
+DEVICE_HEADER = "x-tsfl-device"    # metadata: the calling device's id
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)]
