@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 from rich.console import Console
@@ -23,6 +24,18 @@ def _admin(address: str):
 
     channel = grpc.insecure_channel(address)
     return channel, admin_pb2_grpc.AdminServiceStub(channel)
+
+
+def _admin_call(address: str, method: str, request: Any,
+                timeout: float) -> tuple[Any, int | None]:
+    """One unary AdminService call: ``(response, None)`` or ``(None, exit status)``."""
+    channel, admin = _admin(address)
+    try:
+        return getattr(admin, method)(request, timeout=timeout), None
+    except grpc.RpcError as exc:
+        return None, _rpc_error(exc)
+    finally:
+        channel.close()
 
 
 def _rpc_error(exc: grpc.RpcError) -> int:
@@ -90,13 +103,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from tsfl.config import parse_job
     from tsfl.v1 import admin_pb2
 
-    channel, admin = _admin(args.coordinator)
-    try:
-        info = admin.GetJob(admin_pb2.JobRef(job_id=args.job), timeout=10)
-    except grpc.RpcError as exc:
-        return _rpc_error(exc)
-    finally:
-        channel.close()
+    info, failed = _admin_call(args.coordinator, "GetJob", admin_pb2.JobRef(job_id=args.job), 10)
+    if failed is not None:
+        return failed
     import yaml
 
     spec = parse_job(yaml.safe_load(info.spec_yaml))
@@ -173,13 +182,10 @@ def cmd_job(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from tsfl.v1 import admin_pb2
 
-    channel, admin = _admin(args.coordinator)
-    try:
-        trail = admin.QueryAudit(admin_pb2.JobRef(job_id=args.job), timeout=30)
-    except grpc.RpcError as exc:
-        return _rpc_error(exc)
-    finally:
-        channel.close()
+    trail, failed = _admin_call(args.coordinator, "QueryAudit",
+                                admin_pb2.JobRef(job_id=args.job), 30)
+    if failed is not None:
+        return failed
     for e in trail.events:
         print(json.dumps({"seq": e.seq, "at": e.created_at, "kind": e.kind, "actor": e.actor,
                           "payload": json.loads(e.payload_json), "hash": e.hash[:16]}))
