@@ -6,7 +6,6 @@ import msgpack
 import numpy as np
 import pytest
 
-from tsfl.bus import TOPICS, MemoryBus
 from tsfl.config import parse_job
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
@@ -26,11 +25,8 @@ class Harness:
 
     async def __aenter__(self):
         self.store = await Store.open(f"sqlite:///{self.tmp_path / 'p.db'}")
-        self.bus = MemoryBus()
-        await self.bus.start()
-        await self.bus.create_topics(TOPICS)
-        self.pipeline = LocalPipeline(self.bus, self.store)
-        await self.pipeline.start()
+        self.pipeline = await LocalPipeline.in_memory(self.store)
+        self.bus = self.pipeline.bus
         self.coord = self.pipeline.coordinator
         await self.coord.submit_job(JOB, self.spec, LAYOUT, np.zeros(6, np.float32))
         for c in CLIENTS:
@@ -44,7 +40,6 @@ class Harness:
 
     async def __aexit__(self, *exc):
         await self.pipeline.stop()
-        await self.bus.stop()
         await self.store.close()
 
     def update(self, client, value, n=10, rnd=1, version=0, delta=None):

@@ -63,7 +63,6 @@ class MeanClient(NumPyClient):
 
 async def test_runner_drives_a_numpy_client_over_the_in_process_transport(tmp_path):
     """A plain NumPyClient takes part in a real round through coordinator + aggregator."""
-    from tsfl.bus import TOPICS, MemoryBus
     from tsfl.config import parse_job
     from tsfl.pipeline.roles import LocalPipeline
     from tsfl.runtime.transport import InProcessTransport
@@ -72,11 +71,7 @@ async def test_runner_drives_a_numpy_client_over_the_in_process_transport(tmp_pa
 
     layout = ParamLayout([("w", (4,), "float32")])
     store = await Store.open(f"sqlite:///{tmp_path / 'r.db'}")
-    bus = MemoryBus()
-    await bus.start()
-    await bus.create_topics(TOPICS)
-    pipeline = LocalPipeline(bus, store)
-    await pipeline.start()
+    pipeline = await LocalPipeline.in_memory(store)
     coord = pipeline.coordinator
     spec = parse_job({"name": "np", "clients": {"count": 2, "per_round": 2}})
     await coord.submit_job("np-1", spec, layout, np.zeros(4, np.float32))
@@ -95,5 +90,4 @@ async def test_runner_drives_a_numpy_client_over_the_in_process_transport(tmp_pa
     assert await runners[0].run_once() is None  # nothing to do until the next round
     await coord.finish_job("np-1", "COMPLETED")
     await pipeline.stop()
-    await bus.stop()
     await store.close()

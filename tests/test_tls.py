@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tsfl.bus import TOPICS, MemoryBus
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.rpc.client import GrpcTransport, TLSConfig
 from tsfl.rpc.server import start_coordinator_server
@@ -61,11 +60,7 @@ async def test_mtls_admits_devices_with_a_certificate_and_refuses_others(pki, tm
         name="coordinator", kafka="-", database="-", tls_cert=files["srv.pem"],
         tls_key=files["srv.key"], tls_client_ca=files["ca.pem"]))
     store = await Store.open(f"sqlite:///{tmp_path / 't.db'}")
-    bus = MemoryBus()
-    await bus.start()
-    await bus.create_topics(TOPICS)
-    pipeline = LocalPipeline(bus, store)
-    await pipeline.start()
+    pipeline = await LocalPipeline.in_memory(store)
     jobs = JobManager(pipeline.coordinator, registration_timeout_s=30)
     server, port, _ = await start_coordinator_server(pipeline.coordinator, jobs,
                                                      "127.0.0.1:0", credentials=creds)
@@ -92,7 +87,6 @@ async def test_mtls_admits_devices_with_a_certificate_and_refuses_others(pki, tm
         await jobs.stop()
         await server.stop(None)
         await pipeline.stop()
-        await bus.stop()
         await store.close()
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from tsfl.bus import TOPICS
 from tsfl.bus.base import Bus
+from tsfl.bus.memory import MemoryBus
 from tsfl.pipeline.aggregator import Aggregator
 from tsfl.pipeline.byzantine import Byzantine
 from tsfl.pipeline.coordinator import Coordinator
@@ -28,7 +30,21 @@ class LocalPipeline:
     """Every role over one bus and store: the embedded deployment's server side."""
 
     def __init__(self, bus: Bus, store: Store):
+        self.bus = bus
         self.roles: dict[str, BusRole] = {name: cls(bus, store) for name, cls in ROLES.items()}
+        self._owns_bus = False
+
+    @classmethod
+    async def in_memory(cls, store: Store) -> LocalPipeline:
+        """A started pipeline on its own MemoryBus with every topic (the embedded server
+        side); :meth:`stop` stops the bus too."""
+        bus = MemoryBus()
+        await bus.start()
+        await bus.create_topics(TOPICS)
+        pipeline = cls(bus, store)
+        pipeline._owns_bus = True
+        await pipeline.start()
+        return pipeline
 
     @property
     def coordinator(self) -> Coordinator:
@@ -50,6 +66,8 @@ class LocalPipeline:
     async def stop(self) -> None:
         for role in self.roles.values():
             await role.stop()
+        if self._owns_bus:
+            await self.bus.stop()
 
     async def __aenter__(self) -> LocalPipeline:
         await self.start()

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from tsfl.bus import TOPICS, MemoryBus
 from tsfl.config import JobSpec
 from tsfl.pipeline.coordinator import RoundResult
 from tsfl.pipeline.driver import drive_rounds
@@ -61,11 +60,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
             Path(f"{db_path}{suffix}").unlink(missing_ok=True)
         database_url = f"sqlite:///{db_path}"
     store = await Store.open(database_url, exclusive=database_url.startswith("sqlite"))
-    bus = MemoryBus()
-    await bus.start()
-    await bus.create_topics(TOPICS)
-    pipeline = LocalPipeline(bus, store)
-    await pipeline.start()
+    pipeline = await LocalPipeline.in_memory(store)
     coordinator = pipeline.coordinator
     # Deterministic id: with it the bus's partitioning, hence the order updates are folded
     # in (float summation order), is the same on every run of the same spec.
@@ -124,7 +119,6 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         final_vector = final.get("vector", fed.initial)
     finally:
         await pipeline.stop()
-        await bus.stop()
         await store.close()
         await asyncio.sleep(0)
     return RunResult(job_id, metrics, final_vector, status, reason,
