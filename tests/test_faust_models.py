@@ -21,12 +21,14 @@ def test_round_events_decode_into_records():
 def test_released_models_decode_into_records():
     layout = ParamLayout([("w", (4,), "float32")])
     vec = np.arange(4, dtype=np.float32)
-    agg = events.aggregate_message("job-1", 2, 2, layout=layout.digest, ok=True,
+    agg = events.aggregate_message("job-1", 2, 1, layout=layout.digest, ok=True,
                                    accepted=["a"], rejected={"b": "nonfinite"},
-                                   num_examples=12, train_loss=0.5, vector=vec)
-    head, payload = events.parse_aggregate(agg)
-    model = ModelRelease.from_data(TsflCodec().loads(release_model(head, payload)))
+                                   num_examples=12, train_loss=0.5, mean=vec - 1)
+    head, _ = events.parse_aggregate(agg)
+    frame = release_model("job-1", 2, layout.digest, vec, head, 2, 1.25)
+    model = ModelRelease.from_data(TsflCodec().loads(frame))
     assert (model.job, model.version, model.round, model.num_examples) == ("job-1", 2, 2, 12)
+    assert model.epsilon == 1.25
     assert model.rejected == {"b": "nonfinite"} and model.layout == layout.digest
     np.testing.assert_array_equal(model.vector(), vec)
 

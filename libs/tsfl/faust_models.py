@@ -47,6 +47,7 @@ class ModelRelease(faust.Record, serializer="tsfl"):
     rejected: dict[str, str]
     num_examples: int
     payload: bytes     # little-endian float32, the flat parameter vector
+    epsilon: float | None = None  # DP jobs: ε spent once this model is out (at the job's δ)
 
     def vector(self) -> np.ndarray:
         return np.frombuffer(self.payload, dtype=F32)
@@ -66,7 +67,8 @@ class TsflCodec(codecs.Codec):
                     "round": extra.get("round", 0), "layout": head["layout"],
                     "accepted": extra.get("accepted", []),
                     "rejected": extra.get("rejected", {}),
-                    "num_examples": extra.get("num_examples", 0), "payload": bytes(payload)}
+                    "num_examples": extra.get("num_examples", 0), "payload": bytes(payload),
+                    "epsilon": extra.get("epsilon")}
         obj = unpack(s, events.ROUND_EVENT)
         obj.pop("v", None)
         obj.pop("kind", None)

@@ -94,8 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (DatasetError, ModelError, PartitionError) as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return 2
+        except ConfigError as exc:
+            return _report_config_error(exc)
+    spec = result.spec
     summary = summarize(spec, result.metrics, wall_s=result.wall_s, job_id=result.job_id,
-                        status=result.status, reason=result.reason)
+                        status=result.status, reason=result.reason, ledger=result.ledger)
     write_outputs(out_dir, spec, result.metrics, summary)
     acc = summary["final_test_accuracy"]
     out.print(f"final test accuracy: {acc:.4f}" if acc is not None else "final test accuracy: -",
@@ -103,6 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     err.print(f"{summary['rounds']} rounds in {result.wall_s:.1f} s, status {result.status}"
               f"{' (' + result.reason + ')' if result.reason else ''}; outputs in {out_dir}/ "
               "(metrics.json, summary.json, curves.png, tsfl.db)", highlight=False)
+    if summary.get("privacy"):
+        p = summary["privacy"]
+        err.print(f"privacy: ε={p['epsilon']:.3f} at δ={p['delta']:g} ({p['mechanism']}, "
+                  f"{p['accountant']}, {p['rounds']} rounds; privacy.png)", highlight=False)
     return 0 if result.status == "COMPLETED" else 1
 
 

@@ -1,19 +1,19 @@
 """The aggregator role: ``tsfl.rounds`` + ``tsfl.updates.clipped`` + ``tsfl.verdicts``
 → ``tsfl.aggregates``.
 
-Stages: decode → validate → apply the verdict → fold (streaming, O(P)) → finalize
-(server optimizer). An update is folded once both it and its verdict are here, with
-weight ``num_examples × verdict weight``. The new model and the strategy's state are
-checkpointed in the store before the result is announced, and the round's offsets are
-committed only after that: a restarted aggregator re-reads the open round and re-folds
-it, idempotent by client, so nothing is lost or counted twice.
+Stages: decode → validate → apply the verdict → fold (streaming, O(P)). An update is
+folded once both it and its verdict are here, with weight ``num_examples × verdict
+weight`` (``verdict weight`` alone for a central-DP job: one vote per client). The
+round's mean delta goes to ``tsfl.aggregates``; the release stage (the privacy role)
+noises it where the job has DP, applies the server optimizer and checkpoints the model.
+The round's offsets are committed only after the aggregate is published: a restarted
+aggregator re-reads the open round and re-folds it, idempotent by client, and the
+release stage counts a round once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
@@ -24,7 +24,6 @@ from tsfl.core.update import Update
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.storage.store import Store
-from tsfl.strategies import Strategy, build_strategy
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
 
@@ -39,6 +38,7 @@ class _Round:
     rejected: dict[str, str] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
+    unclipped: set[str] = field(default_factory=set)  # norm was within the clip bound
     closing: set[str] | None = None
     held: dict[tuple[str, int], Record] = field(default_factory=dict)  # to commit at close
 
@@ -51,10 +51,13 @@ class _JobState:
     job_id: str
     spec: JobSpec
     layout: ParamLayout
-    strategy: Strategy
-    version: int
-    vector: np.ndarray
+    version: int  # of the model the open round trains on
+    closed: int  # the last round this aggregator (or its predecessor) published
     round: _Round | None = None
+
+    @property
+    def uniform_weights(self) -> bool:
+        return self.spec.privacy.mode == "central"
 
 
 class Aggregator(BusRole):
@@ -85,11 +88,9 @@ class Aggregator(BusRole):
             await self._load_job(job_id)
         elif kind == events.CLOSING:
             state = await self._job(job_id)
-            if state is not None:
-                if event["round"] <= state.version:  # finalized before a restart: re-announce
-                    await self._announce_existing(state, event["round"])
-                else:
-                    rnd = self._round(state, event["round"])
+            if state is not None and event["round"] > state.closed:
+                rnd = await self._round(state, event["round"])
+                if rnd is not None:
                     rnd.closing = set(event.get("uploaded", []))
                     rnd.held[(record.topic, record.partition)] = record
                     await self._maybe_finalize(state)
@@ -121,25 +122,30 @@ class Aggregator(BusRole):
             raise LookupError(f"job {job_id!r} is not in the store")
         spec = JobSpec.model_validate(row["spec"])
         layout = ParamLayout.from_json(row["layout"])
-        strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
-        ckpt = await self.store.latest_checkpoint(job_id)
-        if ckpt is None:
+        meta = await self.store.latest_checkpoint_meta(job_id)
+        if meta is None:
             raise LookupError(f"job {job_id!r} has no initial checkpoint")
-        strategy.load_state(ckpt["strategy_state"])
-        state = _JobState(job_id, spec, layout, strategy, ckpt["version"], ckpt["vector"])
+        rounds = await self.store.list_rounds(job_id)
+        # A round past CLOSING has been aggregated: its CLOSING must not fold again.
+        closed = max([r["number"] for r in rounds
+                      if r["state"] in ("AGGREGATED", "PUBLISHED", "FAILED")] + [meta[1]])
+        state = _JobState(job_id, spec, layout, meta[0], closed)
         self.jobs[job_id] = state
         return state
 
-    def _round(self, state: _JobState, number: int) -> _Round:
+    async def _round(self, state: _JobState, number: int) -> _Round | None:
+        """The open round ``number`` (created on first sight), or None for a round already
+        aggregated (a replay)."""
+        if number <= state.closed or (state.round and number < state.round.number):
+            return None
         if state.round is None or state.round.number != number:
+            # The model this round trains on: the newest released one. The release stage
+            # checkpoints it before publishing it, so it is in the store by now.
+            meta = await self.store.latest_checkpoint_meta(state.job_id)
+            if meta is not None:
+                state.version = meta[0]
             state.round = _Round(number, RoundFold(state.layout.total_size))
         return state.round
-
-    def _current(self, state: _JobState, number: int) -> _Round | None:
-        """The open round ``number``, or None for a round already aggregated (a replay)."""
-        if number <= state.version or (state.round and number < state.round.number):
-            return None
-        return self._round(state, number)
 
     # -- inputs ----------------------------------------------------------------------------
     async def _on_verdict(self, record: Record) -> None:
@@ -150,7 +156,7 @@ class Aggregator(BusRole):
             await self.consumer.commit(record)
             return
         state = await self._job(v["job"])
-        rnd = self._current(state, v["round"]) if state else None
+        rnd = await self._round(state, v["round"]) if state else None
         if rnd is None:
             await self.consumer.commit(record)
             return
@@ -166,7 +172,7 @@ class Aggregator(BusRole):
             await self.consumer.commit(record)
             return
         state = await self._job(meta["job_id"])
-        rnd = self._current(state, meta["round"]) if state else None
+        rnd = await self._round(state, meta["round"]) if state else None
         if rnd is None:
             await self.consumer.commit(record)
             return
@@ -198,8 +204,11 @@ class Aggregator(BusRole):
         if weight <= 0.0:
             await self._reject(state, rnd, client, f"byzantine: {reason}")
         else:
-            rnd.fold.add(client, update.delta, update.num_examples * weight)
+            rnd.fold.add(client, update.delta,
+                         weight if state.uniform_weights else update.num_examples * weight)
             rnd.folded.add(client)
+            if update.metrics.get("dp_unclipped"):
+                rnd.unclipped.add(client)
             rnd.weights[client] = update.num_examples
             if "train_loss" in update.metrics:
                 rnd.losses[client] = update.metrics["train_loss"]
@@ -227,16 +236,12 @@ class Aggregator(BusRole):
                       / sum(rnd.weights[c] for c in with_loss)) if with_loss else None
         key = topics.round_key(state.job_id, rnd.number)
         if result.mean is not None:
-            new_vector = state.strategy.aggregate_fit(state.vector, result.mean)
-            version = state.version + 1
-            await self.store.save_checkpoint(state.job_id, version, rnd.number,
-                                             state.layout.digest, new_vector,
-                                             state.strategy.state())
-            state.vector, state.version = new_vector, version
             msg = events.aggregate_message(
-                state.job_id, rnd.number, version, layout=state.layout.digest, ok=True,
+                state.job_id, rnd.number, state.version, layout=state.layout.digest, ok=True,
                 accepted=accepted, rejected=dict(rnd.rejected), num_examples=examples,
-                train_loss=train_loss, vector=new_vector)
+                train_loss=train_loss, mean=result.mean, weight_total=result.total_weight,
+                weighting="uniform" if state.uniform_weights else "examples",
+                unclipped=sum(1 for c in accepted if c in rnd.unclipped))
         else:
             msg = events.aggregate_message(
                 state.job_id, rnd.number, state.version, layout=state.layout.digest, ok=False,
@@ -245,23 +250,8 @@ class Aggregator(BusRole):
         await self.bus.publish(topics.AGGREGATES, msg, key=key)
         for record in rnd.held.values():
             await self.consumer.commit(record)
+        state.closed = rnd.number
         state.round = None
-
-    async def _announce_existing(self, state: _JobState, number: int) -> None:
-        """Re-send the result of a round whose checkpoint exists (restart after the save)."""
-        ckpt = await self.store.latest_checkpoint(state.job_id)
-        if ckpt is None or ckpt["round"] != number:
-            return
-        parts = await self.store.list_participants(state.job_id, number)
-        accepted = [p["client_id"] for p in parts if p["status"] in ("uploaded", "accepted")]
-        msg = events.aggregate_message(
-            state.job_id, number, ckpt["version"], layout=state.layout.digest, ok=True,
-            accepted=accepted, rejected={},
-            num_examples=sum(p["num_examples"] or 0 for p in parts
-                             if p["client_id"] in accepted),
-            train_loss=None, vector=ckpt["vector"])
-        await self.bus.publish(topics.AGGREGATES, msg,
-                               key=topics.round_key(state.job_id, number))
 
 
 __all__ = ["Aggregator"]

@@ -24,6 +24,7 @@ from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.selection import client_seed
+from tsfl.privacy.plan import build_plan
 from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.storage.store import RoundState, Store, StoreError
 from tsfl.strategies import build_strategy
@@ -47,6 +48,7 @@ class RoundResult:
     bytes_up: int
     bytes_down: int
     reason: str | None = None
+    epsilon: float | None = None  # privacy spent after this round (DP jobs)
 
 
 @dataclass
@@ -73,6 +75,17 @@ class _Job:
     client_config: Any
     round: _ActiveRound | None = None
     last_round: int = 0
+    local_dp: dict[str, Any] | None = None  # sent with each task when devices add the noise
+
+
+def local_dp_config(spec: JobSpec, model_size: int) -> dict[str, Any] | None:
+    """What a device needs to clip and noise its own update (local DP), or None."""
+    plan = build_plan(spec, model_size)
+    if plan is None or plan.mode != "local":
+        return None
+    return {"mechanism": plan.mechanism, "norm": plan.norm, "clip_norm": plan.clip_norm,
+            "noise_multiplier": plan.noise_multiplier, "epsilon": plan.event.epsilon,
+            "sensitivity_factor": plan.sensitivity_factor, "noise": plan.noise}
 
 
 def token_hash(token: str) -> str:
@@ -113,7 +126,7 @@ class Coordinator(BusRole):
                model_bytes: bytes, last_round: int = 0) -> _Job:
         strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
         job = _Job(job_id, spec, layout, version, model_bytes, strategy.client_config,
-                   last_round=last_round)
+                   last_round=last_round, local_dp=local_dp_config(spec, layout.total_size))
         self.jobs[job_id] = job
         return job
 
@@ -315,6 +328,8 @@ class Coordinator(BusRole):
             if (active and active.state is RoundState.COLLECTING and client_id in active.seeds
                     and client_id not in active.uploaded):
                 config = {"seed": active.seeds[client_id], **job.client_config(active.number)}
+                if job.local_dp is not None:
+                    config["local_dp"] = job.local_dp
                 return RoundTask(job.job_id, active.number, job.version, config)
         return None
 
@@ -436,4 +451,4 @@ class Coordinator(BusRole):
         self._resolve(active, RoundResult(
             active.number, True, version, accepted, rejected, dropped,
             int(extra.get("num_examples") or 0), extra.get("train_loss"), active.bytes_up,
-            active.bytes_down))
+            active.bytes_down, epsilon=extra.get("epsilon")))

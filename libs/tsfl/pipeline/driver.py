@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tsfl.pipeline.coordinator import Coordinator, RoundResult
+from tsfl.privacy.plan import BUDGET_EXHAUSTED
 
 RunDevices = Callable[[list[str]], Awaitable[None]]
 AfterRound = Callable[[RoundResult], Awaitable[str | None]]  # a reason to stop, or None
@@ -48,6 +49,9 @@ async def drive_rounds(coordinator: Coordinator, job_id: str, total_rounds: int,
             outcome.results.append(result)
             failed_in_a_row = 0 if result.ok else failed_in_a_row + 1
             stop = await after_round(result) if after_round else None
+            if not result.ok and (result.reason or "").startswith(BUDGET_EXHAUSTED):
+                outcome.reason = BUDGET_EXHAUSTED  # the release was withheld: stop here
+                break
             if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
                 outcome.status = "FAILED"
                 outcome.reason = (f"{MAX_FAILED_IN_A_ROW} rounds in a row failed "

@@ -40,18 +40,24 @@ def parse_round_event(data: bytes) -> dict[str, Any]:
 
 def aggregate_message(job_id: str, round_number: int, version: int, *, layout: str, ok: bool,
                       accepted: list[str], rejected: dict[str, str], num_examples: int,
-                      train_loss: float | None, vector: np.ndarray | None = None,
-                      reason: str | None = None) -> bytes:
-    """The aggregator's result: a frame whose payload is the new global model (float32).
+                      train_loss: float | None, mean: np.ndarray | None = None,
+                      weight_total: float = 0.0, weighting: str = "examples",
+                      unclipped: int | None = None, reason: str | None = None) -> bytes:
+    """The aggregator's result: a frame whose payload is the round's weighted mean delta
+    (float32) over the model of ``version``; a failed round has an empty payload.
 
-    The model travels with the decision (one hop) rather than being read back from the
-    checkpoint the aggregator also wrote; a failed round has an empty payload.
+    The release stage (privacy role) turns it into the next model: noise where the job
+    has central DP, then the server optimizer. ``weighting`` is ``examples`` (FedAvg's
+    n_k weights) or ``uniform`` (DP: one vote per client, so one client's influence is
+    bounded by the clip norm); ``unclipped`` counts accepted updates whose norm was
+    within the clip bound (adaptive clipping).
     """
-    payload = encode_f32(vector) if vector is not None else b""
+    payload = encode_f32(mean) if mean is not None else b""
     return pack_frame(AGGREGATE, {
         "job": job_id, "round": round_number, "version": version, "layout": layout, "ok": ok,
         "accepted": accepted, "rejected": rejected, "num_examples": num_examples,
-        "train_loss": train_loss, "reason": reason,
+        "train_loss": train_loss, "reason": reason, "weight_total": float(weight_total),
+        "weighting": weighting, "unclipped": unclipped,
     }, payload)
 
 

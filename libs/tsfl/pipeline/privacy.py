@@ -1,45 +1,281 @@
 """The privacy role: ``tsfl.updates.raw`` → ``tsfl.updates.clipped`` and
-``tsfl.aggregates`` → ``tsfl.models``.
+``tsfl.aggregates`` → ``tsfl.models``; the release stage of every round.
 
-Until differential privacy lands (clipping, noise, the ledger), updates pass through
-unchanged and each successful aggregate is released as the round's model.
+- Raw updates of a central-DP job are clipped (in the mechanism's norm, with the round's
+  clip norm) and re-encoded with their pre-clip norm in the metrics; other jobs' updates
+  pass through unchanged.
+- An aggregate (the round's mean delta) is released: for a DP job the ledger is charged
+  first — a round whose charge would exceed the budget is withheld and reported as
+  ``BUDGET_EXHAUSTED`` — then central noise is added to the clipped sum, the server
+  optimizer steps, and the model, the strategy state, the ledger row and the audit
+  events are stored in one transaction before the model is published.
+
+A round is released once: a redelivered aggregate of a released round re-publishes the
+stored model (no second draw of noise, no second charge).
 """
 
 from __future__ import annotations
 
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
+from tsfl.config import JobSpec
+from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
+from tsfl.privacy.accounting import Epsilons, PrivacyAccountant
+from tsfl.privacy.clipping import AdaptiveClipper, clip
+from tsfl.privacy.noise import NoiseSource, noise_source
+from tsfl.privacy.plan import BUDGET_EXHAUSTED, DpPlan, build_plan
 from tsfl.storage.store import Store
-from tsfl.wire.envelope import pack_frame
+from tsfl.strategies import Strategy, build_strategy
+from tsfl.wire.codecs import encode_f32
+from tsfl.wire.envelope import WireError, pack_frame
+from tsfl.wire.messages import decode_update, encode_update, peek_update_meta
+
+#: stream id mixed into the job seed for the central noise of a round
+NOISE_STREAM = 0xD1FF
+
+
+@dataclass
+class _Release:
+    job_id: str
+    spec: JobSpec
+    layout: ParamLayout
+    strategy: Strategy
+    version: int
+    vector: np.ndarray
+    released: int  # the round of the newest checkpoint
+    plan: DpPlan | None
+    accountant: PrivacyAccountant | None
+    clipper: AdaptiveClipper | None
+    clip_norm: float | None
+    epsilon: float = 0.0
+    participation: collections.Counter[str] = field(default_factory=collections.Counter)
+    exhausted: str | None = None  # the withheld round's reason, once the budget is spent
 
 
 class Privacy(BusRole):
     name = "privacy"
 
-    def __init__(self, bus: Bus, store: Store, *, group_id: str = "privacy"):
-        super().__init__(bus, store, [topics.UPDATES_RAW, topics.AGGREGATES], group_id)
+    def __init__(self, bus: Bus, store: Store, *, group_id: str = "privacy",
+                 max_update_bytes: int = 2 * 1024**3):
+        super().__init__(bus, store, [topics.UPDATES_RAW, topics.AGGREGATES, topics.ROUNDS],
+                         group_id)
+        self.max_update_bytes = max_update_bytes
+        self.jobs: dict[str, _Release] = {}
 
     async def handle(self, record: Record) -> None:
         if record.topic == topics.UPDATES_RAW:
-            published = await self.bus.publish_nowait(topics.UPDATES_CLIPPED, record.value,
-                                                       key=record.key, headers=record.headers)
-            await self.commit_when_published(record, published)
-            return
+            await self._on_update(record)
+        elif record.topic == topics.AGGREGATES:
+            await self._on_aggregate(record)
+            await self.consumer.commit(record)
+        else:
+            event = events.parse_round_event(record.value)
+            if event["type"] == events.JOB_FINISHED:
+                self.jobs.pop(event["job"], None)
+            await self.consumer.commit(record)
+
+    # -- jobs ------------------------------------------------------------------------------
+    async def _job(self, job_id: str) -> _Release | None:
+        state = self.jobs.get(job_id)
+        if state is None:
+            row = await self.store.get_job(job_id)
+            ckpt = await self.store.latest_checkpoint(job_id) if row else None
+            if row is None or ckpt is None:
+                self.log.warning("job %r is not in the store", job_id)
+                return None
+            state = await self._load(job_id, row, ckpt)
+            self.jobs[job_id] = state
+        return state
+
+    async def _load(self, job_id: str, row: dict[str, Any], ckpt: dict[str, Any]) -> _Release:
+        spec = JobSpec.model_validate(row["spec"])
+        layout = ParamLayout.from_json(row["layout"])
+        strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
+        strategy.load_state(ckpt["strategy_state"])
+        plan = build_plan(spec, layout.total_size)
+        state = _Release(job_id, spec, layout, strategy, ckpt["version"], ckpt["vector"],
+                         ckpt["round"], plan, None, None, None)
+        if plan is None:
+            return state
+        # Resume the accounting from the ledger (what was charged is what was released).
+        ledger = [r for r in await self.store.privacy_ledger(job_id)
+                  if r["round"] <= state.released]
+        state.accountant = PrivacyAccountant(plan.delta)
+        state.clipper = plan.new_clipper()
+        state.clip_norm = plan.clip_norm
+        if ledger:
+            state.epsilon = float(ledger[-1]["epsilon"])
+            details = ledger[-1]["details"] or {}
+            state.clip_norm = float(details.get("next_clip_norm", state.clip_norm))
+            if state.clipper is not None:
+                state.clipper.clip_norm = state.clip_norm
+        if plan.mode == "central":
+            state.accountant.compose(plan.event, len(ledger))
+        else:
+            released = {r["round"] for r in ledger}
+            for p in await self.store.list_participants(job_id):
+                if p["round"] in released and p["status"] == "accepted":
+                    state.participation[p["client_id"]] += 1
+        return state
+
+    # -- clipping --------------------------------------------------------------------------
+    async def _on_update(self, record: Record) -> None:
+        out = record.value
+        try:
+            meta = peek_update_meta(record.value, self.max_update_bytes)
+            state = await self._job(meta["job_id"])
+            if state is not None and state.plan is not None and state.plan.mode == "central":
+                out = self._clip(state, record.value)
+        except WireError:
+            pass  # unreadable here is unreadable downstream: the aggregator rejects it
+        published = await self.bus.publish_nowait(topics.UPDATES_CLIPPED, out, key=record.key,
+                                                   headers=record.headers)
+        await self.commit_when_published(record, published)
+
+    def _clip(self, state: _Release, data: bytes) -> bytes:
+        assert state.plan is not None and state.clip_norm is not None
+        update = decode_update(data, state.layout, max_bytes=self.max_update_bytes,
+                               verify_checksum=False, allow_nonfinite=True)
+        update.delta = update.delta.copy()
+        norm = clip(update.delta, state.clip_norm, state.plan.norm)
+        update.metrics = {**update.metrics, "dp_norm": norm,
+                          "dp_unclipped": float(norm <= state.clip_norm)}
+        return encode_update(update, state.layout)
+
+    # -- release ---------------------------------------------------------------------------
+    async def _on_aggregate(self, record: Record) -> None:
         head, payload = events.parse_aggregate(record.value)
-        if head["ok"]:
-            await self.bus.publish(topics.MODELS, release_model(head, payload),
-                                   key=head["job"].encode(), headers=record.headers)
-        await self.consumer.commit(record)
+        if not head["ok"]:
+            return  # a failed round (the coordinator reads these), or our own refusal
+        state = await self._job(head["job"])
+        if state is None:
+            return
+        number = head["round"]
+        if number <= state.released:
+            if number == state.released:  # redelivered: publish the stored release again
+                await self._publish(state, head, number, state.epsilon)
+            return
+        if state.exhausted is not None:
+            await self._withhold(state, head, state.exhausted, audit=False)
+            return
+        if head["version"] != state.version:
+            self.log.warning("aggregate of round %d of %s is over v%d, the model is v%d; "
+                             "ignoring it", number, state.job_id, head["version"],
+                             state.version)
+            return
+        mean = np.frombuffer(payload, dtype="<f4").copy()
+        if mean.shape[0] != state.layout.total_size:
+            self.log.warning("aggregate of round %d of %s has %d values, the layout %d",
+                             number, state.job_id, mean.shape[0], state.layout.total_size)
+            return
+        ledger: dict[str, Any] | None = None
+        audits: list[tuple[str, str, dict[str, Any]]] = []
+        epsilon = 0.0
+        plan = state.plan
+        if plan is not None:
+            eps = self._epsilon_after(state, plan, head["accepted"])
+            if plan.target_epsilon is not None and eps.epsilon > plan.target_epsilon:
+                reason = (f"{BUDGET_EXHAUSTED}: releasing round {number} would spend "
+                          f"ε={eps.epsilon:.4g} > target {plan.target_epsilon:g} "
+                          f"(δ={plan.delta:g}); spent ε={state.epsilon:.4g}")
+                state.exhausted = reason
+                await self._withhold(state, head, reason, audit=True)
+                return
+            clip_norm = state.clip_norm
+            if plan.mode == "central":
+                mean = self._noise(state, plan, head, mean)
+            epsilon = eps.epsilon
+            ledger = {"epsilon": epsilon, "delta": plan.delta, "mechanism": plan.mechanism,
+                      "noise_multiplier": plan.noise_multiplier,
+                      "sampling_rate": plan.sampling_rate, "clip_norm": clip_norm,
+                      "accountant": eps.accountant,
+                      "details": {"pld": eps.pld, "rdp": eps.rdp, "amplified": eps.amplified,
+                                  "mode": plan.mode, "sampling": plan.sampling,
+                                  "next_clip_norm": state.clip_norm,
+                                  "clients": len(head["accepted"])}}
+            audits.append(("privacy.charged", "privacy", {
+                "round": number, "epsilon": epsilon, "delta": plan.delta,
+                "mechanism": plan.mechanism, "noise_multiplier": plan.noise_multiplier,
+                "clip_norm": clip_norm}))
+        new_vector = state.strategy.aggregate_fit(state.vector, mean)
+        version = state.version + 1
+        await self.store.release_model(state.job_id, version, number, state.layout.digest,
+                                       new_vector, state.strategy.state(), ledger=ledger,
+                                       audits=audits)
+        state.vector, state.version, state.released = new_vector, version, number
+        if plan is not None:
+            state.epsilon = epsilon
+            if plan.mode == "central":
+                assert state.accountant is not None
+                state.accountant.compose(plan.event)
+            else:
+                state.participation.update(str(c) for c in head["accepted"])
+        await self._publish(state, head, number, epsilon if plan else None)
+
+    def _epsilon_after(self, state: _Release, plan: DpPlan, accepted: list[str]) -> Epsilons:
+        """ε once this round is released: the cohort's event composed once more (central),
+        or the most-participating device's rounds (local, no amplification)."""
+        assert state.accountant is not None
+        if plan.mode == "central":
+            return state.accountant.epsilon_after(plan.event, 1)
+        counts = state.participation.copy()
+        counts.update(str(c) for c in accepted)
+        worst = max(counts.values(), default=0)
+        return PrivacyAccountant(plan.delta).epsilon_after(plan.event, worst)
+
+    def _noise_source(self, state: _Release, number: int) -> NoiseSource:
+        assert state.plan is not None
+        return noise_source(state.plan.noise, [state.spec.seed, number, NOISE_STREAM])
+
+    def _noise(self, state: _Release, plan: DpPlan, head: dict[str, Any],
+               mean: np.ndarray) -> np.ndarray:
+        """(Σ clipped + noise) / expected cohort (McMahan et al. 2018, Alg. 1); adapts C."""
+        assert state.clip_norm is not None
+        source = self._noise_source(state, head["round"])
+        total = mean * np.float32(head.get("weight_total") or 0.0)
+        noised = plan.mechanism_for(state.clip_norm).add_noise(total, source)
+        noised /= np.float32(plan.expected_clients)
+        if state.clipper is not None:
+            state.clip_norm = state.clipper.update(int(head.get("unclipped") or 0),
+                                                   len(head["accepted"]),
+                                                   plan.expected_clients, source)
+        return noised
+
+    async def _withhold(self, state: _Release, head: dict[str, Any], reason: str, *,
+                        audit: bool) -> None:
+        if audit:
+            await self.store.append_audit(state.job_id, "privacy.budget_exhausted", {
+                "round": head["round"], "reason": reason, "epsilon_spent": state.epsilon},
+                actor="privacy")
+        self.log.info("%s: %s", state.job_id, reason)
+        msg = events.aggregate_message(
+            state.job_id, head["round"], state.version, layout=state.layout.digest, ok=False,
+            accepted=[], rejected={}, num_examples=0, train_loss=None, reason=reason)
+        await self.bus.publish(topics.AGGREGATES, msg,
+                               key=topics.round_key(state.job_id, head["round"]))
+
+    async def _publish(self, state: _Release, head: dict[str, Any], number: int,
+                       epsilon: float | None) -> None:
+        msg = release_model(state.job_id, state.version, state.layout.digest, state.vector,
+                            head, number, epsilon)
+        await self.bus.publish(topics.MODELS, msg, key=state.job_id.encode())
 
 
-def release_model(head: dict, payload: memoryview) -> bytes:
-    """The ``tsfl.models`` frame for an aggregate: the model plus the round's outcome."""
+def release_model(job_id: str, version: int, layout_digest: str, vector: np.ndarray,
+                  head: dict[str, Any], number: int, epsilon: float | None) -> bytes:
+    """The ``tsfl.models`` frame: the released model plus the round's outcome (``head``
+    is the aggregate's)."""
     return pack_frame("model", {
-        "job": head["job"], "version": head["version"], "layout": head["layout"],
-        "codecs": ["f32"],
-        "extra": {"round": head["round"], "accepted": head["accepted"],
+        "job": job_id, "version": version, "layout": layout_digest, "codecs": ["f32"],
+        "extra": {"round": number, "accepted": head["accepted"],
                   "rejected": head["rejected"], "num_examples": head["num_examples"],
-                  "train_loss": head["train_loss"]},
-    }, payload)
+                  "train_loss": head["train_loss"], "epsilon": epsilon},
+    }, encode_f32(vector))

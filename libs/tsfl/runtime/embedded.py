@@ -21,6 +21,7 @@ from tsfl.config import JobSpec
 from tsfl.pipeline.coordinator import RoundResult
 from tsfl.pipeline.driver import drive_rounds
 from tsfl.pipeline.roles import LocalPipeline
+from tsfl.privacy.plan import resolve_privacy
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport
 from tsfl.sdk.runner import ClientRunner
@@ -39,6 +40,8 @@ class RunResult:
     reason: str | None
     wall_s: float
     database: Path
+    spec: JobSpec  # as submitted (a calibrated noise multiplier filled in)
+    ledger: list[dict[str, Any]]  # privacy ledger rows (DP jobs)
 
 
 def _evaluate(fed: Federation, vector: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -53,6 +56,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
     started = time.perf_counter()
     fed = federation or build_federation(spec)
     layout = fed.workspace.layout
+    spec = resolve_privacy(spec, layout.total_size)  # ConfigError for a budget it cannot meet
     out_dir.mkdir(parents=True, exist_ok=True)
     db_path = out_dir / "tsfl.db"
     if database_url is None:
@@ -94,6 +98,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 "bytes_up": result.bytes_up,
                 "bytes_down": result.bytes_down,
                 "model_version": result.version,
+                "epsilon": result.epsilon,
             }
             vector = coordinator.model_vector(job_id)
             final["vector"] = vector.copy()
@@ -116,11 +121,11 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                                      run_devices=run_devices, after_round=after_round)
         status, reason = outcome.status, outcome.reason
         await store.set_rounds_metrics(job_id, round_metrics)
+        ledger = await store.privacy_ledger(job_id)
         final_vector = final.get("vector", fed.initial)
     finally:
         await pipeline.stop()
         await store.close()
         await asyncio.sleep(0)
     return RunResult(job_id, metrics, final_vector, status, reason,
-                     time.perf_counter() - started,
-                     db_path)
+                     time.perf_counter() - started, db_path, spec, ledger)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import yaml
 
 from tsfl.config import JobSpec, parse_job
+from tsfl.privacy.plan import resolve_privacy
 from tsfl.pipeline.coordinator import Coordinator, token_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
 from tsfl.runtime.simulation import initial_model
@@ -49,6 +50,8 @@ class JobManager:
             raise ConfigError([f"invalid YAML: {exc}"]) from None
         spec = parse_job(data)
         layout, initial = await asyncio.to_thread(initial_model, spec)
+        # calibrate the noise / refuse an unreachable budget before anything is stored
+        spec = await asyncio.to_thread(resolve_privacy, spec, layout.total_size)
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         token = enrollment_token or secrets.token_urlsafe(24)
         await self.coordinator.submit_job(job_id, spec, layout, initial, token)

@@ -20,8 +20,40 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``privacy`` block of summary.json, from the ledger (what was really charged)."""
+    p = spec.privacy
+    if p.mode == "none":
+        return None
+    last = ledger[-1] if ledger else None
+    details = (last or {}).get("details") or {}
+    sampling = "none" if p.mode == "local" else p.sampling
+    return {
+        "mode": p.mode,
+        "epsilon": last["epsilon"] if last else 0.0,
+        "delta": p.delta,
+        "target_epsilon": p.target_epsilon,
+        "mechanism": p.mechanism,
+        "noise_multiplier": p.noise_multiplier,
+        "epsilon_per_round": p.epsilon_per_round,
+        "sampling_rate": last["sampling_rate"] if last else (
+            1.0 if p.mode == "local" else spec.clients.per_round / spec.clients.count),
+        "sampling": sampling,
+        "clip_norm": p.clip_norm,
+        "final_clip_norm": details.get("next_clip_norm", p.clip_norm),
+        "adaptive_clipping": p.adaptive_clipping is not None,
+        "rounds": len(ledger),
+        "accountant": last["accountant"] if last else ("rdp" if sampling == "fixed" else "pld"),
+        "epsilon_pld": details.get("pld"),
+        "epsilon_rdp": details.get("rdp"),
+        "amplified": details.get("amplified"),
+        "noise": p.noise,
+    }
+
+
 def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, job_id: str,
-              status: str, reason: str | None) -> dict[str, Any]:
+              status: str, reason: str | None,
+              ledger: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     accs = [m["test_accuracy"] for m in metrics if m["test_accuracy"] is not None]
     final = next((m["test_accuracy"] for m in reversed(metrics)
                   if m["test_accuracy"] is not None), None)
@@ -40,6 +72,7 @@ def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, jo
         "config_sha256": spec.sha256(),
         "strategy": spec.strategy.name,
         "versions": package_versions(),
+        "privacy": privacy_summary(spec, ledger or []),
     }
 
 
@@ -76,8 +109,45 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_privacy(metrics: list[dict[str, Any]], path: Path, title: str,
+                 target: float | None) -> None:
+    """ε spent against round, next to accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spent = [(m["round"], m["epsilon"]) for m in metrics if m.get("epsilon") is not None]
+    evald = [(m["round"], m["test_accuracy"]) for m in metrics
+             if m["test_accuracy"] is not None]
+    fig, (ax_eps, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    if spent:
+        ax_eps.plot(*zip(*spent, strict=True), color="tab:purple", label="ε spent")
+    if target is not None:
+        ax_eps.axhline(target, color="tab:red", linestyle="--", label=f"budget ε={target:g}")
+    ax_eps.set_xlabel("round")
+    ax_eps.set_ylabel("ε")
+    ax_eps.grid(alpha=0.3)
+    ax_eps.legend()
+    if evald:
+        ax_acc.plot(*zip(*evald, strict=True), color="tab:blue")
+    ax_acc.set_xlabel("round")
+    ax_acc.set_ylabel("central test accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_outputs(out_dir: Path, spec: JobSpec, metrics: list[dict[str, Any]],
                   summary: dict[str, Any]) -> None:
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "summary.json", summary)
     plot_curves(metrics, out_dir / "curves.png", f"{spec.name} ({spec.strategy.name})")
+    if summary.get("privacy"):
+        p = summary["privacy"]
+        plot_privacy(metrics, out_dir / "privacy.png",
+                     f"{spec.name}: {p['mode']} DP, {p['mechanism']}, δ={p['delta']:g}",
+                     p["target_epsilon"])

@@ -16,6 +16,7 @@ import numpy as np
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
 from tsfl.sdk.client import NumPyClient
+from tsfl.sdk.local_dp import apply_local_dp
 from tsfl.wire.messages import decode_model, encode_update
 
 
@@ -80,6 +81,8 @@ class ClientRunner:
         else:
             new_vec, n, metrics = self._fit(global_vec, task.config)
         delta = np.subtract(new_vec, global_vec, dtype=np.float32)
+        if "local_dp" in task.config:  # clip and noise before anything leaves the device
+            delta = apply_local_dp(delta, task.config["local_dp"], task.config.get("seed"))
         update = Update(job_id=task.job_id, round=task.round, client_id=self.client_id,
                         model_version=task.model_version, num_examples=int(n), delta=delta,
                         metrics=metrics, codecs=("f32",))

@@ -19,14 +19,23 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from tsfl.storage.schema import audit_events, checkpoints, devices, jobs, participants, rounds
+from tsfl.storage.schema import (
+    audit_events,
+    checkpoints,
+    devices,
+    jobs,
+    participants,
+    privacy_ledger,
+    rounds,
+)
 from tsfl.storage.states import NEXT_STATES, RoundState, StoreError
 
 GENESIS_HASH = "0" * 64
 AUDIT_HEADS = "tsfl_audit_heads"      # Connection.info keys of the audit-head cache
 AUDIT_PENDING = "tsfl_audit_pending"
 TABLES = {"jobs": jobs, "rounds": rounds, "participants": participants,
-          "checkpoints": checkpoints, "audit_events": audit_events, "devices": devices}
+          "checkpoints": checkpoints, "audit_events": audit_events, "devices": devices,
+          "privacy_ledger": privacy_ledger}
 
 
 # Hot-path statements are built once: constructing SQLAlchemy expressions per call costs
@@ -294,6 +303,40 @@ def latest_checkpoint(conn: Connection, job_id: str) -> dict[str, Any] | None:
     out["vector"] = np.frombuffer(out["vector"], dtype="<f4").copy()
     out["strategy_state"] = unpack_state(out["strategy_state"])
     return out
+
+
+_LATEST_CHECKPOINT_META = (select(checkpoints.c.version, checkpoints.c.round)
+                           .where(checkpoints.c.job_id == bindparam("c_job"))
+                           .order_by(checkpoints.c.version.desc()).limit(1))
+
+
+def latest_checkpoint_meta(conn: Connection, job_id: str) -> tuple[int, int] | None:
+    """(version, round) of the newest checkpoint, without reading the vector."""
+    row = conn.execute(_LATEST_CHECKPOINT_META, {"c_job": job_id}).first()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+def release_model(conn: Connection, job_id: str, version: int, number: int,
+                  layout_digest: str, vector: np.ndarray, strategy_state: dict[str, Any] | None,
+                  ledger: dict[str, Any] | None,
+                  audits: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    """Charge the privacy ledger (if any), checkpoint the released model and audit both,
+    in one transaction: a model is never stored as released without its charge."""
+    if ledger is not None:
+        exists = conn.execute(select(privacy_ledger.c.id).where(
+            privacy_ledger.c.job_id == job_id, privacy_ledger.c.round == number)).first()
+        if exists is None:
+            conn.execute(insert(privacy_ledger).values(job_id=job_id, round=number,
+                                                       created_at=now(), **ledger))
+    save_checkpoint(conn, job_id, version, number, layout_digest, vector, strategy_state)
+    if audits:
+        append_audits(conn, job_id, audits)
+
+
+def privacy_ledger_rows(conn: Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(privacy_ledger).where(privacy_ledger.c.job_id == job_id)
+                        .order_by(privacy_ledger.c.round)).mappings().all()
+    return [dict(r) for r in rows]
 
 
 def count(conn: Connection, table_name: str) -> int:

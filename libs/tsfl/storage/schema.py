@@ -104,3 +104,20 @@ devices = Table(
     Column("last_seen", String(40), nullable=False),
     UniqueConstraint("job_id", "device_id", name="uq_devices_job_device"),
 )
+
+privacy_ledger = Table(
+    "privacy_ledger", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("epsilon", Float, nullable=False),  # cumulative, after this round
+    Column("delta", Float, nullable=False),
+    Column("mechanism", String(32), nullable=False),
+    Column("noise_multiplier", Float),
+    Column("sampling_rate", Float, nullable=False),
+    Column("clip_norm", Float),
+    Column("accountant", String(16), nullable=False),
+    Column("details", JSON),
+    Column("created_at", String(40), nullable=False),
+    UniqueConstraint("job_id", "round", name="uq_privacy_ledger_job_round"),
+)

@@ -261,6 +261,21 @@ class Store:
     async def latest_checkpoint(self, job_id: str) -> dict[str, Any] | None:
         return await self._read(q.latest_checkpoint, job_id)
 
+    async def latest_checkpoint_meta(self, job_id: str) -> tuple[int, int] | None:
+        """(version, round) of the newest checkpoint."""
+        return await self._read(q.latest_checkpoint_meta, job_id)
+
+    async def release_model(self, job_id: str, version: int, number: int, layout_digest: str,
+                            vector: np.ndarray, strategy_state: dict[str, Any] | None, *,
+                            ledger: dict[str, Any] | None = None,
+                            audits: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
+        """Ledger charge + checkpoint + audit events, atomically."""
+        await self._tx(q.release_model, job_id, version, number, layout_digest, vector,
+                       strategy_state, ledger, list(audits))
+
+    async def privacy_ledger(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._read(q.privacy_ledger_rows, job_id)
+
     # -- audit -----------------------------------------------------------------------------
     async def append_audit(self, job_id: str, kind: str, payload: dict[str, Any],
                            actor: str = "coordinator") -> None:
