@@ -78,6 +78,14 @@ class _Job:
     local_dp: dict[str, Any] | None = None  # sent with each task when devices add the noise
 
 
+def poisson_rate(spec: JobSpec) -> float | None:
+    """The per-client inclusion probability of a central-DP job with Poisson sampling."""
+    p = spec.privacy
+    if p.mode == "central" and p.sampling == "poisson":
+        return spec.clients.per_round / spec.clients.count
+    return None
+
+
 def local_dp_config(spec: JobSpec, model_size: int) -> dict[str, Any] | None:
     """What a device needs to clip and noise its own update (local DP), or None."""
     plan = build_plan(spec, model_size)
@@ -228,7 +236,8 @@ class Coordinator(BusRole):
         spec = job.spec
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.OPEN, job_id, number, model_version=job.version, k=spec.clients.per_round,
-            min=spec.round.min_updates, seed=spec.seed), key=job_id.encode())
+            min=spec.round.min_updates, seed=spec.seed,
+            poisson_rate=poisson_rate(spec)), key=job_id.encode())
         assert active.selected is not None
         return await asyncio.wait_for(asyncio.shield(active.selected), timeout)
 

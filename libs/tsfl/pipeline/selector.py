@@ -52,6 +52,12 @@ class Selector(BusRole):
             msg = events.cohort_message(job_id, number, [], reason=(
                 f"only {len(available)} registered device(s), the round needs {minimum}"))
         else:
-            cohort = UniformSelector(seed).select(number, available, min(k, len(available)))
-            msg = events.cohort_message(job_id, number, cohort)
+            selector = UniformSelector(seed)
+            rate = event.get("poisson_rate")
+            if rate is not None:  # DP accounting assumes exactly this sampling
+                cohort = selector.poisson(number, available, float(rate))
+            else:
+                cohort = selector.select(number, available, min(k, len(available)))
+            msg = events.cohort_message(job_id, number, cohort, reason=(
+                None if cohort else "Poisson sampling drew no client this round"))
         await self.bus.publish(topics.COHORTS, msg, key=job_id.encode())

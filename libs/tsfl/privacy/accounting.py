@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dp_accounting
-from dp_accounting import dp_event
+from dp_accounting import dp_event, gaussian_mechanism
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -154,6 +154,17 @@ def _epsilons(runs: tuple[tuple[RoundEvent, int], ...], delta: float,
     pld_eps = rdp_eps = None
     has_fixed = any(ev.sampling == "fixed" for ev, _ in runs)
     has_staircase = any(ev.mechanism == "staircase" for ev, _ in runs)
+    events = [ev.dp_event() for ev, _ in runs]
+    if all(isinstance(e, dp_event.GaussianDpEvent) for e in events):
+        # Unsampled Gaussian releases compose exactly into one Gaussian with
+        # σ = (Σ nᵢ/σᵢ²)^(-1/2) (Dong, Roth & Su 2019, Cor. 3.3), whose ε dp-accounting
+        # gives analytically (Balle & Wang 2018): exact, where the n-fold PLD of a
+        # low-noise Gaussian is a grid of millions of points.
+        sigma = sum(n / e.noise_multiplier ** 2 for e, (_, n) in zip(events, runs,
+                                                                       strict=True)) ** -0.5
+        exact = float(gaussian_mechanism.get_epsilon_gaussian(sigma, delta))
+        rdp_eps = _rdp_epsilon(runs, delta, NeighborRel.ADD_OR_REMOVE_ONE)
+        return Epsilons(exact, "analytic", exact, rdp_eps, False)
     if not has_fixed:
         pld_eps = _pld_epsilon(runs, delta, interval)
     if not has_staircase and len(rels) == 1:

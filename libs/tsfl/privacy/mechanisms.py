@@ -132,7 +132,7 @@ class StaircaseMechanism(Mechanism):
 
     def cdf(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        y = np.abs(x) / self.sensitivity
+        y = np.minimum(np.abs(x) / self.sensitivity, 1e300)  # ±inf → the tail limit
         k = np.floor(y)
         r = y - k
         b, g, d = self.b, self.g, self.sensitivity

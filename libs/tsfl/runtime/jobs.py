@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import yaml
 
 from tsfl.config import JobSpec, parse_job
-from tsfl.privacy.plan import resolve_privacy
 from tsfl.pipeline.coordinator import Coordinator, token_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
+from tsfl.privacy.plan import resolve_privacy
 from tsfl.runtime.simulation import initial_model
 
 log = logging.getLogger("tsfl.jobs")
