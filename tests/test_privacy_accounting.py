@@ -42,9 +42,9 @@ def test_reported_epsilon_equals_dp_accounting_on_the_grid(q, sigma, rounds):
     eps = acc.epsilons()
     pld, rdp = _reference(q, sigma, rounds)
     assert eps.amplified == (q < 1)
-    assert eps.epsilon == pytest.approx(pld, rel=1e-9)
+    assert eps.epsilon == pytest.approx(pld, rel=1e-6)
     assert eps.accountant == ("analytic" if q == 1 else "pld")
-    assert eps.rdp == pytest.approx(rdp, rel=1e-9)
+    assert eps.rdp == pytest.approx(rdp, rel=1e-6)
     assert eps.pld <= eps.rdp * (1 + 1e-6)  # the PLD is the tighter bound
 
 

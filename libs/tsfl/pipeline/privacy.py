@@ -16,6 +16,7 @@ stored model (no second draw of noise, no second charge).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,7 @@ class _Release:
     epsilon: float = 0.0
     participation: collections.Counter[str] = field(default_factory=collections.Counter)
     exhausted: str | None = None  # the withheld round's reason, once the budget is spent
+    prefetch: asyncio.Future[None] | None = None
 
 
 class Privacy(BusRole):
@@ -181,7 +183,9 @@ class Privacy(BusRole):
         epsilon = 0.0
         plan = state.plan
         if plan is not None:
-            eps = self._epsilon_after(state, plan, head["accepted"])
+            if state.prefetch is not None:  # computed while the round trained
+                await asyncio.shield(state.prefetch)
+            eps = await asyncio.to_thread(self._epsilon_after, state, plan, head["accepted"])
             if plan.target_epsilon is not None and eps.epsilon > plan.target_epsilon:
                 reason = (f"{BUDGET_EXHAUSTED}: releasing round {number} would spend "
                           f"ε={eps.epsilon:.4g} > target {plan.target_epsilon:g} "
@@ -218,7 +222,21 @@ class Privacy(BusRole):
                 state.accountant.compose(plan.event)
             else:
                 state.participation.update(str(c) for c in head["accepted"])
+            state.prefetch = asyncio.ensure_future(asyncio.to_thread(self._prefetch, state, plan))
         await self._publish(state, head, number, epsilon if plan else None)
+
+    @staticmethod
+    def _prefetch(state: _Release, plan: DpPlan) -> None:
+        """Warm the accountant's cache with the next round's ε, which depends only on what
+        is released so far (central), or on whether the most-participating device takes
+        part again (local): the budget check at release is then a lookup."""
+        assert state.accountant is not None
+        if plan.mode == "central":
+            state.accountant.epsilon_after(plan.event, 1)
+        else:
+            worst = max(state.participation.values(), default=0)
+            for m in (worst, worst + 1):
+                PrivacyAccountant(plan.delta).epsilon_after(plan.event, m)
 
     def _epsilon_after(self, state: _Release, plan: DpPlan, accepted: list[str]) -> Epsilons:
         """ε once this round is released: the cohort's event composed once more (central),

@@ -178,18 +178,22 @@ def _epsilons(runs: tuple[tuple[RoundEvent, int], ...], delta: float,
 
 def _pld_epsilon(runs: tuple[tuple[RoundEvent, int], ...], delta: float,
                  interval: float) -> float:
-    acc = pld_privacy_accountant.PLDAccountant(NeighborRel.ADD_OR_REMOVE_ONE, interval)
-    custom = None
+    composed = None
     for ev, n in runs:
-        event = ev.dp_event()
-        if event is not None:
-            acc.compose(event, n)
-        else:
-            pld = _staircase_round_pld(ev, interval).self_compose(n)
-            custom = pld if custom is None else custom.compose(pld)
-    if custom is None:
-        return float(acc.get_epsilon(delta))
-    return float(custom.compose(acc._pld).get_epsilon_for_delta(delta))
+        pld = _round_pld(ev, interval).self_compose(n) if n > 1 else _round_pld(ev, interval)
+        composed = pld if composed is None else composed.compose(pld)
+    assert composed is not None
+    return float(composed.get_epsilon_for_delta(delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _round_pld(ev: RoundEvent, interval: float) -> Any:
+    """One round's PLD, built once per event (building it is most of the cost)."""
+    event = ev.dp_event()
+    if event is None:
+        return _staircase_round_pld(ev, interval)
+    acc = pld_privacy_accountant.PLDAccountant(NeighborRel.ADD_OR_REMOVE_ONE, interval)
+    return acc.compose(event)._pld
 
 
 @functools.lru_cache(maxsize=256)
