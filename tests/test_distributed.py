@@ -124,6 +124,33 @@ def test_distributed_job_equals_the_embedded_run(services, database, tmp_path):
     assert np.max(np.abs(final - embedded)) <= 1e-5
 
 
+DP_JOB = {**JOB, "name": "dist-dp", "rounds": 3,
+          "privacy": {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 1.0,
+                      "target_epsilon": 50.0}}
+
+
+def test_distributed_dp_job_equals_the_embedded_run(services, database, tmp_path):
+    """Same seed: same Poisson cohorts, same clipping, same seeded noise, same ledger."""
+    state, _ = services
+    job_id = _submit(state.grpc, DP_JOB)
+    _fleet(state.grpc, job_id, DP_JOB)
+    assert _job(state.grpc, job_id).status == "COMPLETED"
+    final, rounds, _ = asyncio.run(_final_model(database, job_id))
+    assert [r["state"] for r in rounds] == ["PUBLISHED"] * 3
+
+    async def ledger() -> list:
+        store = await Store.open(database)
+        try:
+            return await store.privacy_ledger(job_id)
+        finally:
+            await store.close()
+
+    dist_eps = [r["epsilon"] for r in asyncio.run(ledger())]
+    embedded = asyncio.run(run_embedded(parse_job(DP_JOB), tmp_path / "embedded-dp"))
+    assert np.max(np.abs(final - embedded.final_vector)) <= 1e-5
+    assert dist_eps == pytest.approx([m["epsilon"] for m in embedded.metrics], rel=1e-9)
+
+
 def _kill_when_collecting(state: stack.StackState, database: str, name: str,
                           job_id_box: list, round_number: int, directory: Path) -> None:
     """Background: kill -9 a service while round N collects, then start it again."""
