@@ -70,11 +70,29 @@ def pipeline_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def privacy_table(data: dict) -> str:
+    lines = []
+    for dataset, rows in data["results"].items():
+        lines += [f"**{dataset}** ({data['rounds']} rounds, δ = 1e-5)", "",
+                  "| DP | ε target | ε spent | z | accuracy | ÷ no DP | MIA AUC | s/round "
+                  "| ÷ no DP |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            eps = r["target_epsilon"]
+            spent = f"{r['epsilon']:.2f}" if r["epsilon"] is not None else "–"
+            z = f"{r['noise_multiplier']:.3f}" if r["noise_multiplier"] else "–"
+            lines.append(f"| {r['mode']} | {eps if eps else '∞'} | {spent} | {z} | "
+                         f"{r['accuracy']:.3f} | **{r['accuracy_vs_nodp']:.2f}** | "
+                         f"{r['mia_auc']:.3f} | {r['round_s']:.3f} | "
+                         f"{r['round_time_vs_nodp']:.1f}× |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
     for name, render in (("aggregation", aggregation_table), ("end_to_end", end_to_end_table),
-                         ("pipeline", pipeline_table)):
+                         ("pipeline", pipeline_table), ("privacy", privacy_table)):
         data = _load(name)
         if data is None:
             continue
