@@ -55,11 +55,17 @@ class _Release:
     plan: DpPlan | None
     accountant: PrivacyAccountant | None
     clipper: AdaptiveClipper | None
-    clip_norm: float | None
     epsilon: float = 0.0
     participation: collections.Counter[str] = field(default_factory=collections.Counter)
     exhausted: str | None = None  # the withheld round's reason, once the budget is spent
     prefetch: asyncio.Future[None] | None = None
+
+    @property
+    def clip_norm(self) -> float | None:
+        """This round's clip norm: the adaptive clipper's, else the plan's fixed one."""
+        if self.clipper is not None:
+            return self.clipper.clip_norm
+        return self.plan.clip_norm if self.plan is not None else None
 
 
 class Privacy(BusRole):
@@ -104,7 +110,7 @@ class Privacy(BusRole):
         strategy.load_state(ckpt["strategy_state"])
         plan = build_plan(spec, layout.total_size)
         state = _Release(job_id, spec, layout, strategy, ckpt["version"], ckpt["vector"],
-                         ckpt["round"], plan, None, None, None)
+                         ckpt["round"], plan, None, None)
         if plan is None:
             return state
         # Resume the accounting from the ledger (what was charged is what was released).
@@ -112,13 +118,11 @@ class Privacy(BusRole):
                   if r["round"] <= state.released]
         state.accountant = PrivacyAccountant(plan.delta)
         state.clipper = plan.new_clipper()
-        state.clip_norm = plan.clip_norm
         if ledger:
             state.epsilon = float(ledger[-1]["epsilon"])
             details = ledger[-1]["details"] or {}
-            state.clip_norm = float(details.get("next_clip_norm", state.clip_norm))
-            if state.clipper is not None:
-                state.clipper.clip_norm = state.clip_norm
+            if state.clipper is not None and "next_clip_norm" in details:
+                state.clipper.clip_norm = float(details["next_clip_norm"])
         if plan.mode == "central":
             state.accountant.compose(plan.event, len(ledger))
         else:
@@ -262,9 +266,8 @@ class Privacy(BusRole):
         noised = plan.mechanism_for(state.clip_norm).add_noise(total, source)
         noised /= np.float32(plan.expected_clients)
         if state.clipper is not None:
-            state.clip_norm = state.clipper.update(int(head.get("unclipped") or 0),
-                                                   len(head["accepted"]),
-                                                   plan.expected_clients, source)
+            state.clipper.update(int(head.get("unclipped") or 0), len(head["accepted"]),
+                                 plan.expected_clients, source)
         return noised
 
     async def _withhold(self, state: _Release, head: dict[str, Any], reason: str, *,

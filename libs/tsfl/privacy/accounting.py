@@ -123,25 +123,24 @@ class PrivacyAccountant:
     def rounds(self) -> int:
         return sum(n for _, n in self._runs)
 
+    def _extended(self, event: RoundEvent, count: int) -> list[tuple[RoundEvent, int]]:
+        runs = list(self._runs)
+        if count > 0:
+            if runs and runs[-1][0] == event:
+                runs[-1] = (event, runs[-1][1] + count)
+            else:
+                runs.append((event, count))
+        return runs
+
     def compose(self, event: RoundEvent, count: int = 1) -> None:
-        if count <= 0:
-            return
-        if self._runs and self._runs[-1][0] == event:
-            self._runs[-1] = (event, self._runs[-1][1] + count)
-        else:
-            self._runs.append((event, count))
+        self._runs = self._extended(event, count)
 
     def epsilons(self) -> Epsilons:
         return _epsilons(tuple(self._runs), self.delta, self.interval)
 
     def epsilon_after(self, event: RoundEvent, count: int = 1) -> Epsilons:
         """ε if ``count`` more rounds of ``event`` were composed (nothing is recorded)."""
-        runs = list(self._runs)
-        if runs and runs[-1][0] == event:
-            runs[-1] = (event, runs[-1][1] + count)
-        else:
-            runs.append((event, count))
-        return _epsilons(tuple(runs), self.delta, self.interval)
+        return _epsilons(tuple(self._extended(event, count)), self.delta, self.interval)
 
 
 @functools.lru_cache(maxsize=4096)
