@@ -1,6 +1,6 @@
 """Differential privacy: accuracy against ε, membership inference, and the cost per round.
 
-For each dataset (digits: ``examples/digits-dp.yaml``; Synthetic(1, 1) over 5,000 clients:
+For each dataset (digits: ``examples/digits-dp.yaml``; Synthetic-IID over 5,000 clients:
 ``examples/synthetic-dp.yaml``) and each ε ∈ {1, 2, 4, 8, ∞}, central and local DP, the
 job runs embedded with the noise calibrated to ε over its rounds (δ = 1e-5). Reported:
 final accuracy and its ratio to the non-private run (the peer), the ε the ledger spent,
@@ -112,7 +112,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds per job (default: each example's own: 60 digits, 100 synthetic)")
     ap.add_argument("--quick", action="store_true", help="digits only, central only")
     args = ap.parse_args()
     datasets = {"digits": bundled_example("digits-dp")}
@@ -121,26 +122,29 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {}
     for name, path in datasets.items():
         base = load_job(path)
+        rounds = args.rounds or base.rounds
         rows = []
         for mode in ("central",) if args.quick else ("central", "local"):
             for eps in EPSILONS:
                 if eps is None and mode == "local":
                     continue
                 console.print(f"[bold]{name}[/] {mode} ε={eps or '∞'}")
-                r = run_one(_spec(base, mode, eps, args.rounds))
+                r = run_one(_spec(base, mode, eps, rounds))
                 rows.append({"mode": mode if eps else "none", "target_epsilon": eps, **r})
         base_row = next(r for r in rows if r["target_epsilon"] is None)
         for r in rows:
             r["accuracy_vs_nodp"] = r["accuracy"] / base_row["accuracy"]
             r["round_time_vs_nodp"] = r["round_s"] / base_row["round_s"]
         results[name] = rows
-        print_table(f"{name}: accuracy against ε ({args.rounds} rounds)",
+        print_table(f"{name}: accuracy against ε ({rounds} rounds)",
                     ["mode", "ε target", "ε spent", "z", "accuracy", "vs no DP", "MIA AUC",
                      "round s", "vs no DP"],
                     [[r["mode"], r["target_epsilon"] or "∞", r["epsilon"] or "-",
                       r["noise_multiplier"] or "-", r["accuracy"], r["accuracy_vs_nodp"],
                       r["mia_auc"], r["round_s"], r["round_time_vs_nodp"]] for r in rows])
-    out = write_results("privacy", {"rounds": args.rounds, "results": results})
+    out = write_results("privacy", {"rounds": {n: args.rounds or load_job(p).rounds
+                                               for n, p in datasets.items()},
+                                    "results": results})
     plot(results, RESULTS / "privacy.png")
     console.print(f"wrote {out} and {RESULTS / 'privacy.png'}")
 

@@ -73,7 +73,8 @@ def pipeline_table(data: dict) -> str:
 def privacy_table(data: dict) -> str:
     lines = []
     for dataset, rows in data["results"].items():
-        lines += [f"**{dataset}** ({data['rounds']} rounds, δ = 1e-5)", "",
+        rounds = data["rounds"][dataset] if isinstance(data["rounds"], dict) else data["rounds"]
+        lines += [f"**{dataset}** ({rounds} rounds, δ = 1e-5)", "",
                   "| DP | ε target | ε spent | z | accuracy | ÷ no DP | MIA AUC | s/round "
                   "| ÷ no DP |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
@@ -83,7 +84,7 @@ def privacy_table(data: dict) -> str:
             lines.append(f"| {r['mode']} | {eps if eps else '∞'} | {spent} | {z} | "
                          f"{r['accuracy']:.3f} | **{r['accuracy_vs_nodp']:.2f}** | "
                          f"{r['mia_auc']:.3f} | {r['round_s']:.3f} | "
-                         f"{r['round_time_vs_nodp']:.1f}× |")
+                         f"{r['round_time_vs_nodp']:.2f}× |")
         lines.append("")
     return "\n".join(lines).rstrip()
 

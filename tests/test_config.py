@@ -1,5 +1,7 @@
 """Every kind of job-spec error is reported as one readable line naming the field."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -94,3 +96,10 @@ def test_files(tmp_path):
 def test_sha256_changes_with_content():
     a, b = parse_job(BASE), parse_job({**BASE, "seed": 1})
     assert a.sha256() != b.sha256() and a.sha256() == parse_job(BASE).sha256()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_example_is_a_valid_job(path):
+    spec = load_job(path)
+    assert spec.name == path.stem

@@ -48,6 +48,25 @@ def test_reported_epsilon_equals_dp_accounting_on_the_grid(q, sigma, rounds):
     assert eps.pld <= eps.rdp * (1 + 1e-6)  # the PLD is the tighter bound
 
 
+@pytest.mark.parametrize("q,sigma,rounds", [(0.01, 1.0, 1000), (0.1, 1.0866, 60),
+                                            (0.02, 0.8, 100), (0.1, 3.0, 1)])
+def test_the_jobs_coarser_grid_is_dp_accounting_at_that_grid_and_close_to_its_default(
+        q, sigma, rounds):
+    """Jobs account at a 1e-3 loss grid (``privacy.accounting_interval``): exactly
+    dp-accounting's ε at that grid, and an upper bound within 0.1% of its 1e-4 default."""
+    acc = PrivacyAccountant(DELTA, 1e-3)
+    event = RoundEvent("gaussian", "poisson", q, sigma)
+    for _ in range(min(rounds, 3)):
+        acc.compose(event)
+    acc.compose(event, rounds - min(rounds, 3))
+    reference = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma))
+    coarse = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3).compose(
+        reference, rounds).get_epsilon(DELTA)
+    fine, _ = _reference(q, sigma, rounds)
+    assert acc.epsilons().epsilon == pytest.approx(coarse, rel=1e-6)
+    assert fine * (1 - 1e-6) <= acc.epsilons().epsilon <= fine * 1.001 + 1e-4
+
+
 @pytest.mark.parametrize("sigma,rounds", [(0.5, 3), (1.0, 10), (2.0, 30)])
 def test_analytic_gaussian_composition_agrees_with_the_pld_accountant(sigma, rounds):
     acc = PrivacyAccountant(DELTA)
@@ -93,6 +112,13 @@ def test_calibrated_noise_meets_the_target_tightly(target, rounds, q):
     assert pld <= target and pld >= target * 0.98
     with pytest.raises(ValueError):
         calibrate_noise_multiplier(0.0, DELTA, rounds)
+
+
+def test_calibration_at_the_jobs_grid_meets_the_target_on_that_grid():
+    z = calibrate_noise_multiplier(8.0, DELTA, 60, sampling_rate=0.1, interval=1e-3)
+    acc = PrivacyAccountant(DELTA, 1e-3)
+    acc.compose(RoundEvent("gaussian", "poisson", 0.1, z), 60)
+    assert 8.0 * 0.98 <= acc.epsilons().epsilon <= 8.0
 
 
 # -- the staircase ------------------------------------------------------------------------
@@ -151,3 +177,28 @@ def test_subsampled_staircase_pld_against_monte_carlo():
     for eps in (0.2, 0.5):
         mc = float(np.mean(np.clip(1 - np.exp(eps - loss), 0, None)))
         assert pld.get_delta_for_epsilon(eps) == pytest.approx(mc, abs=3e-3)
+
+
+@pytest.mark.parametrize("q,sigma,rounds,interval", [
+    (0.01, 1.0, 1000, 1e-4), (0.1, 1.0866, 60, 1e-3), (0.02, 0.8, 100, 1e-4),
+    (0.1, 3.0, 1, 1e-3), (0.5, 0.3, 5, 1e-4)])
+def test_vectorised_epsilon_for_delta_equals_dp_accountings_scan(q, sigma, rounds, interval):
+    from tsfl.privacy.accounting import pld_epsilon_for_delta
+
+    event = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma))
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=interval)\
+        .compose(event, rounds)._pld
+    for delta in (1e-7, 1e-5, 1e-3, 0.3):
+        assert pld_epsilon_for_delta(pld, delta) == pytest.approx(
+            pld.get_epsilon_for_delta(delta), rel=1e-9, abs=1e-12)
+
+
+def test_vectorised_epsilon_for_delta_on_laplace_and_staircase_plds():
+    from tsfl.privacy.accounting import _round_pld, pld_epsilon_for_delta
+
+    laplace = pld_privacy_accountant.PLDAccountant().compose(
+        dp_event.PoissonSampledDpEvent(0.1, dp_event.LaplaceDpEvent(1.0)), 20)._pld
+    stair = _round_pld(RoundEvent("staircase", "poisson", 0.1, epsilon=1.0), 1e-4)
+    for pld in (laplace, stair.self_compose(10)):
+        assert pld_epsilon_for_delta(pld, DELTA) == pytest.approx(
+            pld.get_epsilon_for_delta(DELTA), rel=1e-9)

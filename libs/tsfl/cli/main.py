@@ -108,8 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               "(metrics.json, summary.json, curves.png, tsfl.db)", highlight=False)
     if summary.get("privacy"):
         p = summary["privacy"]
-        err.print(f"privacy: ε={p['epsilon']:.3f} at δ={p['delta']:g} ({p['mechanism']}, "
-                  f"{p['accountant']}, {p['rounds']} rounds; privacy.png)", highlight=False)
+        if p["mode"] != "none":
+            err.print(f"privacy: ε={p['epsilon']:.3f} at δ={p['delta']:g} ({p['mechanism']}, "
+                      f"{p['accountant']}, {p['rounds']} rounds; privacy.png)",
+                      highlight=False)
+        if p.get("record_level"):
+            r = p["record_level"]
+            err.print(f"record-level DP-SGD: ε ≤ {r['epsilon_max']:.3f} at δ={r['delta']:g} "
+                      "for every client (privacy.png)", highlight=False)
     return 0 if result.status == "COMPLETED" else 1
 
 

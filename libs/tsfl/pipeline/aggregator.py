@@ -38,6 +38,7 @@ class _Round:
     rejected: dict[str, str] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
+    record_eps: dict[str, float] = field(default_factory=dict)  # clients' DP-SGD ε
     unclipped: set[str] = field(default_factory=set)  # norm was within the clip bound
     closing: set[str] | None = None
     held: dict[tuple[str, int], Record] = field(default_factory=dict)  # to commit at close
@@ -212,6 +213,8 @@ class Aggregator(BusRole):
             rnd.weights[client] = update.num_examples
             if "train_loss" in update.metrics:
                 rnd.losses[client] = update.metrics["train_loss"]
+            if "record_epsilon" in update.metrics:
+                rnd.record_eps[client] = float(update.metrics["record_epsilon"])
         await self._maybe_finalize(state)
 
     async def _reject(self, state: _JobState, rnd: _Round, client: str, reason: str) -> None:
@@ -241,7 +244,9 @@ class Aggregator(BusRole):
                 accepted=accepted, rejected=dict(rnd.rejected), num_examples=examples,
                 train_loss=train_loss, mean=result.mean, weight_total=result.total_weight,
                 weighting="uniform" if state.uniform_weights else "examples",
-                unclipped=sum(1 for c in accepted if c in rnd.unclipped))
+                unclipped=sum(1 for c in accepted if c in rnd.unclipped),
+                record_epsilon=max((rnd.record_eps[c] for c in accepted
+                                    if c in rnd.record_eps), default=None))
         else:
             msg = events.aggregate_message(
                 state.job_id, rnd.number, state.version, layout=state.layout.digest, ok=False,

@@ -49,6 +49,7 @@ class RoundResult:
     bytes_down: int
     reason: str | None = None
     epsilon: float | None = None  # privacy spent after this round (DP jobs)
+    record_epsilon: float | None = None  # the largest client's record-level ε (DP-SGD)
 
 
 @dataclass
@@ -460,4 +461,5 @@ class Coordinator(BusRole):
         self._resolve(active, RoundResult(
             active.number, True, version, accepted, rejected, dropped,
             int(extra.get("num_examples") or 0), extra.get("train_loss"), active.bytes_up,
-            active.bytes_down, epsilon=extra.get("epsilon")))
+            active.bytes_down, epsilon=extra.get("epsilon"),
+            record_epsilon=extra.get("record_epsilon")))

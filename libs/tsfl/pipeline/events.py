@@ -42,7 +42,8 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
                       accepted: list[str], rejected: dict[str, str], num_examples: int,
                       train_loss: float | None, mean: np.ndarray | None = None,
                       weight_total: float = 0.0, weighting: str = "examples",
-                      unclipped: int | None = None, reason: str | None = None) -> bytes:
+                      unclipped: int | None = None, reason: str | None = None,
+                      record_epsilon: float | None = None) -> bytes:
     """The aggregator's result: a frame whose payload is the round's weighted mean delta
     (float32) over the model of ``version``; a failed round has an empty payload.
 
@@ -50,14 +51,15 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
     has central DP, then the server optimizer. ``weighting`` is ``examples`` (FedAvg's
     n_k weights) or ``uniform`` (DP: one vote per client, so one client's influence is
     bounded by the clip norm); ``unclipped`` counts accepted updates whose norm was
-    within the clip bound (adaptive clipping).
+    within the clip bound (adaptive clipping); ``record_epsilon`` is the largest
+    record-level ε (DP-SGD) that an accepted client reported.
     """
     payload = encode_f32(mean) if mean is not None else b""
     return pack_frame(AGGREGATE, {
         "job": job_id, "round": round_number, "version": version, "layout": layout, "ok": ok,
         "accepted": accepted, "rejected": rejected, "num_examples": num_examples,
         "train_loss": train_loss, "reason": reason, "weight_total": float(weight_total),
-        "weighting": weighting, "unclipped": unclipped,
+        "weighting": weighting, "unclipped": unclipped, "record_epsilon": record_epsilon,
     }, payload)
 
 

@@ -116,7 +116,7 @@ class Privacy(BusRole):
         # Resume the accounting from the ledger (what was charged is what was released).
         ledger = [r for r in await self.store.privacy_ledger(job_id)
                   if r["round"] <= state.released]
-        state.accountant = PrivacyAccountant(plan.delta)
+        state.accountant = plan.accountant()
         state.clipper = plan.new_clipper()
         if ledger:
             state.epsilon = float(ledger[-1]["epsilon"])
@@ -240,7 +240,7 @@ class Privacy(BusRole):
         else:
             worst = max(state.participation.values(), default=0)
             for m in (worst, worst + 1):
-                PrivacyAccountant(plan.delta).epsilon_after(plan.event, m)
+                plan.accountant().epsilon_after(plan.event, m)
 
     def _epsilon_after(self, state: _Release, plan: DpPlan, accepted: list[str]) -> Epsilons:
         """ε once this round is released: the cohort's event composed once more (central),
@@ -251,7 +251,7 @@ class Privacy(BusRole):
         counts = state.participation.copy()
         counts.update(str(c) for c in accepted)
         worst = max(counts.values(), default=0)
-        return PrivacyAccountant(plan.delta).epsilon_after(plan.event, worst)
+        return plan.accountant().epsilon_after(plan.event, worst)
 
     def _noise_source(self, state: _Release, number: int) -> NoiseSource:
         assert state.plan is not None
@@ -298,5 +298,6 @@ def release_model(job_id: str, version: int, layout_digest: str, vector: np.ndar
         "job": job_id, "version": version, "layout": layout_digest, "codecs": ["f32"],
         "extra": {"round": number, "accepted": head["accepted"],
                   "rejected": head["rejected"], "num_examples": head["num_examples"],
-                  "train_loss": head["train_loss"], "epsilon": epsilon},
+                  "train_loss": head["train_loss"], "epsilon": epsilon,
+                  "record_epsilon": head.get("record_epsilon")},
     }, encode_f32(vector))

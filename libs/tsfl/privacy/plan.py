@@ -41,6 +41,11 @@ class DpPlan:
     target_epsilon: float | None
     noise: str
     adaptive: AdaptiveClipper | None
+    accounting_interval: float = 1e-4
+
+    def accountant(self) -> PrivacyAccountant:
+        """A fresh accountant at this plan's δ and discretization."""
+        return PrivacyAccountant(self.delta, self.accounting_interval)
 
     @property
     def sampling(self) -> str:
@@ -106,15 +111,17 @@ def build_plan(spec: JobSpec, model_size: int, noise_multiplier: float | None = 
                                    a.count_stddev or default_sb)
     return DpPlan(p.mode, p.mechanism, _norm(p.mechanism), p.clip_norm,
                   z if p.mechanism != "staircase" else None, event, factor, float(k), n,
-                  p.delta, p.target_epsilon, p.noise, adaptive)
+                  p.delta, p.target_epsilon, p.noise, adaptive, p.accounting_interval)
 
 
 @functools.lru_cache(maxsize=64)
 def _calibrate(target: float, delta: float, rounds: int, mechanism: str, sampling: str,
-               rate: float, population: int | None, sample: int | None) -> float:
+               rate: float, population: int | None, sample: int | None,
+               interval: float) -> float:
     return calibrate_noise_multiplier(target, delta, rounds, mechanism=mechanism,
                                       sampling=sampling, sampling_rate=rate,
-                                      population=population, sample_size=sample)
+                                      population=population, sample_size=sample,
+                                      interval=interval)
 
 
 def resolve_privacy(spec: JobSpec, model_size: int) -> JobSpec:
@@ -130,7 +137,8 @@ def resolve_privacy(spec: JobSpec, model_size: int) -> JobSpec:
         ev = plan.event
         try:
             z = _calibrate(p.target_epsilon, p.delta, spec.rounds, ev.mechanism, ev.sampling,
-                           ev.sampling_rate, ev.population, ev.sample_size)
+                           ev.sampling_rate, ev.population, ev.sample_size,
+                           p.accounting_interval)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError([f"privacy.target_epsilon: cannot calibrate the noise for "
                                f"{spec.rounds} rounds: {exc}"]) from None
@@ -144,7 +152,7 @@ def resolve_privacy(spec: JobSpec, model_size: int) -> JobSpec:
                         f"({plan.adaptive.count_stddev:g}) must exceed half the noise "
                         f"multiplier ({plan.noise_multiplier / 2:g})")
     if p.target_epsilon is not None and not problems:
-        acc = PrivacyAccountant(p.delta)
+        acc = plan.accountant()
         first = acc.epsilon_after(plan.event, 1).epsilon
         if first > p.target_epsilon:
             problems.append(f"privacy.target_epsilon: unreachable budget: one round already "

@@ -99,6 +99,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 "bytes_down": result.bytes_down,
                 "model_version": result.version,
                 "epsilon": result.epsilon,
+                "record_epsilon": result.record_epsilon,
             }
             vector = coordinator.model_vector(job_id)
             final["vector"] = vector.copy()

@@ -20,11 +20,25 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The ``privacy`` block of summary.json, from the ledger (what was really charged)."""
-    p = spec.privacy
-    if p.mode == "none":
+def record_level_summary(spec: JobSpec, metrics: list[dict[str, Any]]
+                         ) -> dict[str, Any] | None:
+    """Record-level DP-SGD: the settings and the largest ε any client reported."""
+    d = spec.training.dp_sgd
+    if d is None:
         return None
+    spent = [m["record_epsilon"] for m in metrics if m.get("record_epsilon") is not None]
+    return {"noise_multiplier": d.noise_multiplier, "max_grad_norm": d.max_grad_norm,
+            "delta": d.delta, "epsilon_max": max(spent, default=0.0), "accountant": "pld"}
+
+
+def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]],
+                    metrics: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The ``privacy`` block of summary.json, from the ledger (what was really charged),
+    with ``record_level`` for DP-SGD clients."""
+    p = spec.privacy
+    record = record_level_summary(spec, metrics or [])
+    if p.mode == "none":
+        return {"mode": "none", "record_level": record} if record else None
     last = ledger[-1] if ledger else None
     details = (last or {}).get("details") or {}
     sampling = "none" if p.mode == "local" else p.sampling
@@ -46,8 +60,10 @@ def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]]) -> dict[str, An
         "accountant": last["accountant"] if last else ("rdp" if sampling == "fixed" else "pld"),
         "epsilon_pld": details.get("pld"),
         "epsilon_rdp": details.get("rdp"),
+        "accounting_interval": p.accounting_interval,
         "amplified": details.get("amplified"),
         "noise": p.noise,
+        "record_level": record,
     }
 
 
@@ -72,7 +88,7 @@ def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, jo
         "config_sha256": spec.sha256(),
         "strategy": spec.strategy.name,
         "versions": package_versions(),
-        "privacy": privacy_summary(spec, ledger or []),
+        "privacy": privacy_summary(spec, ledger or [], metrics),
     }
 
 
@@ -118,11 +134,16 @@ def plot_privacy(metrics: list[dict[str, Any]], path: Path, title: str,
     import matplotlib.pyplot as plt
 
     spent = [(m["round"], m["epsilon"]) for m in metrics if m.get("epsilon") is not None]
+    record = [(m["round"], m["record_epsilon"]) for m in metrics
+              if m.get("record_epsilon") is not None]
     evald = [(m["round"], m["test_accuracy"]) for m in metrics
              if m["test_accuracy"] is not None]
     fig, (ax_eps, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     if spent:
         ax_eps.plot(*zip(*spent, strict=True), color="tab:purple", label="ε spent")
+    if record:
+        ax_eps.plot(*zip(*record, strict=True), color="tab:green",
+                    label="record-level ε (DP-SGD, max over clients)")
     if target is not None:
         ax_eps.axhline(target, color="tab:red", linestyle="--", label=f"budget ε={target:g}")
     ax_eps.set_xlabel("round")
@@ -148,6 +169,10 @@ def write_outputs(out_dir: Path, spec: JobSpec, metrics: list[dict[str, Any]],
     plot_curves(metrics, out_dir / "curves.png", f"{spec.name} ({spec.strategy.name})")
     if summary.get("privacy"):
         p = summary["privacy"]
-        plot_privacy(metrics, out_dir / "privacy.png",
-                     f"{spec.name}: {p['mode']} DP, {p['mechanism']}, δ={p['delta']:g}",
-                     p["target_epsilon"])
+        if p["mode"] == "none":  # record-level DP-SGD only
+            r = p["record_level"]
+            title = (f"{spec.name}: DP-SGD, σ={r['noise_multiplier']:g}, "
+                     f"C={r['max_grad_norm']:g}, δ={r['delta']:g}")
+        else:
+            title = f"{spec.name}: {p['mode']} DP, {p['mechanism']}, δ={p['delta']:g}"
+        plot_privacy(metrics, out_dir / "privacy.png", title, p.get("target_epsilon"))

@@ -10,6 +10,7 @@ import torch
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.sdk.client import TorchClient
+from tsfl.sdk.dp_sgd import DpSgdSettings
 from tsfl.sdk.flat import FlatModule
 from tsfl.sdk.training import TrainSettings
 from tsfl.sim import partition as parts
@@ -63,7 +64,8 @@ def build_federation(spec: JobSpec) -> Federation:
     x_train = torch.from_numpy(data.x_train)
     y_train = torch.from_numpy(data.y_train)
     ids = [client_name(i) for i in range(len(partitions))]
-    clients = {cid: TorchClient(workspace, x_train[idx], y_train[idx], settings)
+    dp_sgd = DpSgdSettings(**t.dp_sgd.model_dump()) if t.dp_sgd is not None else None
+    clients = {cid: TorchClient(workspace, x_train[idx], y_train[idx], settings, dp_sgd)
                for cid, idx in zip(ids, (torch.from_numpy(p) for p in partitions), strict=True)}
     return Federation(data, partitions, ids, clients, workspace, evaluator, initial,
                       torch.from_numpy(data.x_test), torch.from_numpy(data.y_test))

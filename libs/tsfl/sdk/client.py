@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsfl.sdk.dp_sgd import DpSgdSettings, RecordAccountant, check_model, dp_sgd_epochs
 from tsfl.sdk.flat import FlatModule
 from tsfl.sdk.training import TrainSettings, evaluate, train_epochs
 
@@ -43,13 +44,20 @@ class TorchClient(NumPyClient):
     """
 
     def __init__(self, model: nn.Module | FlatModule, x: np.ndarray | torch.Tensor,
-                 y: np.ndarray | torch.Tensor, settings: TrainSettings | None = None):
+                 y: np.ndarray | torch.Tensor, settings: TrainSettings | None = None,
+                 dp_sgd: DpSgdSettings | None = None):
+        """``dp_sgd`` trains with record-level DP-SGD (:mod:`tsfl.sdk.dp_sgd`); the
+        client's ε so far is reported as ``record_epsilon`` with each update."""
         self.flat = model if isinstance(model, FlatModule) else FlatModule(model)
         self.x = torch.as_tensor(x)
         self.y = torch.as_tensor(y, dtype=torch.long)
         if len(self.x) != len(self.y) or len(self.y) == 0:
             raise ValueError("a TorchClient needs the same, non-zero number of inputs and labels")
         self.settings = settings or TrainSettings()
+        self.dp_sgd = dp_sgd
+        self.record_accountant = RecordAccountant(dp_sgd) if dp_sgd is not None else None
+        if dp_sgd is not None:
+            check_model(self.flat.module)
 
     @property
     def layout(self):
@@ -67,9 +75,17 @@ class TorchClient(NumPyClient):
         self.flat.load(vector)
         seed = config.get("seed")
         rng = np.random.default_rng(seed)
-        loss = train_epochs(self.flat.module, self.flat.params, self.x, self.y,
-                            self._settings(config), rng)
-        return self.flat.vector, len(self.y), {"train_loss": loss}
+        if self.dp_sgd is None:
+            loss = train_epochs(self.flat.module, self.flat.params, self.x, self.y,
+                                self._settings(config), rng)
+            return self.flat.vector, len(self.y), {"train_loss": loss}
+        assert self.record_accountant is not None
+        out = dp_sgd_epochs(self.flat.module, self.flat.params, self.x, self.y,
+                            self._settings(config), self.dp_sgd, rng)
+        self.record_accountant.charge(out["sampling_rate"], out["steps"])
+        return self.flat.vector, len(self.y), {
+            "train_loss": out["train_loss"], "record_epsilon": self.record_accountant.epsilon,
+            "record_unclipped": out["unclipped_fraction"]}
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
         return self.flat.layout.unflatten_list(self.flat.vector)
