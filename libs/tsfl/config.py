@@ -248,6 +248,59 @@ class SimulationSpec(Spec):
     torch_threads: PositiveInt = 1
 
 
+ROBUST_AGGREGATORS = ("none", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
+                      "norm_bounding", "wfagg")
+ATTACKS = ("none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
+           "backdoor")
+
+
+class RobustSpec(Spec):
+    """Byzantine-robust aggregation (the byzantine stage's rule) and anomaly alerts."""
+
+    aggregator: Literal["none", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
+                        "norm_bounding", "wfagg"] = "none"
+    num_malicious: Annotated[int, Field(ge=0)] = Field(
+        0, description="f: the Byzantine clients a round is assumed to hold")
+    to_keep: PositiveInt | None = Field(None, description="multikrum: updates kept (n − f)")
+    beta: Annotated[float, Field(ge=0, lt=0.5)] = Field(0.1, description="trimmed_mean cut")
+    max_norm: PositiveFloat | None = Field(None, description="norm_bounding: L2 bound")
+    wfagg: dict[str, float] = Field(default_factory=dict, description=(
+        "WFAgg options: threshold, band_k, band_ratio, ema, min_history, smoothing"))
+    alert_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.1, description="alert when more than this fraction of a round is flagged")
+
+    @model_validator(mode="after")
+    def _check(self) -> RobustSpec:
+        if self.aggregator == "norm_bounding" and self.max_norm is None:
+            raise ValueError("norm_bounding needs max_norm")
+        unknown = set(self.wfagg) - {"threshold", "band_k", "band_ratio", "ema",
+                                     "min_history", "smoothing"}
+        if unknown:
+            raise ValueError(f"unknown wfagg option(s): {sorted(unknown)}")
+        return self
+
+
+class AttackSpec(Spec):
+    """Simulated Byzantine clients (simulation only: real devices are who they are)."""
+
+    kind: Literal["none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
+                  "backdoor"] = "none"
+    fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    collude: bool = Field(True, description="attackers share their honest updates (ALIE, "
+                                            "IPM estimate the benign statistics from them)")
+    scale: PositiveFloat = Field(10.0, description="scaling: factor; gaussian: noise std")
+    epsilon: PositiveFloat = Field(0.5, description="IPM: −ε × the benign mean")
+    z: PositiveFloat | None = Field(None, description="ALIE: std multiplier (default from n, f)")
+    target_label: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> AttackSpec:
+        if (self.kind == "none") != (self.fraction == 0):
+            raise ValueError("attacks.kind and attacks.fraction go together: a kind needs "
+                             "a fraction > 0 and a fraction needs a kind")
+        return self
+
+
 class JobSpec(Spec):
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
     seed: Annotated[int, Field(ge=0)] = 0
@@ -264,9 +317,25 @@ class JobSpec(Spec):
     evaluation: EvaluationSpec = EvaluationSpec()
     simulation: SimulationSpec = SimulationSpec()
     privacy: PrivacySpec = PrivacySpec()
+    robust: RobustSpec = RobustSpec()
+    attacks: AttackSpec = AttackSpec()
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
+        r, n = self.robust, self.clients.per_round
+        if r.aggregator != "none" and 2 * r.num_malicious >= n:
+            raise ValueError(f"robust.num_malicious ({r.num_malicious}) must be below half "
+                             f"of clients.per_round ({n})")
+        if r.aggregator == "bulyan" and n < 4 * r.num_malicious + 3:
+            raise ValueError(f"bulyan needs clients.per_round ≥ 4·num_malicious + 3 "
+                             f"({4 * r.num_malicious + 3}), got {n}")
+        if (r.aggregator not in ("none", "norm_bounding")
+                and self.privacy.mode == "central"):
+            raise ValueError(
+                f"robust.aggregator {r.aggregator!r} with central DP: selecting or reweighting "
+                "updates changes the sensitivity the privacy ledger charges for; use "
+                "norm_bounding (or the clip norm alone) with central DP, or local DP "
+                "(devices clip and noise) with a robust aggregator")
         if self.model.kind == "cnn" and self.data.dataset != "digits":
             raise ValueError(
                 f"model.kind=cnn needs image data (digits), not {self.data.dataset!r}"

@@ -98,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _report_config_error(exc)
     spec = result.spec
     summary = summarize(spec, result.metrics, wall_s=result.wall_s, job_id=result.job_id,
-                        status=result.status, reason=result.reason, ledger=result.ledger)
+                        status=result.status, reason=result.reason, ledger=result.ledger,
+                        robustness=result.robustness)
     write_outputs(out_dir, spec, result.metrics, summary)
     acc = summary["final_test_accuracy"]
     out.print(f"final test accuracy: {acc:.4f}" if acc is not None else "final test accuracy: -",
@@ -116,6 +117,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             r = p["record_level"]
             err.print(f"record-level DP-SGD: ε ≤ {r['epsilon_max']:.3f} at δ={r['delta']:g} "
                       "for every client (privacy.png)", highlight=False)
+    if summary.get("robustness"):
+        r = summary["robustness"]
+
+        def pct(v: float | None) -> str:
+            return f"{100 * v:.1f}%" if v is not None else "-"
+
+        err.print(f"robustness: {r['aggregator']} against {r['attack']} "
+                  f"({100 * r['fraction']:.0f}% malicious): detection TPR {pct(r['tpr'])}, "
+                  f"FPR {pct(r['fpr'])}" + (f", backdoor success {pct(r['backdoor_success_rate'])}"
+                                            if r["backdoor_success_rate"] is not None else ""),
+                  highlight=False)
     return 0 if result.status == "COMPLETED" else 1
 
 

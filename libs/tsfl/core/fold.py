@@ -11,7 +11,7 @@ refused the bad ones on arrival.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,3 +64,26 @@ class RoundFold:
             return FoldResult(None, accepted, rejected, acc.total_weight,
                               error="the weighted sum overflows float32")
         return FoldResult(acc.mean_inplace(), accepted, rejected, acc.total_weight)
+
+
+class EstimatorFold(RoundFold):
+    """A round whose aggregate is a coordinate-wise estimator (median, trimmed mean,
+    Bulyan's last step) over the kept updates, evaluated at the close; the weights are
+    vote counts only (a kept update is one row)."""
+
+    def __init__(self, size: int, estimate: Callable[[np.ndarray], np.ndarray]):
+        super().__init__(size)
+        self.estimate = estimate
+
+    def close(self) -> FoldResult:
+        if not self._items:
+            return FoldResult(None, [])
+        rejected = {k: "nonfinite: update contains NaN or Inf"
+                    for k, v, _ in self._items if not all_finite(v)}
+        kept = [(k, v, w) for k, v, w in self._items if k not in rejected]
+        self._items.clear()
+        if not kept:
+            return FoldResult(None, [], rejected)
+        mean = self.estimate(np.stack([v for _, v, _ in kept]))
+        return FoldResult(np.ascontiguousarray(mean, dtype=np.float32), [k for k, _, _ in kept],
+                          rejected, float(sum(w for _, _, w in kept)))

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
 from tsfl.config import JobSpec
-from tsfl.core.fold import RoundFold
+from tsfl.core.fold import EstimatorFold, RoundFold
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
+from tsfl.robust.build import build_robust
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
@@ -33,7 +36,7 @@ class _Round:
     number: int
     fold: RoundFold
     updates: dict[str, Update] = field(default_factory=dict)  # waiting for their verdict
-    verdicts: dict[str, tuple[float, str]] = field(default_factory=dict)
+    verdicts: dict[str, tuple[float, str, float]] = field(default_factory=dict)
     folded: set[str] = field(default_factory=set)
     rejected: dict[str, str] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
@@ -145,8 +148,17 @@ class Aggregator(BusRole):
             meta = await self.store.latest_checkpoint_meta(state.job_id)
             if meta is not None:
                 state.version = meta[0]
-            state.round = _Round(number, RoundFold(state.layout.total_size))
+            state.round = _Round(number, self._new_fold(state))
         return state.round
+
+    @staticmethod
+    def _new_fold(state: _JobState) -> RoundFold:
+        """A streaming weighted mean, or for a coordinate-wise robust rule (median,
+        trimmed mean, Bulyan) its estimator over the kept updates at close."""
+        rule = build_robust(state.spec.robust)
+        if rule is not None and rule.kind == "coordinate":
+            return EstimatorFold(state.layout.total_size, rule.coordinate_estimate)
+        return RoundFold(state.layout.total_size)
 
     # -- inputs ----------------------------------------------------------------------------
     async def _on_verdict(self, record: Record) -> None:
@@ -162,7 +174,7 @@ class Aggregator(BusRole):
             await self.consumer.commit(record)
             return
         rnd.held[(record.topic, record.partition)] = record
-        rnd.verdicts.setdefault(v["client"], (v["weight"], v["reason"]))
+        rnd.verdicts.setdefault(v["client"], (v["weight"], v["reason"], v["scale"]))
         await self._try_fold(state, rnd, v["client"])
 
     async def _on_update(self, record: Record) -> None:
@@ -201,11 +213,12 @@ class Aggregator(BusRole):
         if client not in rnd.updates or client not in rnd.verdicts:
             return
         update = rnd.updates.pop(client)
-        weight, reason = rnd.verdicts[client]
+        weight, reason, scale = rnd.verdicts[client]
         if weight <= 0.0:
             await self._reject(state, rnd, client, f"byzantine: {reason}")
         else:
-            rnd.fold.add(client, update.delta,
+            delta = update.delta if scale == 1.0 else update.delta * np.float32(scale)
+            rnd.fold.add(client, delta,
                          weight if state.uniform_weights else update.num_examples * weight)
             rnd.folded.add(client)
             if update.metrics.get("dp_unclipped"):

@@ -1,35 +1,241 @@
-"""The Byzantine-detection role: ``tsfl.updates.clipped`` → ``tsfl.verdicts``.
+"""The Byzantine-detection role: ``tsfl.updates.clipped`` (+ ``tsfl.rounds``) →
+``tsfl.verdicts`` (+ ``tsfl.alerts``).
 
-Decisions travel as small messages (a weight in [0, 1], scores, a reason); the payload
-stays on its topic. Until robust aggregation lands every update is accepted with
-weight 1.
+Decisions travel as small messages (a vote weight in [0, 1], a scale, the rule's scores,
+a reason); the payload stays on its topic. A job without a robust rule gets weight 1 for
+every update as it arrives. A job with one (``robust.aggregator``) has its round's
+updates held until the coordinator's CLOSING names the uploads; the rule
+(:mod:`tsfl.robust`) then judges them together, and the verdicts, the per-client
+reputation and an alert when more than ``robust.alert_fraction`` of the round is flagged
+are persisted (participants table, audit trail, client history) before the verdicts are
+published and the round's records committed.
+
+Client history (WFAgg's temporal filter, reputation) is stored as it stands *before*
+each round, so a restarted service that judges a round again starts from the same
+history and publishes the same verdicts.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
+from tsfl.config import JobSpec
+from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
+from tsfl.robust.aggregators import RobustAggregator
+from tsfl.robust.build import build_robust
+from tsfl.robust.wfagg import ClientHistory
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
-from tsfl.wire.messages import peek_update_meta
+from tsfl.wire.messages import decode_update, peek_update_meta
+
+#: reputation: exponential moving average of a client's acceptance
+REPUTATION_EMA = 0.3
+#: a norm this many times the client's own moving average is a sudden change
+NORM_JUMP = 5.0
+
+
+@dataclass
+class _Pending:
+    updates: dict[str, tuple[np.ndarray, int, float]] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
+    closing: set[str] | None = None
+    held: list[Record] = field(default_factory=list)
+
+
+@dataclass
+class _Job:
+    spec: JobSpec
+    layout: ParamLayout
+    rule: RobustAggregator | None
+    history: ClientHistory
+    reputation: dict[str, float] = field(default_factory=dict)
+    norm_avg: dict[str, float] = field(default_factory=dict)
+    next_round: int = 1  # the round the in-memory history is the input to
+    rounds: dict[int, _Pending] = field(default_factory=dict)
 
 
 class Byzantine(BusRole):
     name = "byzantine"
 
-    def __init__(self, bus: Bus, store: Store, *, group_id: str = "byzantine"):
-        super().__init__(bus, store, [topics.UPDATES_CLIPPED], group_id)
+    def __init__(self, bus: Bus, store: Store, *, group_id: str = "byzantine",
+                 max_update_bytes: int = 2 * 1024**3):
+        super().__init__(bus, store, [topics.UPDATES_CLIPPED, topics.ROUNDS], group_id)
+        self.max_update_bytes = max_update_bytes
+        self.jobs: dict[str, _Job | None] = {}
 
     async def handle(self, record: Record) -> None:
+        if record.topic == topics.ROUNDS:
+            await self._on_round_event(record)
+        else:
+            await self._on_update(record)
+
+    # -- jobs ------------------------------------------------------------------------------
+    async def _job(self, job_id: str) -> _Job | None:
+        if job_id not in self.jobs:
+            row = await self.store.get_job(job_id)
+            if row is None:
+                return None
+            spec = JobSpec.model_validate(row["spec"])
+            history, extra, next_round = ClientHistory(), {}, 1
+            saved = await self.store.load_robust_state(job_id)
+            if saved is not None:
+                next_round, blob = saved
+                history, extra = _unpack_state(blob)
+            job = _Job(spec, ParamLayout.from_json(row["layout"]), None, history,
+                       extra.get("reputation", {}), extra.get("norm_avg", {}), next_round)
+            job.rule = build_robust(spec.robust, history)
+            self.jobs[job_id] = job if job.rule is not None else None
+        return self.jobs[job_id]
+
+    # -- inputs ----------------------------------------------------------------------------
+    async def _on_update(self, record: Record) -> None:
         try:
-            meta = peek_update_meta(record.value)
+            meta = peek_update_meta(record.value, self.max_update_bytes)
         except WireError:
             await self.consumer.commit(record)  # the aggregator refuses it and says why
             return
-        verdict = events.verdict_message(meta["job_id"], meta["round"], meta["client_id"],
-                                         weight=1.0, reason="accepted: no robust filter")
-        published = await self.bus.publish_nowait(topics.VERDICTS, verdict, key=events.update_key(
-            meta["job_id"], meta["round"], meta["client_id"]))
-        await self.commit_when_published(record, published)
+        job_id, number, client = meta["job_id"], meta["round"], meta["client_id"]
+        job = await self._job(job_id)
+        if job is None:  # no robust rule: accept as it arrives
+            verdict = events.verdict_message(job_id, number, client, weight=1.0,
+                                             reason="accepted: no robust filter")
+            published = await self.bus.publish_nowait(
+                topics.VERDICTS, verdict, key=events.update_key(job_id, number, client))
+            await self.commit_when_published(record, published)
+            return
+        if number < job.next_round - 1:
+            await self.consumer.commit(record)  # an old round's replay: judged already
+            return
+        pending = job.rounds.setdefault(number, _Pending())
+        pending.held.append(record)
+        if client not in pending.updates and client not in pending.invalid:
+            try:
+                update = decode_update(record.value, job.layout, max_bytes=self.max_update_bytes,
+                                       verify_checksum=False)
+                pending.updates[client] = (update.delta, update.num_examples,
+                                           float(update.metrics.get("train_loss", math.nan)))
+            except WireError as exc:
+                pending.invalid[client] = f"{exc.code}: {exc}"
+        await self._maybe_judge(job_id, job, number)
+
+    async def _on_round_event(self, record: Record) -> None:
+        event = events.parse_round_event(record.value)
+        job_id = event["job"]
+        if event["type"] == events.JOB_FINISHED:
+            self.jobs.pop(job_id, None)
+        elif event["type"] == events.CLOSING:
+            job = await self._job(job_id)
+            if job is not None and event["round"] >= job.next_round - 1:
+                pending = job.rounds.setdefault(event["round"], _Pending())
+                pending.closing = set(event.get("uploaded", []))
+                pending.held.append(record)
+                await self._maybe_judge(job_id, job, event["round"])
+                return
+        await self.consumer.commit(record)
+
+    # -- judging ---------------------------------------------------------------------------
+    async def _maybe_judge(self, job_id: str, job: _Job, number: int) -> None:
+        pending = job.rounds.get(number)
+        if pending is None or pending.closing is None:
+            return
+        if not all(c in pending.updates or c in pending.invalid for c in pending.closing):
+            return  # announced uploads still on their way
+        clients = sorted(pending.updates)
+        # The history this round starts from: the stored snapshot when judging it again.
+        if number < job.next_round:
+            saved = await self.store.load_robust_state(job_id)
+            if saved is not None and saved[0] == number:
+                job.history, extra = _unpack_state(saved[1])
+                job.reputation = extra.get("reputation", {})
+                job.norm_avg = extra.get("norm_avg", {})
+                job.rule = build_robust(job.spec.robust, job.history)
+        else:
+            await self.store.save_robust_state(job_id, number, _pack_state(job))
+        verdicts = self._judge(job, clients, pending)
+        for client, reason in pending.invalid.items():
+            verdicts.append({"client": client, "weight": 0.0, "scale": 1.0,
+                             "reason": f"invalid: {reason}", "scores": {}, "flags": []})
+        flagged = {v["client"]: v["reason"] for v in verdicts
+                   if v["weight"] <= 0 or v["flags"]}
+        audits: list[tuple[str, str, dict[str, Any]]] = [
+            ("byzantine.refused", "byzantine", {"round": number, "client_id": v["client"],
+                                                "reason": v["reason"], "scores": v["scores"]})
+            for v in verdicts if v["weight"] <= 0]
+        fraction = len(flagged) / max(len(verdicts), 1)
+        alert = fraction > job.spec.robust.alert_fraction
+        if alert:
+            audits.append(("byzantine.alert", "byzantine", {
+                "round": number, "flagged": sorted(flagged), "fraction": fraction,
+                "threshold": job.spec.robust.alert_fraction}))
+        await self.store.record_verdicts(job_id, number, verdicts, audits)
+        job.next_round = max(job.next_round, number + 1)
+        await self.store.save_robust_state(job_id, job.next_round, _pack_state(job))
+        for v in verdicts:
+            await self.bus.publish(topics.VERDICTS, events.verdict_message(
+                job_id, number, v["client"], weight=v["weight"], reason=v["reason"],
+                scores=v["scores"], scale=v["scale"]),
+                key=events.update_key(job_id, number, v["client"]))
+        if alert:
+            await self.bus.publish(topics.ALERTS, events.alert_message(
+                job_id, number, flagged=sorted(flagged), fraction=fraction,
+                threshold=job.spec.robust.alert_fraction, reasons=flagged),
+                key=job_id.encode())
+            self.log.warning("job %s round %d: %.0f%% of updates flagged", job_id, number,
+                             100 * fraction)
+        for record in pending.held:
+            await self.consumer.commit(record)
+        job.rounds.pop(number, None)
+
+    def _judge(self, job: _Job, clients: list[str], pending: _Pending) -> list[dict[str, Any]]:
+        if not clients:
+            return []
+        assert job.rule is not None
+        x = np.stack([pending.updates[c][0] for c in clients])
+        examples = np.array([pending.updates[c][1] for c in clients], dtype=np.float64)
+        if job.rule.name == "wfagg":
+            result = job.rule.aggregate(x, examples, clients=clients)  # type: ignore[call-arg]
+        else:
+            result = job.rule.aggregate(x, examples)
+        norms = np.linalg.norm(x.astype(np.float64), axis=1)
+        out = []
+        for i, client in enumerate(clients):
+            accepted = float(result.weights[i] > 0)
+            prev = job.reputation.get(client)
+            job.reputation[client] = accepted if prev is None else (
+                (1 - REPUTATION_EMA) * prev + REPUTATION_EMA * accepted)
+            flags = []
+            avg = job.norm_avg.get(client)
+            if avg is not None and avg > 0 and norms[i] > NORM_JUMP * avg:
+                flags.append(f"norm jump: {norms[i]:.3g} > {NORM_JUMP:g}× its average "
+                             f"{avg:.3g}")
+            job.norm_avg[client] = norms[i] if avg is None else 0.7 * avg + 0.3 * norms[i]
+            scores = {name: float(v[i]) for name, v in result.scores.items()
+                      if np.isfinite(v[i])}
+            scores["reputation"] = job.reputation[client]
+            scores["norm"] = float(norms[i])
+            out.append({"client": client, "weight": float(result.weights[i]),
+                        "scale": float(result.scale[i]),
+                        "reason": result.reasons[i] + ("; " + "; ".join(flags) if flags else ""),
+                        "scores": scores, "flags": flags})
+        return out
+
+
+def _pack_state(job: _Job) -> bytes:
+    """Reputation and norm averages (JSON) + the client history (npz), length-prefixed."""
+    head = json.dumps({"reputation": job.reputation, "norm_avg": job.norm_avg}).encode()
+    return len(head).to_bytes(8, "little") + head + job.history.to_bytes()
+
+
+def _unpack_state(data: bytes) -> tuple[ClientHistory, dict[str, Any]]:
+    n = int.from_bytes(data[:8], "little")
+    extra = json.loads(data[8:8 + n])
+    return ClientHistory.from_bytes(data[8 + n:]), extra

@@ -337,7 +337,8 @@ class Coordinator(BusRole):
             active = job.round
             if (active and active.state is RoundState.COLLECTING and client_id in active.seeds
                     and client_id not in active.uploaded):
-                config = {"seed": active.seeds[client_id], **job.client_config(active.number)}
+                config = {"seed": active.seeds[client_id], "round": active.number,
+                          **job.client_config(active.number)}
                 if job.local_dp is not None:
                     config["local_dp"] = job.local_dp
                 return RoundTask(job.job_id, active.number, job.version, config)

@@ -14,6 +14,7 @@ AGGREGATE = "aggregate"
 COHORT = "cohort"
 VERDICT = "verdict"
 DEVICE_EVENT = "device_event"
+ALERT = "alert"
 
 # round event types
 JOB_STARTED = "job_started"
@@ -86,10 +87,14 @@ def parse_cohort(data: bytes) -> dict[str, Any]:
 
 
 def verdict_message(job_id: str, round_number: int, client_id: str, *, weight: float,
-                    reason: str, scores: dict[str, float] | None = None) -> bytes:
-    """The Byzantine stage's decision on one update: a weight in [0, 1] and why."""
+                    reason: str, scores: dict[str, float] | None = None,
+                    scale: float = 1.0) -> bytes:
+    """The Byzantine stage's decision on one update: a vote weight in [0, 1], a factor the
+    update is scaled by before folding (norm bounding, FLTrust), the rule's scores, and
+    why."""
     return pack(VERDICT, {"job": job_id, "round": round_number, "client": client_id,
-                          "weight": float(weight), "reason": reason, "scores": scores or {}})
+                          "weight": float(weight), "reason": reason, "scores": scores or {},
+                          "scale": float(scale)})
 
 
 def parse_verdict(data: bytes) -> dict[str, Any]:
@@ -99,7 +104,18 @@ def parse_verdict(data: bytes) -> dict[str, Any]:
         require(obj, field, typ)
     if not 0.0 <= obj["weight"] <= 1.0:
         raise ValueError(f"verdict weight {obj['weight']} outside [0, 1]")
+    scale = obj.setdefault("scale", 1.0)
+    if not isinstance(scale, float) or not 0.0 <= scale <= 1e6:
+        raise ValueError(f"verdict scale {scale!r} is not a finite factor in [0, 1e6]")
     return obj
+
+
+def alert_message(job_id: str, round_number: int, *, flagged: list[str], fraction: float,
+                  threshold: float, reasons: dict[str, str]) -> bytes:
+    """``tsfl.alerts``: more than ``threshold`` of a round's updates were flagged."""
+    return pack(ALERT, {"job": job_id, "round": round_number, "flagged": flagged,
+                        "fraction": float(fraction), "threshold": float(threshold),
+                        "reasons": reasons})
 
 
 def device_event(job_id: str, device_id: str, kind: str, **fields: Any) -> bytes:

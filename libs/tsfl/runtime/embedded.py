@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tsfl.config import JobSpec
 from tsfl.pipeline.coordinator import RoundResult
 from tsfl.pipeline.driver import drive_rounds
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.privacy.plan import resolve_privacy
+from tsfl.robust.attacks import add_trigger
+from tsfl.runtime.report import robustness_summary
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport
 from tsfl.sdk.runner import ClientRunner
@@ -42,6 +45,7 @@ class RunResult:
     database: Path
     spec: JobSpec  # as submitted (a calibrated noise multiplier filled in)
     ledger: list[dict[str, Any]]  # privacy ledger rows (DP jobs)
+    robustness: dict[str, Any] | None = None  # summary.json's robustness block
 
 
 def _evaluate(fed: Federation, vector: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -124,9 +128,27 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         await store.set_rounds_metrics(job_id, round_metrics)
         ledger = await store.privacy_ledger(job_id)
         final_vector = final.get("vector", fed.initial)
+        asr = backdoor_success_rate(fed, final_vector) if spec.attacks.kind == "backdoor" \
+            else None
+        robustness = robustness_summary(spec, await store.list_participants(job_id),
+                                        fed.malicious, asr)
     finally:
         await pipeline.stop()
         await store.close()
         await asyncio.sleep(0)
     return RunResult(job_id, metrics, final_vector, status, reason,
-                     time.perf_counter() - started, db_path, spec, ledger)
+                     time.perf_counter() - started, db_path, spec, ledger, robustness)
+
+
+def backdoor_success_rate(fed: Federation, vector: np.ndarray) -> float:
+    """Share of triggered test inputs (not already of the target class) classified as
+    the attack's target."""
+    target = fed.attack_target
+    keep = fed.y_test != target
+    x = fed.x_test[keep].numpy()
+    shape = fed.data.input_shape if len(fed.data.input_shape) >= 2 else None
+    triggered = torch.from_numpy(add_trigger(x, shape))
+    fed.evaluator.load(vector)
+    with torch.no_grad():
+        pred = fed.evaluator.module(triggered).argmax(dim=1)
+    return float((pred == target).float().mean()) if len(pred) else 0.0

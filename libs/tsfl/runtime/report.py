@@ -20,6 +20,31 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def robustness_summary(spec: JobSpec, participants: list[dict[str, Any]],
+                       malicious: set[str] | frozenset[str],
+                       backdoor_asr: float | None = None) -> dict[str, Any] | None:
+    """The ``robustness`` block: the attack, the rule and detection over the whole run
+    (a detection is a refused update; TPR over attackers' judged updates, FPR over the
+    honest ones)."""
+    r, a = spec.robust, spec.attacks
+    if r.aggregator == "none" and a.kind == "none":
+        return None
+    judged = [p for p in participants
+              if (p.get("metrics") or {}).get("verdict") is not None]
+    bad = [p for p in judged if p["client_id"] in malicious]
+    good = [p for p in judged if p["client_id"] not in malicious]
+
+    def refused(rows: list[dict[str, Any]]) -> int:
+        return sum(1 for p in rows if p["metrics"]["verdict"]["weight"] <= 0)
+
+    return {"attack": a.kind, "fraction": a.fraction, "collude": a.collude,
+            "aggregator": r.aggregator, "num_malicious": r.num_malicious,
+            "tpr": refused(bad) / len(bad) if bad else None,
+            "fpr": refused(good) / len(good) if good else None,
+            "judged_updates": len(judged), "malicious_updates": len(bad),
+            "backdoor_success_rate": backdoor_asr}
+
+
 def record_level_summary(spec: JobSpec, metrics: list[dict[str, Any]]
                          ) -> dict[str, Any] | None:
     """Record-level DP-SGD: the settings and the largest ε any client reported."""
@@ -69,7 +94,8 @@ def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]],
 
 def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, job_id: str,
               status: str, reason: str | None,
-              ledger: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              ledger: list[dict[str, Any]] | None = None,
+              robustness: dict[str, Any] | None = None) -> dict[str, Any]:
     accs = [m["test_accuracy"] for m in metrics if m["test_accuracy"] is not None]
     final = next((m["test_accuracy"] for m in reversed(metrics)
                   if m["test_accuracy"] is not None), None)
@@ -89,6 +115,7 @@ def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, jo
         "strategy": spec.strategy.name,
         "versions": package_versions(),
         "privacy": privacy_summary(spec, ledger or [], metrics),
+        "robustness": robustness,
     }
 
 

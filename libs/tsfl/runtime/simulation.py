@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
+from tsfl.robust.attacks import (
+    DATA_ATTACKS,
+    UPDATE_ATTACKS,
+    UpdateAttack,
+    malicious_clients,
+    poison_data,
+)
 from tsfl.sdk.client import TorchClient
 from tsfl.sdk.dp_sgd import DpSgdSettings
 from tsfl.sdk.flat import FlatModule
@@ -29,6 +37,30 @@ class Federation:
     initial: np.ndarray
     x_test: torch.Tensor
     y_test: torch.Tensor
+    malicious: frozenset[str] = frozenset()  # simulated attackers (spec.attacks)
+    attack_target: int = 0  # the backdoor's target label
+
+
+class MaliciousClient:
+    """An attacker: trains honestly, then uploads what its update attack makes of it."""
+
+    def __init__(self, inner: TorchClient, attack: UpdateAttack):
+        self.inner = inner
+        self.attack = attack
+
+    @property
+    def layout(self) -> ParamLayout:
+        return self.inner.layout
+
+    def fit_vector(self, vector: np.ndarray, config: dict[str, Any]
+                   ) -> tuple[np.ndarray, int, dict[str, float]]:
+        start = vector.copy()
+        new, n, metrics = self.inner.fit_vector(vector, config)
+        delta = np.subtract(new, start, dtype=np.float32)
+        return start + self.attack(delta, int(config.get("round", 0))), n, metrics
+
+    def evaluate(self, parameters: Any, config: dict[str, Any]) -> Any:
+        return self.inner.evaluate(parameters, config)
 
 
 def client_name(index: int) -> str:
@@ -61,14 +93,29 @@ def build_federation(spec: JobSpec) -> Federation:
     settings = TrainSettings(optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
                              weight_decay=t.weight_decay, epochs=t.epochs,
                              batch_size=t.batch_size)
-    x_train = torch.from_numpy(data.x_train)
-    y_train = torch.from_numpy(data.y_train)
     ids = [client_name(i) for i in range(len(partitions))]
     dp_sgd = DpSgdSettings(**t.dp_sgd.model_dump()) if t.dp_sgd is not None else None
-    clients = {cid: TorchClient(workspace, x_train[idx], y_train[idx], settings, dp_sgd)
-               for cid, idx in zip(ids, (torch.from_numpy(p) for p in partitions), strict=True)}
+    a = spec.attacks
+    malicious = malicious_clients(ids, a.fraction, spec.seed) if a.kind != "none" else set()
+    clients: dict[str, Any] = {}
+    rng = np.random.default_rng([spec.seed, 0xD0D0])
+    image_shape = data.input_shape if len(data.input_shape) >= 2 else None
+    for cid, part in zip(ids, partitions, strict=True):
+        xs, ys = data.x_train[part], data.y_train[part]
+        if cid in malicious and a.kind in DATA_ATTACKS:
+            xs, ys = poison_data(a.kind, xs, ys, data.num_classes, image_shape,
+                                 a.target_label, rng)
+        clients[cid] = TorchClient(workspace, torch.from_numpy(np.ascontiguousarray(xs)),
+                                   torch.from_numpy(np.ascontiguousarray(ys)), settings,
+                                   dp_sgd)
+    if a.kind in UPDATE_ATTACKS:
+        attack = UpdateAttack(a, spec.clients.per_round, spec.robust.num_malicious or
+                              round(a.fraction * spec.clients.per_round), spec.seed)
+        for cid in malicious:
+            clients[cid] = MaliciousClient(clients[cid], attack)
     return Federation(data, partitions, ids, clients, workspace, evaluator, initial,
-                      torch.from_numpy(data.x_test), torch.from_numpy(data.y_test))
+                      torch.from_numpy(data.x_test), torch.from_numpy(data.y_test),
+                      frozenset(malicious), a.target_label)
 
 
 def initial_model(spec: JobSpec) -> tuple[ParamLayout, np.ndarray]:

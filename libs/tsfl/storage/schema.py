@@ -105,6 +105,14 @@ devices = Table(
     UniqueConstraint("job_id", "device_id", name="uq_devices_job_device"),
 )
 
+robust_state = Table(
+    "robust_state", metadata,
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("round", Integer, nullable=False),  # the round this state is the input to
+    Column("state", LargeBinary, nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
 privacy_ledger = Table(
     "privacy_ledger", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

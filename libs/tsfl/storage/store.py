@@ -276,6 +276,19 @@ class Store:
     async def privacy_ledger(self, job_id: str) -> list[dict[str, Any]]:
         return await self._read(q.privacy_ledger_rows, job_id)
 
+    # -- robust aggregation ------------------------------------------------------------------
+    async def record_verdicts(self, job_id: str, number: int,
+                              verdicts: Sequence[dict[str, Any]],
+                              audits: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
+        await self._tx(q.record_verdicts, job_id, number, list(verdicts), list(audits))
+
+    async def save_robust_state(self, job_id: str, number: int, state: bytes) -> None:
+        """The byzantine stage's client history as it stands before round ``number``."""
+        await self._tx(q.save_robust_state, job_id, number, state)
+
+    async def load_robust_state(self, job_id: str) -> tuple[int, bytes] | None:
+        return await self._read(q.load_robust_state, job_id)
+
     # -- audit -----------------------------------------------------------------------------
     async def append_audit(self, job_id: str, kind: str, payload: dict[str, Any],
                            actor: str = "coordinator") -> None:
