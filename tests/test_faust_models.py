@@ -40,3 +40,13 @@ async def test_the_example_app_agents_process_events():
         event = RoundEvent(type="published", job="j", round=1, model_version=1)
         out = await agent.put(event)
         assert agent.results[out.message.offset].round == 1
+
+
+def test_alerts_decode_into_records():
+    from tsfl.faust_models import Alert
+
+    data = events.alert_message("j1", 3, flagged=["a", "b"], fraction=0.2, threshold=0.1,
+                                reasons={"a": "refused", "b": "norm jump"})
+    alert = Alert.loads(data)
+    assert (alert.job, alert.round, alert.flagged, alert.fraction) == ("j1", 3, ["a", "b"], 0.2)
+    assert alert.reasons["b"] == "norm jump"

@@ -20,7 +20,7 @@ from faust.serializers import codecs
 
 from tsfl.pipeline import events
 from tsfl.wire.codecs import F32
-from tsfl.wire.envelope import unpack, unpack_frame
+from tsfl.wire.envelope import WireError, unpack, unpack_frame
 
 
 class RoundEvent(faust.Record, serializer="tsfl"):
@@ -48,9 +48,21 @@ class ModelRelease(faust.Record, serializer="tsfl"):
     num_examples: int
     payload: bytes     # little-endian float32, the flat parameter vector
     epsilon: float | None = None  # DP jobs: ε spent once this model is out (at the job's δ)
+    record_epsilon: float | None = None  # DP-SGD jobs: the largest client's record-level ε
 
     def vector(self) -> np.ndarray:
         return np.frombuffer(self.payload, dtype=F32)
+
+
+class Alert(faust.Record, serializer="tsfl"):
+    """``tsfl.alerts``: more than the job's threshold of a round's updates was flagged."""
+
+    job: str
+    round: int
+    flagged: list[str]
+    fraction: float
+    threshold: float
+    reasons: dict[str, str]
 
 
 class TsflCodec(codecs.Codec):
@@ -68,8 +80,13 @@ class TsflCodec(codecs.Codec):
                     "accepted": extra.get("accepted", []),
                     "rejected": extra.get("rejected", {}),
                     "num_examples": extra.get("num_examples", 0), "payload": bytes(payload),
-                    "epsilon": extra.get("epsilon")}
-        obj = unpack(s, events.ROUND_EVENT)
+                    "epsilon": extra.get("epsilon"),
+                    "record_epsilon": extra.get("record_epsilon")}
+        try:
+            obj = unpack(s, events.ROUND_EVENT)
+        except WireError:
+            obj = unpack(s, events.ALERT)
+            return {k: obj[k] for k in Alert._options.fields}
         obj.pop("v", None)
         obj.pop("kind", None)
         known = set(RoundEvent._options.fields)
