@@ -5,6 +5,7 @@ history surviving a restart, and refusals at submission."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -151,3 +152,18 @@ def test_backdoor_success_rate_is_reported(tmp_path):
     spec = _job(rounds=4, attacks={"kind": "backdoor", "fraction": 0.3, "target_label": 0})
     r = _run(tmp_path, spec).robustness
     assert r["attack"] == "backdoor" and 0.0 <= r["backdoor_success_rate"] <= 1.0
+
+
+@pytest.mark.slow
+def test_bench_robustness_writes_its_table_and_heatmap_at_a_small_size(tmp_path):
+    from test_cli import tsfl
+
+    proc = tsfl("bench", "robustness", "--quick", "--rounds", "3", "--out", str(tmp_path),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "robustness.md").read_text()
+    assert "| wfagg |" in table and "sign_flip" in table
+    data = json.loads((tmp_path / "robustness.json").read_text())
+    cell = data["results"]["iid"]["wfagg"]["sign_flip"]
+    assert cell["status"] == "COMPLETED" and 0 <= cell["tpr"] <= 1
+    assert (tmp_path / "robustness.png").stat().st_size > 10_000

@@ -140,6 +140,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_robustness(args: argparse.Namespace) -> int:
+    from tsfl.robust.bench import run_bench
+
+    out_dir = Path(args.out)
+    run_bench(out_dir, quick=args.quick, rounds=args.rounds)
+    out.print(f"wrote {out_dir}/robustness.md, robustness.json, robustness.png",
+              highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsfl", description="TrustStram FL")
     parser.add_argument("--version", action="version", version=f"tsfl {__version__}")
@@ -156,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a job spec and exit")
     val.add_argument("job", nargs="?")
     val.set_defaults(func=cmd_validate)
+
+    bench = sub.add_parser("bench", help="built-in benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    rob = bench_sub.add_parser("robustness", help="aggregator × attack on digits: accuracy, "
+                                                  "detection TPR/FPR, backdoor success")
+    rob.add_argument("--out", default="benchmarks/results",
+                     help="directory for robustness.md/.json/.png")
+    rob.add_argument("--quick", action="store_true",
+                     help="3 rules × 3 attacks, IID, 5 rounds (what CI runs)")
+    rob.add_argument("--rounds", type=int, help="override the example's 30 rounds")
+    rob.set_defaults(func=cmd_bench_robustness)
 
     from tsfl.cli.distributed import add_commands
 
