@@ -171,3 +171,45 @@ def test_wfagg_history_round_trips_and_sketches_large_models():
     true = np.linalg.norm(y1 - y2)
     est = np.linalg.norm(hist.sketch(y1) - hist.sketch(y2))
     assert abs(est - true) / true < 0.4
+
+
+# -- anomaly detection and the round's judgement -------------------------------------------
+def test_sanity_checks_flag_opposed_and_oversized_updates():
+    from tsfl.robust.anomaly import sanity_flags
+
+    x = _benign(10, 30, seed=6)
+    x[1] *= -1
+    x[2] *= 10
+    flags = sanity_flags(x, 0.0, 3.0)
+    assert flags[1].startswith("opposed") and flags[2].startswith("oversized")
+    assert all(f is None for i, f in enumerate(flags) if i not in (1, 2))
+    assert sanity_flags(x, None, None) == [None] * 10
+
+
+def test_judge_reduces_f_by_the_refused_and_keeps_honest_clients():
+    """Scaled updates keep their direction: without the checks, WFAgg's cosine filter
+    drops f + 1 honest clients in their place."""
+    from tsfl.config import RobustSpec
+    from tsfl.robust.anomaly import Reputation
+    from tsfl.robust.judge import judge_round
+
+    x = _benign(20, 40, seed=7)
+    x[:4] *= 20.0
+    ids = [f"c{i}" for i in range(20)]
+    verdicts = judge_round(RobustSpec(aggregator="wfagg", num_malicious=4), ClientHistory(),
+                           Reputation(), ids, x, np.ones(20))
+    refused = {v["client"] for v in verdicts if v["weight"] == 0}
+    assert {"c0", "c1", "c2", "c3"} <= refused
+    assert len(refused - {"c0", "c1", "c2", "c3"}) <= 1  # f′ = 0: one honest at most
+
+
+def test_reputation_refuses_a_repeat_offender_and_forgives_a_one_off():
+    from tsfl.robust.anomaly import Reputation
+
+    rep = Reputation(ema=0.4, threshold=0.3)
+    for _ in range(3):
+        rep.update("bad", False)
+    rep.update("good", False)
+    rep.update("good", True)
+    assert rep.low(rep.current("bad")) and not rep.low(rep.current("good"))
+    assert rep.norm_flag("c", 1.0) is None and rep.norm_flag("c", 10.0).startswith("norm jump")

@@ -268,6 +268,16 @@ class RobustSpec(Spec):
         "WFAgg options: threshold, band_k, band_ratio, ema, min_history, smoothing"))
     alert_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
         0.1, description="alert when more than this fraction of a round is flagged")
+    reputation_threshold: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.3, description="refuse clients whose reputation (EMA of their acceptance) is "
+                         "below; 0 disables")
+    reputation_ema: Annotated[float, Field(gt=0, le=1)] = 0.4
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        0.0, description="refuse updates whose cosine to the round's median is below "
+                         "(null disables)")
+    max_norm_ratio: Annotated[float, Field(gt=1)] | None = Field(
+        3.0, description="refuse updates larger than this × the round's median norm "
+                         "(null disables)")
 
     @model_validator(mode="after")
     def _check(self) -> RobustSpec:

@@ -31,16 +31,13 @@ from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.robust.aggregators import RobustAggregator
+from tsfl.robust.anomaly import Reputation
 from tsfl.robust.build import build_robust
+from tsfl.robust.judge import judge_round
 from tsfl.robust.wfagg import ClientHistory
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
-
-#: reputation: exponential moving average of a client's acceptance
-REPUTATION_EMA = 0.3
-#: a norm this many times the client's own moving average is a sudden change
-NORM_JUMP = 5.0
 
 
 @dataclass
@@ -57,8 +54,7 @@ class _Job:
     layout: ParamLayout
     rule: RobustAggregator | None
     history: ClientHistory
-    reputation: dict[str, float] = field(default_factory=dict)
-    norm_avg: dict[str, float] = field(default_factory=dict)
+    reputation: Reputation
     next_round: int = 1  # the round the in-memory history is the input to
     rounds: dict[int, _Pending] = field(default_factory=dict)
 
@@ -91,7 +87,7 @@ class Byzantine(BusRole):
                 next_round, blob = saved
                 history, extra = _unpack_state(blob)
             job = _Job(spec, ParamLayout.from_json(row["layout"]), None, history,
-                       extra.get("reputation", {}), extra.get("norm_avg", {}), next_round)
+                       _reputation(spec, extra), next_round)
             job.rule = build_robust(spec.robust, history)
             self.jobs[job_id] = job if job.rule is not None else None
         return self.jobs[job_id]
@@ -155,9 +151,7 @@ class Byzantine(BusRole):
             saved = await self.store.load_robust_state(job_id)
             if saved is not None and saved[0] == number:
                 job.history, extra = _unpack_state(saved[1])
-                job.reputation = extra.get("reputation", {})
-                job.norm_avg = extra.get("norm_avg", {})
-                job.rule = build_robust(job.spec.robust, job.history)
+                job.reputation = _reputation(job.spec, extra)
         else:
             await self.store.save_robust_state(job_id, number, _pack_state(job))
         verdicts = self._judge(job, clients, pending)
@@ -195,44 +189,25 @@ class Byzantine(BusRole):
             await self.consumer.commit(record)
         job.rounds.pop(number, None)
 
-    def _judge(self, job: _Job, clients: list[str], pending: _Pending) -> list[dict[str, Any]]:
+    @staticmethod
+    def _judge(job: _Job, clients: list[str], pending: _Pending) -> list[dict[str, Any]]:
         if not clients:
             return []
-        assert job.rule is not None
         x = np.stack([pending.updates[c][0] for c in clients])
         examples = np.array([pending.updates[c][1] for c in clients], dtype=np.float64)
-        if job.rule.name == "wfagg":
-            result = job.rule.aggregate(x, examples, clients=clients)  # type: ignore[call-arg]
-        else:
-            result = job.rule.aggregate(x, examples)
-        norms = np.linalg.norm(x.astype(np.float64), axis=1)
-        out = []
-        for i, client in enumerate(clients):
-            accepted = float(result.weights[i] > 0)
-            prev = job.reputation.get(client)
-            job.reputation[client] = accepted if prev is None else (
-                (1 - REPUTATION_EMA) * prev + REPUTATION_EMA * accepted)
-            flags = []
-            avg = job.norm_avg.get(client)
-            if avg is not None and avg > 0 and norms[i] > NORM_JUMP * avg:
-                flags.append(f"norm jump: {norms[i]:.3g} > {NORM_JUMP:g}× its average "
-                             f"{avg:.3g}")
-            job.norm_avg[client] = norms[i] if avg is None else 0.7 * avg + 0.3 * norms[i]
-            scores = {name: float(v[i]) for name, v in result.scores.items()
-                      if np.isfinite(v[i])}
-            scores["reputation"] = job.reputation[client]
-            scores["norm"] = float(norms[i])
-            out.append({"client": client, "weight": float(result.weights[i]),
-                        "scale": float(result.scale[i]),
-                        "reason": result.reasons[i] + ("; " + "; ".join(flags) if flags else ""),
-                        "scores": scores, "flags": flags})
-        return out
+        return judge_round(job.spec.robust, job.history, job.reputation, clients, x, examples)
 
 
 def _pack_state(job: _Job) -> bytes:
     """Reputation and norm averages (JSON) + the client history (npz), length-prefixed."""
-    head = json.dumps({"reputation": job.reputation, "norm_avg": job.norm_avg}).encode()
+    head = json.dumps(job.reputation.state()).encode()
     return len(head).to_bytes(8, "little") + head + job.history.to_bytes()
+
+
+def _reputation(spec: JobSpec, extra: dict[str, Any]) -> Reputation:
+    r = spec.robust
+    return Reputation(r.reputation_ema, r.reputation_threshold, scores=dict(
+        extra.get("reputation", {})), norm_avg=dict(extra.get("norm_avg", {})))
 
 
 def _unpack_state(data: bytes) -> tuple[ClientHistory, dict[str, Any]]:
