@@ -110,12 +110,35 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def overhead(repeats: int, rounds: int) -> dict[str, Any]:
+    """DP's cost per round on digits: non-private and central-DP (ε = 8) runs alternate,
+    so machine noise hits both alike; the ratio of the medians is reported."""
+    base = load_job(bundled_example("digits-dp"))
+    times: dict[str, list[float]] = {"none": [], "central": []}
+    for i in range(repeats):
+        for mode, eps in (("none", None), ("central", 8.0)):
+            console.print(f"overhead run {i + 1}/{repeats}: {mode}")
+            times[mode].append(run_one(_spec(base, "central", eps, rounds))["round_s"])
+    ratio = statistics.median(times["central"]) / statistics.median(times["none"])
+    print_table(f"digits: s/round, {repeats} alternating runs of {rounds} rounds",
+                ["no DP", "central DP ε=8", "ratio"],
+                [[statistics.median(times["none"]), statistics.median(times["central"]),
+                  ratio]])
+    return {"runs": times, "rounds": rounds, "ratio": ratio}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds per job (default: each example's own: 60 digits, 100 synthetic)")
     ap.add_argument("--quick", action="store_true", help="digits only, central only")
+    ap.add_argument("--overhead", action="store_true",
+                    help="only the round-time overhead (alternating runs; privacy_overhead.json)")
     args = ap.parse_args()
+    if args.overhead:
+        out = write_results("privacy_overhead", overhead(5, args.rounds or 30))
+        console.print(f"wrote {out}")
+        return
     datasets = {"digits": bundled_example("digits-dp")}
     if not args.quick:
         datasets["synthetic-5000"] = bundled_example("synthetic-dp")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -86,6 +87,13 @@ def privacy_table(data: dict) -> str:
                          f"{r['mia_auc']:.3f} | {r['round_s']:.3f} | "
                          f"{r['round_time_vs_nodp']:.2f}× |")
         lines.append("")
+    over = _load("privacy_overhead")
+    if over is not None:
+        runs = over["runs"]
+        lines.append(f"Round-time overhead (digits, {len(runs['none'])} alternating runs of "
+                     f"{over['rounds']} rounds each, median s/round): no DP "
+                     f"{statistics.median(runs['none']):.4f}, central DP ε = 8 "
+                     f"{statistics.median(runs['central']):.4f}: **{over['ratio']:.2f}×**.")
     return "\n".join(lines).rstrip()
 
 
