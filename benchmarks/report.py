@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 HERE = Path(__file__).parent
+RESULTS = HERE / "results"
 
 
 def _load(name: str) -> dict | None:
@@ -97,11 +98,34 @@ def privacy_table(data: dict) -> str:
     return "\n".join(lines).rstrip()
 
 
+def robust_speed_table(data: dict) -> str:
+    r = data["results"]
+    lines = [f"{data['n']} updates × {data['d']:,} parameters, f = {data['f']} (same inputs, "
+             "results checked equal first):", "",
+             "| rule | tsfl ms | Flower ms | speed-up |", "|---|---:|---:|---:|"]
+    for name in ("krum", "multikrum", "bulyan", "median", "trimmed_mean"):
+        c = r[name]
+        lines.append(f"| {name} | {c['tsfl_s'] * 1e3:.1f} | {c['flower_s'] * 1e3:.1f} | "
+                     f"**{c['speedup']:.1f}×** |")
+    w = r["wfagg"]
+    lines.append(f"| wfagg (vs Flower's Krum) | {w['tsfl_s'] * 1e3:.1f} | "
+                 f"{w['flower_krum_s'] * 1e3:.1f} | **{w['vs_flower_krum']:.1f}×** |")
+    return "\n".join(lines)
+
+
+def robustness_table(data: dict) -> str:
+    md = (RESULTS / "robustness.md").read_text() if (RESULTS / "robustness.md").exists() else ""
+    return "\n".join(line.replace("## ", "#### ") for line in md.splitlines()
+                     if not line.startswith("# ")).strip()
+
+
 def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
     for name, render in (("aggregation", aggregation_table), ("end_to_end", end_to_end_table),
-                         ("pipeline", pipeline_table), ("privacy", privacy_table)):
+                         ("pipeline", pipeline_table), ("privacy", privacy_table),
+                         ("robust_speed", robust_speed_table),
+                         ("robustness", robustness_table)):
         data = _load(name)
         if data is None:
             continue

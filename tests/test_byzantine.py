@@ -119,6 +119,12 @@ def test_a_restarted_byzantine_stage_keeps_client_history(tmp_path):
     ({"robust": {"aggregator": "wfagg", "num_malicious": 10}}, "below half"),
     ({"robust": {"aggregator": "norm_bounding"}}, "max_norm"),
     ({"attacks": {"kind": "sign_flip"}}, "fraction"),
+    ({"robust": {"aggregator": "wfagg", "num_malicious": 2}, "crypto": {"mode": "he"}},
+     "no update is ever in the clear"),
+    ({"robust": {"aggregator": "krum", "num_malicious": 2}, "crypto": {"mode": "secagg"}},
+     "drop the robust rule"),
+    ({"privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0},
+      "crypto": {"mode": "secagg"}}, "clip on the device"),
 ])
 def test_bad_robust_config_is_refused(extra, message):
     with pytest.raises(ConfigError, match=message):

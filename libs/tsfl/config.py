@@ -311,6 +311,13 @@ class AttackSpec(Spec):
         return self
 
 
+class CryptoSpec(Spec):
+    """Cryptographic aggregation: the server side sees only an encrypted (``he``, CKKS)
+    or masked (``secagg``, SecAgg+) sum, never an update."""
+
+    mode: Literal["none", "he", "secagg"] = "none"
+
+
 class JobSpec(Spec):
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
     seed: Annotated[int, Field(ge=0)] = 0
@@ -329,9 +336,26 @@ class JobSpec(Spec):
     privacy: PrivacySpec = PrivacySpec()
     robust: RobustSpec = RobustSpec()
     attacks: AttackSpec = AttackSpec()
+    crypto: CryptoSpec = CryptoSpec()
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
+        c = self.crypto.mode
+        if c != "none":
+            hidden = ("the he service adds ciphertexts" if c == "he"
+                      else "the server unmasks only the cohort's sum")
+            if self.robust.aggregator != "none":
+                raise ValueError(
+                    f"robust.aggregator {self.robust.aggregator!r} with crypto.mode {c!r}: a "
+                    f"robust rule judges each update, and {hidden}, so no update is ever in "
+                    "the clear; drop the robust rule, or use crypto.mode none")
+            if self.privacy.mode == "central":
+                raise ValueError(
+                    f"privacy.mode central with crypto.mode {c!r}: the server cannot clip "
+                    f"updates it cannot read ({hidden}); clip on the device instead "
+                    "(privacy.mode local)")
+            raise ValueError(f"crypto.mode {c!r} is not available in this version yet "
+                             "(CKKS and SecAgg+ are being built); use crypto.mode none")
         r, n = self.robust, self.clients.per_round
         if r.aggregator != "none" and 2 * r.num_malicious >= n:
             raise ValueError(f"robust.num_malicious ({r.num_malicious}) must be below half "
