@@ -45,6 +45,13 @@ def weighted_mean(x: np.ndarray, votes: np.ndarray, scale: np.ndarray | None = N
     return ((coef / total).astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
 
 
+def malicious_bound(num_malicious: int) -> int:
+    """f, validated: the number of Byzantine updates a rule assumes it may face."""
+    if num_malicious < 0:
+        raise ValueError("num_malicious must be ≥ 0")
+    return int(num_malicious)
+
+
 def _examples(n: int, num_examples: np.ndarray | None) -> np.ndarray:
     if num_examples is None:
         return np.ones(n)
@@ -93,9 +100,7 @@ class Krum(RobustAggregator):
     name = "krum"
 
     def __init__(self, num_malicious: int):
-        if num_malicious < 0:
-            raise ValueError("num_malicious must be ≥ 0")
-        self.f = num_malicious
+        self.f = malicious_bound(num_malicious)
 
     def aggregate(self, updates: np.ndarray, num_examples: np.ndarray | None = None
                   ) -> RobustResult:
@@ -119,9 +124,9 @@ class MultiKrum(RobustAggregator):
     name = "multikrum"
 
     def __init__(self, num_malicious: int, to_keep: int | None = None):
-        if num_malicious < 0 or (to_keep is not None and to_keep < 1):
-            raise ValueError("num_malicious must be ≥ 0 and to_keep ≥ 1")
-        self.f, self.m = num_malicious, to_keep
+        if to_keep is not None and to_keep < 1:
+            raise ValueError("to_keep must be ≥ 1")
+        self.f, self.m = malicious_bound(num_malicious), to_keep
 
     def aggregate(self, updates: np.ndarray, num_examples: np.ndarray | None = None
                   ) -> RobustResult:
@@ -196,9 +201,7 @@ class Bulyan(RobustAggregator):
     kind = "coordinate"
 
     def __init__(self, num_malicious: int):
-        if num_malicious < 0:
-            raise ValueError("num_malicious must be ≥ 0")
-        self.f = num_malicious
+        self.f = malicious_bound(num_malicious)
 
     def aggregate(self, updates: np.ndarray, num_examples: np.ndarray | None = None
                   ) -> RobustResult:

@@ -36,7 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tsfl.robust import geometry
-from tsfl.robust.aggregators import RobustAggregator, RobustResult, _examples, weighted_mean
+from tsfl.robust.aggregators import (
+    RobustAggregator,
+    RobustResult,
+    _examples,
+    malicious_bound,
+    weighted_mean,
+)
 
 
 @dataclass
@@ -102,11 +108,9 @@ class WFAgg(RobustAggregator):
                  weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
                  threshold: float = 0.6, band_k: float = 2.0, band_ratio: float = 0.5,
                  ema: float = 0.3, min_history: int = 2, smoothing: float = 0.0):
-        if num_malicious < 0:
-            raise ValueError("num_malicious must be ≥ 0")
         if not 0.0 <= smoothing < 1.0 or not 0.0 < ema <= 1.0:
             raise ValueError("smoothing must be in [0, 1) and ema in (0, 1]")
-        self.f = num_malicious
+        self.f = malicious_bound(num_malicious)
         self.history = history if history is not None else ClientHistory()
         self.w_d, self.w_c, self.w_t = weights
         self.threshold = threshold
