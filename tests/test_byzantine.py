@@ -81,7 +81,8 @@ def test_attack_free_and_attacked_wfagg_reach_similar_accuracy(tmp_path):
     assert final(undefended) < final(clean) - 0.2  # the attack is real without a defence
 
 
-@pytest.mark.parametrize("rule", ["median", "trimmed_mean", "bulyan", "multikrum"])
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean", "bulyan", "multikrum",
+                                  "fltrust"])
 def test_robust_rules_hold_against_scaling(tmp_path, rule):
     extra = {"beta": 0.25} if rule == "trimmed_mean" else {}
     spec = _job(rounds=6, robust={"aggregator": rule, "num_malicious": 4, **extra},

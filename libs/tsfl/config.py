@@ -249,7 +249,7 @@ class SimulationSpec(Spec):
 
 
 ROBUST_AGGREGATORS = ("none", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
-                      "norm_bounding", "wfagg")
+                      "norm_bounding", "fltrust", "wfagg")
 ATTACKS = ("none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
            "backdoor")
 
@@ -258,12 +258,13 @@ class RobustSpec(Spec):
     """Byzantine-robust aggregation (the byzantine stage's rule) and anomaly alerts."""
 
     aggregator: Literal["none", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
-                        "norm_bounding", "wfagg"] = "none"
+                        "norm_bounding", "fltrust", "wfagg"] = "none"
     num_malicious: Annotated[int, Field(ge=0)] = Field(
         0, description="f: the Byzantine clients a round is assumed to hold")
     to_keep: PositiveInt | None = Field(None, description="multikrum: updates kept (n − f)")
     beta: Annotated[float, Field(ge=0, lt=0.5)] = Field(0.1, description="trimmed_mean cut")
     max_norm: PositiveFloat | None = Field(None, description="norm_bounding: L2 bound")
+    root_examples: PositiveInt = Field(100, description="fltrust: the server's root dataset")
     wfagg: dict[str, float] = Field(default_factory=dict, description=(
         "WFAgg options: threshold, band_k, band_ratio, ema, min_history, smoothing"))
     alert_fraction: Annotated[float, Field(gt=0, le=1)] = Field(

@@ -61,7 +61,9 @@ class _JobState:
 
     @property
     def uniform_weights(self) -> bool:
-        return self.spec.privacy.mode == "central"
+        """One vote per client (times its verdict): central DP, and FLTrust, whose votes
+        are its trust scores."""
+        return self.spec.privacy.mode == "central" or self.spec.robust.aggregator == "fltrust"
 
 
 class Aggregator(BusRole):

@@ -17,6 +17,7 @@ history and publishes the same verdicts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from tsfl.robust.aggregators import RobustAggregator
 from tsfl.robust.anomaly import Reputation
 from tsfl.robust.build import build_robust
 from tsfl.robust.judge import judge_round
+from tsfl.robust.root import RootTrainer
 from tsfl.robust.wfagg import ClientHistory
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
@@ -56,6 +58,7 @@ class _Job:
     history: ClientHistory
     reputation: Reputation
     next_round: int = 1  # the round the in-memory history is the input to
+    root: RootTrainer | None = None  # FLTrust's server-side root dataset
     rounds: dict[int, _Pending] = field(default_factory=dict)
 
 
@@ -154,7 +157,7 @@ class Byzantine(BusRole):
                 job.reputation = _reputation(job.spec, extra)
         else:
             await self.store.save_robust_state(job_id, number, _pack_state(job))
-        verdicts = self._judge(job, clients, pending)
+        verdicts = await self._judge(job_id, job, number, clients, pending)
         for client, reason in pending.invalid.items():
             verdicts.append({"client": client, "weight": 0.0, "scale": 1.0,
                              "reason": f"invalid: {reason}", "scores": {}, "flags": []})
@@ -189,13 +192,22 @@ class Byzantine(BusRole):
             await self.consumer.commit(record)
         job.rounds.pop(number, None)
 
-    @staticmethod
-    def _judge(job: _Job, clients: list[str], pending: _Pending) -> list[dict[str, Any]]:
+    async def _judge(self, job_id: str, job: _Job, number: int, clients: list[str],
+                     pending: _Pending) -> list[dict[str, Any]]:
         if not clients:
             return []
         x = np.stack([pending.updates[c][0] for c in clients])
         examples = np.array([pending.updates[c][1] for c in clients], dtype=np.float64)
-        return judge_round(job.spec.robust, job.history, job.reputation, clients, x, examples)
+        root = None
+        if job.spec.robust.aggregator == "fltrust":
+            # g₀ from the model this round trained on: the newest released checkpoint.
+            ckpt = await self.store.latest_checkpoint(job_id)
+            assert ckpt is not None
+            if job.root is None:
+                job.root = await asyncio.to_thread(RootTrainer, job.spec)
+            root = await asyncio.to_thread(job.root.root_update, ckpt["vector"], number)
+        return judge_round(job.spec.robust, job.history, job.reputation, clients, x, examples,
+                           root)
 
 
 def _pack_state(job: _Job) -> bytes:

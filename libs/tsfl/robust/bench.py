@@ -22,7 +22,7 @@ from tsfl.config import JobSpec, bundled_example, load_job
 from tsfl.runtime.embedded import run_embedded
 
 AGGREGATORS = ["fedavg", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
-               "norm_bounding", "wfagg"]
+               "norm_bounding", "fltrust", "wfagg"]
 ATTACKS = ["none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
            "backdoor"]
 PARTITIONS = {"iid": {"kind": "iid"}, "dirichlet-0.5": {"kind": "dirichlet", "alpha": 0.5}}

@@ -23,9 +23,10 @@ from tsfl.robust.wfagg import ClientHistory
 
 
 def judge_round(spec: RobustSpec, history: ClientHistory, reputation: Reputation,
-                clients: list[str], x: np.ndarray, examples: np.ndarray
-                ) -> list[dict[str, Any]]:
-    """Verdicts (client, weight, scale, reason, scores, flags) for the round's updates."""
+                clients: list[str], x: np.ndarray, examples: np.ndarray,
+                root_update: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Verdicts (client, weight, scale, reason, scores, flags) for the round's updates
+    (``root_update``: FLTrust's server update for the round)."""
     n = len(clients)
     if n == 0:
         return []
@@ -36,13 +37,15 @@ def judge_round(spec: RobustSpec, history: ClientHistory, reputation: Reputation
     scores: list[dict[str, float]] = [{} for _ in range(n)]
     if keep:
         f = max(0, spec.num_malicious - (n - len(keep)))
-        rule = build_robust(spec.model_copy(update={"num_malicious": f}), history)
+        rule = build_robust(spec.model_copy(update={"num_malicious": f}), history,
+                            root_update)
         assert rule is not None
         sub = x[keep]
         if rule.name == "wfagg":
             result = rule.aggregate(sub, examples[keep],  # type: ignore[call-arg]
                                     clients=[clients[i] for i in keep])
-        elif len(keep) >= 2 or rule.kind == "coordinate" or rule.name == "norm_bounding":
+        elif len(keep) >= 2 or rule.kind == "coordinate" or rule.name in ("norm_bounding",
+                                                                           "fltrust"):
             result = rule.aggregate(sub, examples[keep])
         else:  # one update left: nothing to compare it with
             result = None
