@@ -213,3 +213,6 @@ def test_reputation_refuses_a_repeat_offender_and_forgives_a_one_off():
     rep.update("good", True)
     assert rep.low(rep.current("bad")) and not rep.low(rep.current("good"))
     assert rep.norm_flag("c", 1.0) is None and rep.norm_flag("c", 10.0).startswith("norm jump")
+    assert rep.loss_flag("c", 0.5) is None and rep.loss_flag("c", 0.6) is None
+    assert rep.loss_flag("c", 5.0).startswith("training loss jump")
+    assert rep.loss_flag("c", float("nan")) is None

@@ -206,8 +206,9 @@ class Byzantine(BusRole):
             if job.root is None:
                 job.root = await asyncio.to_thread(RootTrainer, job.spec)
             root = await asyncio.to_thread(job.root.root_update, ckpt["vector"], number)
+        losses = np.array([pending.updates[c][2] for c in clients], dtype=np.float64)
         return judge_round(job.spec.robust, job.history, job.reputation, clients, x, examples,
-                           root)
+                           root, losses)
 
 
 def _pack_state(job: _Job) -> bytes:
@@ -219,7 +220,8 @@ def _pack_state(job: _Job) -> bytes:
 def _reputation(spec: JobSpec, extra: dict[str, Any]) -> Reputation:
     r = spec.robust
     return Reputation(r.reputation_ema, r.reputation_threshold, scores=dict(
-        extra.get("reputation", {})), norm_avg=dict(extra.get("norm_avg", {})))
+        extra.get("reputation", {})), norm_avg=dict(extra.get("norm_avg", {})),
+        loss_avg=dict(extra.get("loss_avg", {})))
 
 
 def _unpack_state(data: bytes) -> tuple[ClientHistory, dict[str, Any]]:

@@ -13,7 +13,8 @@ reputation across rounds, and sudden-change flags.
   it recovers (a benign client refused once recovers; one refused round after round
   does not).
 - **Sudden change**: a norm more than ``norm_jump`` times the client's own moving
-  average.
+  average, or a training loss (as the client reports it) more than ``loss_jump`` times
+  its own moving average — a client that starts poisoning, or whose data changed.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ class Reputation:
     ema: float = 0.4
     threshold: float = 0.3  # 0 disables refusals by reputation
     norm_jump: float = 5.0
+    loss_jump: float = 3.0
     scores: dict[str, float] = field(default_factory=dict)
     norm_avg: dict[str, float] = field(default_factory=dict)
+    loss_avg: dict[str, float] = field(default_factory=dict)
 
     def update(self, client: str, accepted: bool) -> float:
         prev = self.scores.get(client, 1.0)
@@ -68,11 +71,22 @@ class Reputation:
 
     def norm_flag(self, client: str, norm: float) -> str | None:
         """A sudden-change flag (or None); the client's norm average is updated."""
-        avg = self.norm_avg.get(client)
-        self.norm_avg[client] = norm if avg is None else 0.7 * avg + 0.3 * norm
-        if avg is not None and avg > 0 and norm > self.norm_jump * avg:
-            return f"norm jump: {norm:.3g} > {self.norm_jump:g}× its average {avg:.3g}"
-        return None
+        return _jump(self.norm_avg, client, norm, self.norm_jump, "norm")
+
+    def loss_flag(self, client: str, loss: float) -> str | None:
+        if not np.isfinite(loss):
+            return None
+        return _jump(self.loss_avg, client, loss, self.loss_jump, "training loss")
 
     def state(self) -> dict[str, dict[str, float]]:
-        return {"reputation": self.scores, "norm_avg": self.norm_avg}
+        return {"reputation": self.scores, "norm_avg": self.norm_avg,
+                "loss_avg": self.loss_avg}
+
+
+def _jump(averages: dict[str, float], client: str, value: float, factor: float,
+          what: str) -> str | None:
+    avg = averages.get(client)
+    averages[client] = value if avg is None else 0.7 * avg + 0.3 * value
+    if avg is not None and avg > 0 and value > factor * avg:
+        return f"{what} jump: {value:.3g} > {factor:g}× its average {avg:.3g}"
+    return None

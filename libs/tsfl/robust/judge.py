@@ -24,7 +24,8 @@ from tsfl.robust.wfagg import ClientHistory
 
 def judge_round(spec: RobustSpec, history: ClientHistory, reputation: Reputation,
                 clients: list[str], x: np.ndarray, examples: np.ndarray,
-                root_update: np.ndarray | None = None) -> list[dict[str, Any]]:
+                root_update: np.ndarray | None = None,
+                losses: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Verdicts (client, weight, scale, reason, scores, flags) for the round's updates
     (``root_update``: FLTrust's server update for the round)."""
     n = len(clients)
@@ -66,9 +67,11 @@ def judge_round(spec: RobustSpec, history: ClientHistory, reputation: Reputation
             weight = 0.0
             reason = f"refused: reputation {before:.2f} < {reputation.threshold:g} ({reason})"
         rep = reputation.update(client, weight > 0)
-        jump = reputation.norm_flag(client, float(norms[i]))
+        jumps = [f for f in (reputation.norm_flag(client, float(norms[i])),
+                             reputation.loss_flag(client, float(losses[i]))
+                             if losses is not None else None) if f]
         out.append({"client": client, "weight": weight, "scale": float(scale[i]),
-                    "reason": reason + (f"; {jump}" if jump else ""),
+                    "reason": "; ".join([reason, *jumps]),
                     "scores": {**scores[i], "reputation": rep, "norm": float(norms[i])},
-                    "flags": [f for f in (sanity[i], jump) if f]})
+                    "flags": [f for f in (sanity[i], *jumps) if f]})
     return out
