@@ -216,3 +216,16 @@ def test_reputation_refuses_a_repeat_offender_and_forgives_a_one_off():
     assert rep.loss_flag("c", 0.5) is None and rep.loss_flag("c", 0.6) is None
     assert rep.loss_flag("c", 5.0).startswith("training loss jump")
     assert rep.loss_flag("c", float("nan")) is None
+
+
+def test_the_aggregator_knows_which_rules_are_coordinate_wise():
+    from tsfl.config import ROBUST_AGGREGATORS, RobustSpec
+    from tsfl.robust.build import COORDINATE_RULES, build_robust, coordinate_estimator
+
+    for name in ROBUST_AGGREGATORS[1:]:
+        spec = RobustSpec(aggregator=name, num_malicious=1, max_norm=1.0)
+        rule = build_robust(spec, root_update=np.ones(3, dtype=np.float32))
+        assert (rule.kind == "coordinate") == (name in COORDINATE_RULES), name
+        assert (coordinate_estimator(spec) is not None) == (name in COORDINATE_RULES)
+    with pytest.raises(ValueError, match="root update"):
+        build_robust(RobustSpec(aggregator="fltrust"))

@@ -25,7 +25,7 @@ from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
-from tsfl.robust.build import build_robust
+from tsfl.robust.build import coordinate_estimator
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
@@ -157,9 +157,9 @@ class Aggregator(BusRole):
     def _new_fold(state: _JobState) -> RoundFold:
         """A streaming weighted mean, or for a coordinate-wise robust rule (median,
         trimmed mean, Bulyan) its estimator over the kept updates at close."""
-        rule = build_robust(state.spec.robust)
-        if rule is not None and rule.kind == "coordinate":
-            return EstimatorFold(state.layout.total_size, rule.coordinate_estimate)
+        estimate = coordinate_estimator(state.spec.robust)
+        if estimate is not None:
+            return EstimatorFold(state.layout.total_size, estimate)
         return RoundFold(state.layout.total_size)
 
     # -- inputs ----------------------------------------------------------------------------

@@ -31,9 +31,7 @@ from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
-from tsfl.robust.aggregators import RobustAggregator
 from tsfl.robust.anomaly import Reputation
-from tsfl.robust.build import build_robust
 from tsfl.robust.judge import judge_round
 from tsfl.robust.root import RootTrainer
 from tsfl.robust.wfagg import ClientHistory
@@ -54,7 +52,6 @@ class _Pending:
 class _Job:
     spec: JobSpec
     layout: ParamLayout
-    rule: RobustAggregator | None
     history: ClientHistory
     reputation: Reputation
     next_round: int = 1  # the round the in-memory history is the input to
@@ -84,15 +81,16 @@ class Byzantine(BusRole):
             if row is None:
                 return None
             spec = JobSpec.model_validate(row["spec"])
+            if spec.robust.aggregator == "none":
+                self.jobs[job_id] = None
+                return None
             history, extra, next_round = ClientHistory(), {}, 1
             saved = await self.store.load_robust_state(job_id)
             if saved is not None:
                 next_round, blob = saved
                 history, extra = _unpack_state(blob)
-            job = _Job(spec, ParamLayout.from_json(row["layout"]), None, history,
-                       _reputation(spec, extra), next_round)
-            job.rule = build_robust(spec.robust, history)
-            self.jobs[job_id] = job if job.rule is not None else None
+            self.jobs[job_id] = _Job(spec, ParamLayout.from_json(row["layout"]), history,
+                                     _reputation(spec, extra), next_round)
         return self.jobs[job_id]
 
     # -- inputs ----------------------------------------------------------------------------
