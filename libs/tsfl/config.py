@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -248,17 +248,18 @@ class SimulationSpec(Spec):
     torch_threads: PositiveInt = 1
 
 
-ROBUST_AGGREGATORS = ("none", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
-                      "norm_bounding", "fltrust", "wfagg")
-ATTACKS = ("none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
-           "backdoor")
+RobustRule = Literal["none", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
+                     "norm_bounding", "fltrust", "wfagg"]
+AttackKind = Literal["none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
+                     "backdoor"]
+ROBUST_AGGREGATORS: tuple[str, ...] = get_args(RobustRule)
+ATTACKS: tuple[str, ...] = get_args(AttackKind)
 
 
 class RobustSpec(Spec):
     """Byzantine-robust aggregation (the byzantine stage's rule) and anomaly alerts."""
 
-    aggregator: Literal["none", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
-                        "norm_bounding", "fltrust", "wfagg"] = "none"
+    aggregator: RobustRule = "none"
     num_malicious: Annotated[int, Field(ge=0)] = Field(
         0, description="f: the Byzantine clients a round is assumed to hold")
     to_keep: PositiveInt | None = Field(None, description="multikrum: updates kept (n − f)")
@@ -294,8 +295,7 @@ class RobustSpec(Spec):
 class AttackSpec(Spec):
     """Simulated Byzantine clients (simulation only: real devices are who they are)."""
 
-    kind: Literal["none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
-                  "backdoor"] = "none"
+    kind: AttackKind = "none"
     fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
     collude: bool = Field(True, description="attackers share their honest updates (ALIE, "
                                             "IPM estimate the benign statistics from them)")

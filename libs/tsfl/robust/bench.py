@@ -18,13 +18,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from tsfl.config import JobSpec, bundled_example, load_job
+from tsfl.config import ATTACKS as ATTACK_KINDS
+from tsfl.config import ROBUST_AGGREGATORS, JobSpec, bundled_example, load_job
 from tsfl.runtime.embedded import run_embedded
 
-AGGREGATORS = ["fedavg", "krum", "multikrum", "bulyan", "median", "trimmed_mean",
-               "norm_bounding", "fltrust", "wfagg"]
-ATTACKS = ["none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "label_flip",
-           "backdoor"]
+#: "fedavg" is the row without a robust rule (robust.aggregator: none)
+AGGREGATORS = ["fedavg", *(a for a in ROBUST_AGGREGATORS if a != "none")]
+ATTACKS = list(ATTACK_KINDS)
 PARTITIONS = {"iid": {"kind": "iid"}, "dirichlet-0.5": {"kind": "dirichlet", "alpha": 0.5}}
 QUICK = (["fedavg", "median", "wfagg"], ["none", "sign_flip", "scaling"], ["iid"], 5)
 
