@@ -19,6 +19,7 @@ import numpy as np
 
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
+from tsfl.compress import CodecChain, CodecError
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
@@ -29,10 +30,18 @@ from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.storage.store import RoundState, Store, StoreError
 from tsfl.strategies import build_strategy
 from tsfl.wire.envelope import WireError
-from tsfl.wire.messages import decode_model, decode_update, encode_model, peek_update_meta
+from tsfl.wire.messages import (
+    decode_model,
+    decode_update,
+    encode_model,
+    encode_model_delta,
+    peek_update_meta,
+)
 
 #: audit chain for events that belong to no job (unreadable or unknown-job uploads)
 SYSTEM_AUDIT = "_system"
+#: earlier model versions kept for downlink deltas (compression.downlink: delta)
+DOWNLINK_WINDOW = 8
 
 
 @dataclass
@@ -50,6 +59,8 @@ class RoundResult:
     reason: str | None = None
     epsilon: float | None = None  # privacy spent after this round (DP jobs)
     record_epsilon: float | None = None  # the largest client's record-level ε (DP-SGD)
+    codecs: dict[str, dict[str, int]] = field(default_factory=dict)  # chain → updates, bytes
+    slowest_upload_s: float | None = None  # the slowest timed upload (the round's straggler)
 
 
 @dataclass
@@ -61,6 +72,9 @@ class _ActiveRound:
     uploaded: list[str] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    codec_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    codec_plan: dict[str, dict[str, Any]] = field(default_factory=dict)  # adaptive, per device
+    slowest_upload_s: float | None = None
     selected: asyncio.Future[list[str]] | None = None
     done: asyncio.Future[RoundResult] | None = None
     deadline: asyncio.TimerHandle | None = None
@@ -77,6 +91,43 @@ class _Job:
     round: _ActiveRound | None = None
     last_round: int = 0
     local_dp: dict[str, Any] | None = None  # sent with each task when devices add the noise
+    history: dict[int, np.ndarray] = field(default_factory=dict)  # version → model (deltas)
+    delta_cache: dict[int, bytes] = field(default_factory=dict)  # base → delta to current
+
+
+def uplink_config(spec: JobSpec) -> dict[str, Any] | None:
+    """The compression settings sent with every task (None: plain float32, say nothing)."""
+    c = spec.compression
+    u = c.uplink
+    if u.chain == ["f32"] and c.skip_below == 0 and c.adaptive is None:
+        return None
+    return {"chain": list(u.chain), "ratio": u.ratio, "block": u.block, "levels": u.levels,
+            "error_feedback": u.error_feedback, "skip_below": c.skip_below}
+
+
+def adaptive_request(spec: JobSpec, model_size: int) -> dict[str, Any] | None:
+    """What the selector needs to plan per-device codecs for a round (None: not adaptive)."""
+    a = spec.compression.adaptive
+    if a is None:
+        return None
+    lossless = CodecChain.parse(spec.compression.uplink.chain).lossless
+    return {"budget_s": spec.round.deadline_s * a.deadline_fraction, "n": model_size,
+            "min_ratio": a.min_ratio, "block": spec.compression.uplink.block,
+            "lossless": lossless}
+
+
+def _plan_entry(raw: Any) -> dict[str, Any] | None:
+    """A selector's codec choice for one device, checked (None when unusable)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        chain = CodecChain.parse(raw.get("chain") or [])
+        ratio = float(raw.get("ratio", 1.0))
+    except (CodecError, TypeError, ValueError):
+        return None
+    if not 0 < ratio <= 1:
+        return None
+    return {"chain": list(chain.names), "ratio": ratio}
 
 
 def poisson_rate(spec: JobSpec) -> float | None:
@@ -169,8 +220,9 @@ class Coordinator(BusRole):
         if active.state is RoundState.OPEN:
             await self.bus.publish(topics.ROUNDS, events.round_event(
                 events.OPEN, job_id, active.number, model_version=job.version,
-                k=spec.clients.per_round, min=spec.round.min_updates, seed=spec.seed),
-                key=job_id.encode())
+                k=spec.clients.per_round, min=spec.round.min_updates, seed=spec.seed,
+                poisson_rate=poisson_rate(spec),
+                adaptive=adaptive_request(spec, layout.total_size)), key=job_id.encode())
             return
         parts = await self.store.list_participants(job_id, active.number)
         active.cohort = [p["client_id"] for p in parts]
@@ -238,7 +290,8 @@ class Coordinator(BusRole):
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.OPEN, job_id, number, model_version=job.version, k=spec.clients.per_round,
             min=spec.round.min_updates, seed=spec.seed,
-            poisson_rate=poisson_rate(spec)), key=job_id.encode())
+            poisson_rate=poisson_rate(spec),
+            adaptive=adaptive_request(spec, job.layout.total_size)), key=job_id.encode())
         assert active.selected is not None
         return await asyncio.wait_for(asyncio.shield(active.selected), timeout)
 
@@ -259,6 +312,10 @@ class Coordinator(BusRole):
         active.state = RoundState.COLLECTING
         active.cohort = cohort
         active.seeds = {c: client_seed(job.spec.seed, active.number, c) for c in cohort}
+        plan = msg.get("codecs") or {}
+        if isinstance(plan, dict):
+            checked = {str(c): _plan_entry(e) for c, e in plan.items() if c in active.seeds}
+            active.codec_plan = {c: e for c, e in checked.items() if e is not None}
         active.deadline = asyncio.get_running_loop().call_later(
             job.spec.round.deadline_s,
             lambda: asyncio.ensure_future(self._on_deadline(job.job_id, active.number)))
@@ -341,19 +398,54 @@ class Coordinator(BusRole):
                           **job.client_config(active.number)}
                 if job.local_dp is not None:
                     config["local_dp"] = job.local_dp
+                uplink = uplink_config(job.spec)
+                if uplink is not None:
+                    config["compression"] = {**uplink,
+                                             **active.codec_plan.get(client_id, {})}
+                if job.spec.compression.downlink == "delta":
+                    config["downlink"] = "delta"
                 return RoundTask(job.job_id, active.number, job.version, config)
         return None
 
-    async def download_model(self, job_id: str, version: int) -> bytes:
+    async def download_model(self, job_id: str, version: int,
+                             have_version: int | None = None) -> bytes:
+        """The model of ``version``: a lossless delta when the device holds an earlier
+        version still kept (``compression.downlink: delta``), else the full model."""
         job = self.jobs.get(job_id)
         if job is None:
             raise LookupError(f"unknown job {job_id!r}")
         if version != job.version:
             raise LookupError(f"model v{version} of {job_id} is not served (current "
                               f"v{job.version})")
+        data = job.model_bytes
+        if have_version is not None and have_version in job.history:
+            cached = job.delta_cache.get(have_version)
+            if cached is None:
+                current = decode_model(job.model_bytes, job.layout)[2]
+                cached = await asyncio.to_thread(
+                    encode_model_delta, job_id, job.version, current, have_version,
+                    job.history[have_version], job.layout)
+                job.delta_cache[have_version] = cached
+            if len(cached) < len(data):
+                data = cached
         if job.round is not None:
-            job.round.bytes_down += len(job.model_bytes)
-        return job.model_bytes
+            job.round.bytes_down += len(data)
+        return data
+
+    async def record_transfer(self, job_id: str, client_id: str, direction: str,
+                              nbytes: int, seconds: float) -> None:
+        """A timed transfer to or from a device: the selector's link estimates feed on it."""
+        job = self.jobs.get(job_id)
+        if job is None or not (nbytes > 0 and math.isfinite(seconds) and seconds > 0):
+            return
+        active = job.round
+        if direction == "up" and active is not None and active.state is RoundState.COLLECTING:
+            active.slowest_upload_s = max(active.slowest_upload_s or 0.0, seconds)
+        if job.spec.compression.adaptive is None:
+            return
+        await self.bus.publish(topics.DEVICES, events.device_event(
+            job_id, client_id, "transfer", direction=direction, bytes=int(nbytes),
+            seconds=float(seconds)), key=client_id.encode())
 
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
         """Accept a device's update: check it, persist it, pass it down the pipeline."""
@@ -402,6 +494,10 @@ class Coordinator(BusRole):
                                       "this update was already accepted")
         active.uploaded.append(client_id)
         active.bytes_up += len(data)
+        stats = active.codec_stats.setdefault(meta["codecs"] or "f32",
+                                              {"updates": 0, "bytes": 0})
+        stats["updates"] += 1
+        stats["bytes"] += len(data)
         if len(active.uploaded) >= self._quorum(job, active):
             await self._close(job, active)
         return UploadReceipt(True)
@@ -455,6 +551,11 @@ class Coordinator(BusRole):
         await self.store.complete_round(job.job_id, active.number, accepted=accepted,
                                         rejected=rejected, dropped=dropped)
         active.state = RoundState.PUBLISHED
+        if job.spec.compression.downlink == "delta":
+            job.history[job.version] = decode_model(job.model_bytes, job.layout)[2]
+            for old in sorted(job.history)[:-DOWNLINK_WINDOW]:
+                del job.history[old]
+            job.delta_cache.clear()
         job.version, job.model_bytes = version, data
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.PUBLISHED, job.job_id, active.number, model_version=version),
@@ -463,4 +564,5 @@ class Coordinator(BusRole):
             active.number, True, version, accepted, rejected, dropped,
             int(extra.get("num_examples") or 0), extra.get("train_loss"), active.bytes_up,
             active.bytes_down, epsilon=extra.get("epsilon"),
-            record_epsilon=extra.get("record_epsilon")))
+            record_epsilon=extra.get("record_epsilon"), codecs=dict(active.codec_stats),
+            slowest_upload_s=active.slowest_upload_s))

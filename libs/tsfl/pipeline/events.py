@@ -73,10 +73,15 @@ def parse_aggregate(data: bytes) -> tuple[dict[str, Any], memoryview]:
 
 
 def cohort_message(job_id: str, round_number: int, cohort: list[str],
-                   reason: str | None = None) -> bytes:
-    """The selector's choice for a round (empty, with a reason, when it cannot choose)."""
-    return pack(COHORT, {"job": job_id, "round": round_number, "cohort": cohort,
-                         "reason": reason})
+                   reason: str | None = None,
+                   codecs: dict[str, dict[str, Any]] | None = None) -> bytes:
+    """The selector's choice for a round (empty, with a reason, when it cannot choose),
+    and, for adaptive compression, each chosen device's codec chain and ratio."""
+    body: dict[str, Any] = {"job": job_id, "round": round_number, "cohort": cohort,
+                            "reason": reason}
+    if codecs:
+        body["codecs"] = codecs
+    return pack(COHORT, body)
 
 
 def parse_cohort(data: bytes) -> dict[str, Any]:

@@ -1,15 +1,18 @@
 """The selector role: ``tsfl.rounds`` (OPEN) + ``tsfl.devices`` → ``tsfl.cohorts``.
 
 Chooses each round's cohort from the job's registered devices, ordered by id, so both
-deployments draw the same cohort for the same seed. The registry is kept in memory from
-``tsfl.devices`` events and loaded from the store when a job is first seen (so a
-restarted selector knows every device enrolled before it started).
+deployments draw the same cohort for the same seed. With adaptive compression it also
+keeps a link estimate per device (from the coordinator's timed transfers) and assigns
+each chosen device the gentlest codec whose upload fits the round's time budget. The
+registry is kept in memory from ``tsfl.devices`` events and loaded from the store when
+a job is first seen (so a restarted selector knows every device enrolled before it started).
 """
 
 from __future__ import annotations
 
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
+from tsfl.compress.schedule import LinkEstimate, choose_rung, ladder
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.selection import UniformSelector
@@ -23,19 +26,26 @@ class Selector(BusRole):
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "selector"):
         super().__init__(bus, store, [topics.ROUNDS, topics.DEVICES], group_id)
         self.registry: dict[str, set[str]] = {}  # job -> device ids
+        self.links: dict[tuple[str, str], LinkEstimate] = {}  # (job, device) -> estimate
 
     async def handle(self, record: Record) -> None:
         if record.topic == topics.DEVICES:
             event = unpack(record.value, events.DEVICE_EVENT, max_bytes=1 << 20)
-            devices = self.registry.get(str(event["job"]))
-            if devices is not None:
-                devices.add(str(event["device"]))
+            job_id, device = str(event["job"]), str(event["device"])
+            if event.get("event") == "transfer":
+                self._observe(job_id, device, event)
+            else:
+                devices = self.registry.get(job_id)
+                if devices is not None:
+                    devices.add(device)
         else:
             event = events.parse_round_event(record.value)
             if event["type"] == events.OPEN:
                 await self._select(event)
             elif event["type"] == events.JOB_FINISHED:
                 self.registry.pop(event["job"], None)
+                for key in [k for k in self.links if k[0] == event["job"]]:
+                    del self.links[key]
         await self.consumer.commit(record)
 
     async def _devices(self, job_id: str) -> list[str]:
@@ -59,5 +69,32 @@ class Selector(BusRole):
             else:
                 cohort = selector.select(number, available, min(k, len(available)))
             msg = events.cohort_message(job_id, number, cohort, reason=(
-                None if cohort else "Poisson sampling drew no client this round"))
+                None if cohort else "Poisson sampling drew no client this round"),
+                codecs=self._plan(job_id, cohort, event.get("adaptive")))
         await self.bus.publish(topics.COHORTS, msg, key=job_id.encode())
+
+    def _observe(self, job_id: str, device: str, event: dict) -> None:
+        nbytes, seconds = event.get("bytes"), event.get("seconds")
+        if not (isinstance(nbytes, int) and isinstance(seconds, int | float)):
+            self.log.warning("ignoring a malformed transfer event for %s", device)
+            return
+        self.links.setdefault((job_id, device), LinkEstimate()).observe(nbytes, float(seconds))
+
+    def _plan(self, job_id: str, cohort: list[str], request: object
+              ) -> dict[str, dict] | None:
+        """Per-device codecs for adaptive compression (devices never seen: the default)."""
+        if not isinstance(request, dict):
+            return None
+        try:
+            n, budget = int(request["n"]), float(request["budget_s"])
+            rungs = ladder(float(request["min_ratio"]), request.get("lossless"))
+            block = int(request.get("block", 256))
+        except (KeyError, TypeError, ValueError):
+            self.log.warning("ignoring a malformed adaptive-compression request")
+            return None
+        plan = {}
+        for device in cohort:
+            rung = choose_rung(self.links.get((job_id, device)), n, budget, rungs, block)
+            if rung is not None:
+                plan[device] = {"chain": list(rung.chain.names), "ratio": rung.ratio}
+        return plan

@@ -26,7 +26,7 @@ from tsfl.privacy.plan import resolve_privacy
 from tsfl.robust.attacks import add_trigger
 from tsfl.runtime.report import robustness_summary
 from tsfl.runtime.simulation import Federation, build_federation
-from tsfl.runtime.transport import InProcessTransport
+from tsfl.runtime.transport import InProcessTransport, SimulatedLinks
 from tsfl.sdk.runner import ClientRunner
 from tsfl.sdk.training import evaluate
 from tsfl.storage.store import Store
@@ -78,7 +78,9 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         await coordinator.submit_job(job_id, spec, layout, fed.initial)
         for cid in fed.client_ids:  # simulated devices enrol like real ones
             await coordinator.register_device(job_id, cid, secrets.token_hex(16))
-        transport = InProcessTransport(coordinator)
+        links = (SimulatedLinks(spec.simulation.network, spec.seed)
+                 if spec.simulation.network is not None else None)
+        transport = InProcessTransport(coordinator, links)
         runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout)
                    for cid in fed.client_ids}
         clock = {"t0": time.perf_counter()}
@@ -101,6 +103,9 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 "test_accuracy": None,
                 "bytes_up": result.bytes_up,
                 "bytes_down": result.bytes_down,
+                "codecs": result.codecs,
+                "skipped": result.codecs.get("zero", {}).get("updates", 0),
+                "slowest_upload_s": result.slowest_upload_s,
                 "model_version": result.version,
                 "epsilon": result.epsilon,
                 "record_epsilon": result.record_epsilon,

@@ -16,6 +16,7 @@ import numpy as np
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
 from tsfl.sdk.client import NumPyClient
+from tsfl.sdk.compression import UplinkConfig, UplinkEncoder
 from tsfl.sdk.local_dp import apply_local_dp
 from tsfl.wire.messages import decode_model, encode_update
 
@@ -40,7 +41,10 @@ class Transport(Protocol):
 
     async def get_task(self, client_id: str) -> RoundTask | None: ...
 
-    async def download_model(self, job_id: str, version: int) -> bytes: ...
+    async def download_model(self, job_id: str, version: int,
+                             have_version: int | None = None, client_id: str = "") -> bytes:
+        """The model frame; a delta against ``have_version`` when the server has one."""
+        ...
 
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt: ...
 
@@ -64,6 +68,8 @@ class ClientRunner:
         self.transport = transport
         self.layout = layout
         self.offload = offload  # run training in a worker thread (real devices)
+        self.uplink = UplinkEncoder()  # error-feedback residual, kept across rounds
+        self.held: tuple[int, np.ndarray] | None = None  # (version, model): downlink deltas
 
     def _fit(self, vector: np.ndarray, config: dict[str, Any]
              ) -> tuple[np.ndarray, int, dict[str, float]]:
@@ -74,8 +80,14 @@ class ClientRunner:
         return self.layout.flatten_list(params), n, metrics
 
     async def run_task(self, task: RoundTask) -> RoundOutcome:
-        model_bytes = await self.transport.download_model(task.job_id, task.model_version)
-        _, _, global_vec, _ = decode_model(model_bytes, self.layout)
+        delta_ok = task.config.get("downlink") == "delta"
+        have = self.held[0] if delta_ok and self.held is not None else None
+        model_bytes = await self.transport.download_model(task.job_id, task.model_version,
+                                                          have, self.client_id)
+        base = self.held[1] if self.held is not None else None
+        _, _, global_vec, _ = decode_model(model_bytes, self.layout, base=base)
+        if delta_ok:
+            self.held = (task.model_version, np.array(global_vec, copy=True))
         if self.offload:
             new_vec, n, metrics = await asyncio.to_thread(self._fit, global_vec, task.config)
         else:
@@ -83,10 +95,15 @@ class ClientRunner:
         delta = np.subtract(new_vec, global_vec, dtype=np.float32)
         if "local_dp" in task.config:  # clip and noise before anything leaves the device
             delta = apply_local_dp(delta, task.config["local_dp"], task.config.get("seed"))
+        encoded = None
+        if "compression" in task.config:
+            encoded = self.uplink.encode(delta, global_vec,
+                                         UplinkConfig.from_task(task.config["compression"]),
+                                         task.config.get("seed"))
         update = Update(job_id=task.job_id, round=task.round, client_id=self.client_id,
                         model_version=task.model_version, num_examples=int(n), delta=delta,
                         metrics=metrics, codecs=("f32",))
-        data = encode_update(update, self.layout)
+        data = encode_update(update, self.layout, encoded)
         receipt = await self.transport.upload(self.client_id, data)
         return RoundOutcome(task, receipt, len(model_bytes), len(data), metrics)
 

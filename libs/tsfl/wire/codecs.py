@@ -1,17 +1,19 @@
-"""Payload codecs, declared on the wire as a chain (applied left to right on encode).
+"""Payload codecs on the wire: the chain a frame declares, its parameters, its values.
 
-Only the lossless ``f32`` codec (raw little-endian float32) exists so far; the
-registry is the seam for compression codecs.
+The codecs themselves live in :mod:`tsfl.compress`; this module turns their errors into
+:class:`WireError` and keeps plain float32 zero-copy.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from tsfl.compress import CodecChain, CodecError, decode_vector
 from tsfl.wire.envelope import WireError
 
 F32 = np.dtype("<f4")
-KNOWN_CODECS = ("f32",)
 
 
 def encode_f32(vec: np.ndarray) -> memoryview:
@@ -27,12 +29,19 @@ def decode_f32(payload: bytes | memoryview, expected_size: int) -> np.ndarray:
     return np.frombuffer(payload, dtype=F32)
 
 
-def check_chain(chain: list[str]) -> tuple[str, ...]:
-    if not chain:
-        raise WireError("codec", "empty codec chain")
-    unknown = [c for c in chain if c not in KNOWN_CODECS]
-    if unknown:
-        raise WireError("codec", f"unknown codec(s) {unknown}; known: {list(KNOWN_CODECS)}")
-    if chain != ["f32"]:
-        raise WireError("codec", f"unsupported codec chain {chain}")
-    return tuple(chain)
+def check_chain(chain: list[Any]) -> CodecChain:
+    try:
+        return CodecChain.parse(chain)
+    except CodecError as exc:
+        raise WireError(exc.code, str(exc)) from None
+
+
+def decode_payload(chain: CodecChain, params: Any, payload: bytes | memoryview,
+                   size: int) -> np.ndarray:
+    """The dense float32 vector a payload encodes (a view for plain float32)."""
+    if chain.is_raw:
+        return decode_f32(payload, size)
+    try:
+        return decode_vector(chain, params, payload, size)
+    except CodecError as exc:
+        raise WireError(exc.code, str(exc)) from None

@@ -11,9 +11,12 @@ from typing import Any
 import numpy as np
 from scipy.linalg.blas import sdot
 
+from tsfl.compress import Encoded
+from tsfl.compress.errors import CodecError
+from tsfl.compress.xordelta import XOR_CHAIN, decode_xor_delta, encode_xor_delta
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
-from tsfl.wire.codecs import check_chain, decode_f32, encode_f32
+from tsfl.wire.codecs import check_chain, decode_f32, decode_payload, encode_f32
 from tsfl.wire.envelope import (
     DEFAULT_MAX_MESSAGE_BYTES,
     WireError,
@@ -25,8 +28,10 @@ from tsfl.wire.envelope import (
 MAX_EXAMPLES = 1 << 40
 
 
-def encode_update(update: Update, layout: ParamLayout) -> bytes:
-    return pack_frame("update", {
+def encode_update(update: Update, layout: ParamLayout, encoded: Encoded | None = None
+                  ) -> bytes:
+    """The update's frame: raw float32, or the payload ``encoded`` by a codec chain."""
+    header: dict[str, Any] = {
         "job": update.job_id,
         "round": update.round,
         "client": update.client_id,
@@ -34,12 +39,19 @@ def encode_update(update: Update, layout: ParamLayout) -> bytes:
         "num_examples": update.num_examples,
         "metrics": {k: float(v) for k, v in update.metrics.items()},
         "layout": layout.digest,
-        "codecs": list(update.codecs or ("f32",)),
-    }, encode_f32(update.delta))
+        "codecs": ["f32"],
+    }
+    if encoded is None:
+        return pack_frame("update", header, encode_f32(update.delta))
+    header["codecs"] = list(encoded.chain.names)
+    if not encoded.chain.is_raw:
+        header["cp"] = encoded.params
+    return pack_frame("update", header, encoded.payload)
 
 
 def _meta(head: dict[str, Any]) -> dict[str, Any]:
     meta = {
+        "codecs": "+".join(str(c) for c in head.get("codecs") or ()),
         "job_id": require(head, "job", str),
         "round": require(head, "round", int),
         "client_id": require(head, "client", str),
@@ -97,12 +109,12 @@ def decode_update(data: bytes, layout: ParamLayout, *,
         if not isinstance(key, str) or not numeric:
             raise WireError("malformed", f"metric {key!r} must map a name to a number")
         clean_metrics[key] = float(value)
-    delta = decode_f32(payload, layout.total_size)
+    delta = decode_payload(chain, head.get("cp"), payload, layout.total_size)
     if not allow_nonfinite and not all_finite(delta):
         raise WireError("nonfinite", "update contains NaN or Inf")
     return Update(job_id=meta["job_id"], round=meta["round"], client_id=meta["client_id"],
                   model_version=meta["model_version"], num_examples=meta["num_examples"],
-                  delta=delta, metrics=clean_metrics, codecs=chain, wire_bytes=len(data))
+                  delta=delta, metrics=clean_metrics, codecs=chain.names, wire_bytes=len(data))
 
 
 def encode_model(job_id: str, version: int, vector: np.ndarray, layout: ParamLayout,
@@ -111,12 +123,45 @@ def encode_model(job_id: str, version: int, vector: np.ndarray, layout: ParamLay
                                 "codecs": ["f32"], "extra": extra or {}}, encode_f32(vector))
 
 
-def decode_model(data: bytes, layout: ParamLayout, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+def encode_model_delta(job_id: str, version: int, vector: np.ndarray, base_version: int,
+                       base: np.ndarray, layout: ParamLayout,
+                       extra: dict[str, Any] | None = None) -> bytes:
+    """Model ``version`` as a lossless delta against ``base_version`` (the device's copy)."""
+    return pack_frame("model", {"job": job_id, "version": version, "layout": layout.digest,
+                                "codecs": list(XOR_CHAIN), "base": base_version,
+                                "extra": extra or {}}, encode_xor_delta(vector, base))
+
+
+def model_base(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+               ) -> int | None:
+    """The version a model frame is a delta against (None: a full model)."""
+    head, _ = unpack_frame(data, "model", max_bytes, verify=False)
+    base = head.get("base")
+    if base is not None and (not isinstance(base, int) or isinstance(base, bool) or base < 0):
+        raise WireError("malformed", "field 'base' must be a version number")
+    return base
+
+
+def decode_model(data: bytes | memoryview, layout: ParamLayout,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 base: np.ndarray | None = None
                  ) -> tuple[str, int, np.ndarray, dict[str, Any]]:
+    """A model frame: full float32, or a delta applied to ``base`` (the version it names)."""
     head, payload = unpack_frame(data, "model", max_bytes)
     job = require(head, "job", str)
     version = require(head, "version", int)
     if require(head, "layout", str) != layout.digest:
         raise WireError("layout", "model layout differs from the job's")
-    check_chain(require(head, "codecs", list))
-    return job, version, decode_f32(payload, layout.total_size), require(head, "extra", dict)
+    codecs = require(head, "codecs", list)
+    extra = require(head, "extra", dict)
+    if tuple(codecs) == XOR_CHAIN:
+        if base is None or base.size != layout.total_size:
+            raise WireError("base", f"model v{version} is a delta against "
+                                    f"v{head.get('base')!r}, which the receiver does not hold")
+        try:
+            return job, version, decode_xor_delta(payload, base), extra
+        except CodecError as exc:
+            raise WireError(exc.code, str(exc)) from None
+    if not check_chain(codecs).is_raw:
+        raise WireError("codec", f"a model is plain float32 or a delta, not {codecs}")
+    return job, version, decode_f32(payload, layout.total_size), extra
