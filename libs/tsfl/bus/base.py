@@ -26,7 +26,7 @@ class Record:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | bytearray  # bytearray: reassembled from chunks (no extra copy)
     headers: tuple[tuple[str, bytes], ...] = field(default=())
 
 

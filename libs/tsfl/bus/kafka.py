@@ -16,36 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
-import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-import xxhash
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from tsfl.bus.base import Bus, BusError, Consumer, Record
+from tsfl.bus.chunks import CHUNK_HEADER, ChunkAssembler, split
 from tsfl.telemetry import inject_trace_headers
 from tsfl.wire.envelope import WIRE_VERSION
 
 log = logging.getLogger("tsfl.bus.kafka")
 
-CHUNK_HEADER = "tsfl-chunk"
 SCHEMA_HEADER = "tsfl-schema"
-_CHUNK = struct.Struct("<16sIIQQ")  # message id, index, count, total length, xxh3 of whole
-
-
-@dataclass
-class _Assembly:
-    first_offset: int
-    count: int
-    total: int
-    digest: int
-    started: float
-    parts: dict[int, bytes] = field(default_factory=dict)
 
 
 class KafkaBus(Bus):
@@ -110,15 +94,10 @@ class KafkaBus(Bus):
         if len(view) <= self.chunk_bytes:
             return await self._producer.send(topic, bytes(view), key=key, headers=hdrs)
         # Chunked: same key -> same partition -> in order. Send all, then wait for all.
-        msg_id = uuid.uuid4().bytes
-        count = -(-len(view) // self.chunk_bytes)
-        digest = xxhash.xxh3_64_intdigest(view)
         futures = []
-        for index in range(count):
-            part = view[index * self.chunk_bytes:(index + 1) * self.chunk_bytes]
-            meta = _CHUNK.pack(msg_id, index, count, len(view), digest)
+        for meta, part in split(view, self.chunk_bytes):
             futures.append(await self._producer.send(
-                topic, bytes(part), key=key or msg_id, headers=[*hdrs, (CHUNK_HEADER, meta)]))
+                topic, part, key=key or meta[:16], headers=[*hdrs, (CHUNK_HEADER, meta)]))
         return asyncio.ensure_future(asyncio.gather(*futures))
 
     def consumer(self, topics: Sequence[str], group_id: str) -> KafkaConsumer:
@@ -133,8 +112,7 @@ class KafkaConsumer(Consumer):
         self.group_id = group_id
         self.assembly_timeout_s = assembly_timeout_s
         self._consumer: AIOKafkaConsumer | None = None
-        self._assemblies: dict[tuple[str, int, bytes], _Assembly] = {}
-        self._done: set[tuple[str, int, bytes]] = set()
+        self.assembler = ChunkAssembler(assembly_timeout_s)
 
     async def start(self) -> None:
         fetch = self.bus.max_request_bytes
@@ -173,62 +151,19 @@ class KafkaConsumer(Consumer):
                             tuple(h for h in headers if h[0] != CHUNK_HEADER))
             if chunk is None:
                 return record
-            whole = self._add_chunk(record, chunk)
+            whole = self.assembler.add(record.topic, record.partition, record.offset, chunk,
+                                       record.value)
             if whole is not None:
-                return whole
-
-    def _add_chunk(self, record: Record, meta: bytes) -> Record | None:
-        try:
-            msg_id, index, count, total, digest = _CHUNK.unpack(meta)
-        except struct.error:
-            log.warning("dropping a chunk with a malformed header at %s@%d:%d", record.topic,
-                        record.partition, record.offset)
-            return None
-        key = (record.topic, record.partition, msg_id)
-        if key in self._done:
-            return None  # a redelivered chunk of a message already handed out
-        self._expire()
-        asm = self._assemblies.get(key)
-        if asm is None:
-            if count == 0 or index >= count or total > count * len(record.value) * 2 + 1:
-                log.warning("dropping an implausible chunk at %s@%d", record.topic,
-                            record.offset)
-                return None
-            asm = self._assemblies[key] = _Assembly(record.offset, count, total, digest,
-                                                     time.monotonic())
-        if index >= asm.count or index in asm.parts:
-            return None  # duplicate chunk
-        asm.parts[index] = record.value
-        if len(asm.parts) < asm.count:
-            return None
-        del self._assemblies[key]
-        value = b"".join(asm.parts[i] for i in range(asm.count))
-        if len(value) != asm.total or xxhash.xxh3_64_intdigest(value) != asm.digest:
-            log.warning("dropping a reassembled message that fails its checksum at %s@%d",
-                        record.topic, record.offset)
-            return None
-        self._done.add(key)
-        if len(self._done) > 100_000:
-            self._done.clear()
-        return Record(record.topic, record.partition, record.offset, record.key, value,
-                      record.headers)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for key, asm in list(self._assemblies.items()):
-            if now - asm.started > self.assembly_timeout_s:
-                log.warning("chunked message at %s@%d timed out with %d/%d chunks", key[0],
-                            asm.first_offset, len(asm.parts), asm.count)
-                del self._assemblies[key]
+                return Record(record.topic, record.partition, record.offset, record.key,
+                              whole, record.headers)
 
     async def commit(self, record: Record) -> None:
         if self._consumer is None:
             raise BusError("consumer is not started")
         offset = record.offset + 1
-        pending = [a.first_offset for (t, p, _), a in self._assemblies.items()
-                   if t == record.topic and p == record.partition]
-        if pending:
-            offset = min(offset, min(pending))
+        pending = self.assembler.pending_offset(record.topic, record.partition)
+        if pending is not None:
+            offset = min(offset, pending)
         tp = TopicPartition(record.topic, record.partition)
         if tp not in self._consumer.assignment():
             return  # partition moved to another member after a rebalance: theirs now

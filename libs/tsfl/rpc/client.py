@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import random
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -40,8 +42,14 @@ class GrpcTransport:
     """Implements :class:`tsfl.sdk.runner.Transport` over the DeviceService."""
 
     def __init__(self, address: str, job_id: str, device_id: str, *,
-                 tls: TLSConfig | None = None):
+                 tls: TLSConfig | None = None, chunk_bytes: int = CHUNK_BYTES,
+                 attempts: int = 5, retry_s: float = 0.2,
+                 max_model_bytes: int = 2 * 1024**3 + 1024**2):
         self.address = address
+        self.chunk_bytes = chunk_bytes
+        self.attempts = attempts
+        self.retry_s = retry_s
+        self.max_model_bytes = max_model_bytes
         self.job_id = job_id
         self.device_id = device_id
         opts = grpc_options(CHUNK_BYTES * 4)
@@ -73,49 +81,84 @@ class GrpcTransport:
         return RoundTask(self.job_id, resp.round, resp.model_version,
                          json.loads(resp.config_json or "{}"))
 
-    async def download_model(self, job_id: str, version: int) -> bytes:
-        buf = bytearray()
-        total, digest = None, None
-        for _attempt in range(5):  # resume from where a broken stream stopped
+    async def download_model(self, job_id: str, version: int,
+                             have_version: int | None = None, client_id: str = ""
+                             ) -> bytearray:
+        """The model frame, resuming a broken stream where it stopped.
+
+        The buffer is allocated once, at the size the first chunk declares: receiving an
+        N-byte model holds N bytes plus one chunk.
+        """
+        buf: bytearray | None = None
+        received, total, digest = 0, None, None
+        for _attempt in range(self.attempts):
             try:
                 async for chunk in self.stub.DownloadModel(device_pb2.DownloadModelRequest(
-                        job_id=job_id, version=version, offset=len(buf)),
-                        metadata=self._md()):
-                    if chunk.offset != len(buf):
-                        raise ValueError("model chunks out of order")
+                        job_id=job_id, version=version, offset=received,
+                        have_version=have_version), metadata=self._md()):
+                    if chunk.offset != received:
+                        raise ConnectionError("model chunks out of order")
                     if total is None:
                         total, digest = chunk.total_size, chunk.checksum
-                    buf += chunk.data
+                        if not 0 < total <= self.max_model_bytes:
+                            raise ConnectionError(f"model of {total} bytes refused")
+                        buf = bytearray(total)
+                    if buf is None or received + len(chunk.data) > total:
+                        raise ConnectionError("model stream longer than it declared")
+                    buf[received:received + len(chunk.data)] = chunk.data
+                    received += len(chunk.data)
                 break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
-                await asyncio.sleep(0.2)
-        if total is None or len(buf) != total or xxhash.xxh3_64_intdigest(buf) != digest:
+                await asyncio.sleep(self.retry_s)
+        if buf is None or received != total or xxhash.xxh3_64_intdigest(buf) != digest:
             raise ConnectionError("model download incomplete or corrupted")
-        return bytes(buf)
+        return buf
 
-    async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
+    async def upload(self, client_id: str, data: bytes | bytearray) -> UploadReceipt:
+        """Send an update; a broken stream resumes at the offset the server holds."""
         view = memoryview(data)
         digest = xxhash.xxh3_64_intdigest(view)
+        upload_id = uuid.uuid4().hex
+        offset = 0
+        for attempt in range(self.attempts):
+            if attempt:
+                status = await self.stub.UploadStatus(device_pb2.UploadStatusRequest(
+                    job_id=self.job_id, upload_id=upload_id), metadata=self._md())
+                offset = status.received if status.known else 0
+            try:
+                resp = await self.stub.UploadUpdate(
+                    self._chunks(view, digest, upload_id, offset), metadata=self._md())
+            except grpc.aio.AioRpcError as exc:
+                if _broken_stream(exc):
+                    if attempt + 1 < self.attempts:
+                        await asyncio.sleep(self.retry_s)
+                        continue
+                    raise
+                code = (exc.details() or "").split(":", 1)[0]
+                return UploadReceipt(False, code or exc.code().name.lower(),
+                                     exc.details() or "")
+            return UploadReceipt(resp.accepted, resp.code, resp.message)
+        raise ConnectionError("upload did not complete")
 
-        def chunks():
-            for offset in range(0, max(len(view), 1), CHUNK_BYTES):
-                part = bytes(view[offset:offset + CHUNK_BYTES])
-                if offset == 0:
-                    yield device_pb2.UploadChunk(job_id=self.job_id, total_size=len(view),
-                                                 checksum=digest, data=part)
-                else:
-                    yield device_pb2.UploadChunk(data=part)
+    def _chunks(self, view: memoryview, digest: int, upload_id: str, offset: int
+                ) -> Iterator[device_pb2.UploadChunk]:
+        for pos in range(offset, max(len(view), 1), self.chunk_bytes):
+            part = bytes(view[pos:pos + self.chunk_bytes])
+            if pos == offset:
+                yield device_pb2.UploadChunk(job_id=self.job_id, total_size=len(view),
+                                             checksum=digest, data=part,
+                                             upload_id=upload_id, offset=offset)
+            else:
+                yield device_pb2.UploadChunk(data=part)
 
-        try:
-            resp = await self.stub.UploadUpdate(chunks(), metadata=self._md())
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in RETRYABLE:
-                raise
-            code = (exc.details() or "").split(":", 1)[0]
-            return UploadReceipt(False, code or exc.code().name.lower(), exc.details() or "")
-        return UploadReceipt(resp.accepted, resp.code, resp.message)
+
+def _broken_stream(exc: grpc.aio.AioRpcError) -> bool:
+    """A transfer that stopped half-way (resume it), not one the server refused."""
+    if exc.code() in RETRYABLE:
+        return True
+    return exc.code() == grpc.StatusCode.DATA_LOSS and "ended after" in (exc.details() or "")
 
 
 class JobFinished(Exception):

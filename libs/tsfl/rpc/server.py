@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tsfl.config import ConfigError
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator
 from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, grpc_options
+from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
 from tsfl.runtime.jobs import JobManager
 from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -28,11 +30,13 @@ def _traits(t: device_pb2.DeviceTraits) -> dict[str, Any]:
 
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     def __init__(self, coordinator: Coordinator, jobs: JobManager, *,
-                 max_update_bytes: int = 2 * 1024**3, heartbeat_interval_s: int = 10):
+                 max_update_bytes: int = 2 * 1024**3, heartbeat_interval_s: int = 10,
+                 spool: UploadSpool | None = None):
         self.coordinator = coordinator
         self.jobs = jobs
         self.max_update_bytes = max_update_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.spool = spool or UploadSpool()
 
     async def _refuse(self, context: grpc.aio.ServicerContext, job_id: str, device: str,
                       code: str, status: grpc.StatusCode, message: str) -> None:
@@ -103,9 +107,11 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     async def DownloadModel(self, request: device_pb2.DownloadModelRequest,
                             context: grpc.aio.ServicerContext
                             ) -> AsyncIterator[device_pb2.ModelChunk]:
-        await self._device(context, request.job_id)
+        device = await self._device(context, request.job_id)
+        have = request.have_version if request.HasField("have_version") else None
         try:
-            data = await self.coordinator.download_model(request.job_id, request.version)
+            data = await self.coordinator.download_model(request.job_id, request.version,
+                                                         have)
         except LookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         if not 0 <= request.offset <= len(data):
@@ -113,40 +119,88 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                                 f"offset {request.offset} outside 0..{len(data)}")
         view = memoryview(data)
         digest = xxhash.xxh3_64_intdigest(view)
+        started = time.perf_counter()
         for offset in range(request.offset, len(data), CHUNK_BYTES):
             yield device_pb2.ModelChunk(data=bytes(view[offset:offset + CHUNK_BYTES]),
                                         offset=offset, total_size=len(data),
                                         checksum=digest if offset == request.offset else 0)
+        await self.coordinator.record_transfer(request.job_id, device, "down",
+                                               len(data) - request.offset,
+                                               time.perf_counter() - started)
+
+    async def UploadStatus(self, request: device_pb2.UploadStatusRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> device_pb2.UploadStatusResponse:
+        device = await self._device(context, request.job_id)
+        upload = self.spool.get(request.job_id, device, request.upload_id)
+        if upload is None:
+            return device_pb2.UploadStatusResponse(known=False)
+        return device_pb2.UploadStatusResponse(known=True, received=upload.received,
+                                               total_size=upload.total)
 
     async def UploadUpdate(self, request_iterator: AsyncIterator[device_pb2.UploadChunk],
                            context: grpc.aio.ServicerContext) -> device_pb2.UploadResponse:
-        buf = bytearray()
-        first: device_pb2.UploadChunk | None = None
-        async for chunk in request_iterator:
-            if first is None:
-                first = chunk
-                device = await self._device(context, chunk.job_id)
-                if not 0 < chunk.total_size <= self.max_update_bytes:
-                    await self._refuse(context, chunk.job_id, device, "too_large",
-                                       grpc.StatusCode.RESOURCE_EXHAUSTED, (
-                                           f"update of {chunk.total_size} bytes: the limit "
-                                           f"is {self.max_update_bytes}"))
-            if len(buf) + len(chunk.data) > first.total_size:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "more data than the declared total size")
-            buf += chunk.data
-        if first is None:
+        upload: PartialUpload | None = None
+        resumable = False
+        started = time.perf_counter()
+        first_offset = 0
+        try:
+            async for chunk in request_iterator:
+                if upload is None:
+                    upload, resumable = await self._begin_upload(chunk, context)
+                    first_offset = upload.received
+                try:
+                    upload.write(chunk.data)
+                except SpoolError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            if upload is not None and resumable:
+                self.spool.release(upload)
+        if upload is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload")
-        if len(buf) != first.total_size:
+        if not upload.complete:
             await context.abort(grpc.StatusCode.DATA_LOSS, (
-                f"upload ended after {len(buf)} of {first.total_size} bytes"))
-        if xxhash.xxh3_64_intdigest(buf) != first.checksum:
-            await self._refuse(context, first.job_id, device, "checksum",
+                f"upload ended after {upload.received} of {upload.total} bytes" +
+                (f"; resume at offset {upload.received}" if resumable else "")))
+        if resumable:
+            self.spool.finish(upload)
+        if xxhash.xxh3_64_intdigest(upload.buf) != upload.checksum:
+            await self._refuse(context, upload.job_id, upload.device, "checksum",
                                grpc.StatusCode.DATA_LOSS, "transfer checksum mismatch")
-        receipt = await self.coordinator.upload(device, bytes(buf))
+        await self.coordinator.record_transfer(upload.job_id, upload.device, "up",
+                                               upload.total - first_offset,
+                                               time.perf_counter() - started)
+        receipt = await self.coordinator.upload(upload.device, upload.buf)
         if not receipt.accepted:
             await context.abort(status_for(receipt.code), f"{receipt.code}: {receipt.message}")
         return device_pb2.UploadResponse(accepted=True, code="ok")
+
+    async def _begin_upload(self, chunk: device_pb2.UploadChunk,
+                            context: grpc.aio.ServicerContext) -> tuple[PartialUpload, bool]:
+        """The buffer a stream writes into (held by the spool when resumable), checked."""
+        device = await self._device(context, chunk.job_id)
+        if not 0 < chunk.total_size <= self.max_update_bytes:
+            await self._refuse(context, chunk.job_id, device, "too_large",
+                               grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                                   f"update of {chunk.total_size} bytes: the limit "
+                                   f"is {self.max_update_bytes}"))
+        if not chunk.upload_id:
+            if chunk.offset:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "an offset needs an upload_id")
+            return PartialUpload(chunk.job_id, device, "", chunk.total_size, chunk.checksum,
+                                 bytearray(chunk.total_size)), False
+        if len(chunk.upload_id) > 128:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload_id too long")
+        try:
+            return self.spool.begin(chunk.job_id, device, chunk.upload_id, chunk.total_size,
+                                    chunk.checksum, chunk.offset), True
+        except SpoolError as exc:
+            status = {"resume": grpc.StatusCode.OUT_OF_RANGE,
+                      "mismatch": grpc.StatusCode.FAILED_PRECONDITION,
+                      "busy": grpc.StatusCode.RESOURCE_EXHAUSTED}[exc.code]
+            await context.abort(status, f"{exc.code}: {exc}")
+            raise  # unreachable: abort raises
 
     async def ReportEvaluation(self, request: device_pb2.EvaluationReport,
                                context: grpc.aio.ServicerContext) -> device_pb2.Ack:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tsfl/v1/device.proto\x12\x07tsfl.v1\"a\n\x0c\x44\x65viceTraits\x12\x0f\n\x07\x62\x61ttery\x18\x01 \x01(\x01\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x19\n\x11\x66ree_memory_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x61taset_size\x18\x04 \x01(\x03\"u\n\x0fRegisterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x03 \x01(\t\x12%\n\x06traits\x18\x04 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"G\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\"I\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06traits\x18\x02 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"A\n\x11HeartbeatResponse\x12\x16\n\x0etask_available\x18\x01 \x01(\x08\x12\x14\n\x0cjob_finished\x18\x02 \x01(\x08\" \n\x0eGetTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"t\n\x0fGetTaskResponse\x12\x10\n\x08has_task\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x14\n\x0cjob_finished\x18\x05 \x01(\x08\"G\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"P\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\"`\n\x0bUploadChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"A\n\x0eUploadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xbe\x01\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.tsfl.v1.EvaluationReport.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x05\n\x03\x41\x63k2\x97\x03\n\rDeviceService\x12?\n\x08Register\x12\x18.tsfl.v1.RegisterRequest\x1a\x19.tsfl.v1.RegisterResponse\x12\x42\n\tHeartbeat\x12\x19.tsfl.v1.HeartbeatRequest\x1a\x1a.tsfl.v1.HeartbeatResponse\x12<\n\x07GetTask\x12\x17.tsfl.v1.GetTaskRequest\x1a\x18.tsfl.v1.GetTaskResponse\x12\x45\n\rDownloadModel\x12\x1d.tsfl.v1.DownloadModelRequest\x1a\x13.tsfl.v1.ModelChunk0\x01\x12?\n\x0cUploadUpdate\x12\x14.tsfl.v1.UploadChunk\x1a\x17.tsfl.v1.UploadResponse(\x01\x12;\n\x10ReportEvaluation\x12\x19.tsfl.v1.EvaluationReport\x1a\x0c.tsfl.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tsfl/v1/device.proto\x12\x07tsfl.v1\"a\n\x0c\x44\x65viceTraits\x12\x0f\n\x07\x62\x61ttery\x18\x01 \x01(\x01\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x19\n\x11\x66ree_memory_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x61taset_size\x18\x04 \x01(\x03\"u\n\x0fRegisterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x03 \x01(\t\x12%\n\x06traits\x18\x04 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"G\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\"I\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06traits\x18\x02 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"A\n\x11HeartbeatResponse\x12\x16\n\x0etask_available\x18\x01 \x01(\x08\x12\x14\n\x0cjob_finished\x18\x02 \x01(\x08\" \n\x0eGetTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"t\n\x0fGetTaskResponse\x12\x10\n\x08has_task\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x14\n\x0cjob_finished\x18\x05 \x01(\x08\"s\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x19\n\x0chave_version\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_have_version\"P\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\"\x83\x01\n\x0bUploadChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x11\n\tupload_id\x18\x06 \x01(\t\x12\x0e\n\x06offset\x18\x07 \x01(\x03\"8\n\x13UploadStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\"K\n\x14UploadStatusResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x10\n\x08received\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"A\n\x0eUploadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xbe\x01\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.tsfl.v1.EvaluationReport.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x05\n\x03\x41\x63k2\xe4\x03\n\rDeviceService\x12?\n\x08Register\x12\x18.tsfl.v1.RegisterRequest\x1a\x19.tsfl.v1.RegisterResponse\x12\x42\n\tHeartbeat\x12\x19.tsfl.v1.HeartbeatRequest\x1a\x1a.tsfl.v1.HeartbeatResponse\x12<\n\x07GetTask\x12\x17.tsfl.v1.GetTaskRequest\x1a\x18.tsfl.v1.GetTaskResponse\x12\x45\n\rDownloadModel\x12\x1d.tsfl.v1.DownloadModelRequest\x1a\x13.tsfl.v1.ModelChunk0\x01\x12?\n\x0cUploadUpdate\x12\x14.tsfl.v1.UploadChunk\x1a\x17.tsfl.v1.UploadResponse(\x01\x12K\n\x0cUploadStatus\x12\x1c.tsfl.v1.UploadStatusRequest\x1a\x1d.tsfl.v1.UploadStatusResponse\x12;\n\x10ReportEvaluation\x12\x19.tsfl.v1.EvaluationReport\x1a\x0c.tsfl.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,19 +48,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKRESPONSE']._serialized_start=500
   _globals['_GETTASKRESPONSE']._serialized_end=616
   _globals['_DOWNLOADMODELREQUEST']._serialized_start=618
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=689
-  _globals['_MODELCHUNK']._serialized_start=691
-  _globals['_MODELCHUNK']._serialized_end=771
-  _globals['_UPLOADCHUNK']._serialized_start=773
-  _globals['_UPLOADCHUNK']._serialized_end=869
-  _globals['_UPLOADRESPONSE']._serialized_start=871
-  _globals['_UPLOADRESPONSE']._serialized_end=936
-  _globals['_EVALUATIONREPORT']._serialized_start=939
-  _globals['_EVALUATIONREPORT']._serialized_end=1129
-  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_start=1083
-  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_end=1129
-  _globals['_ACK']._serialized_start=1131
-  _globals['_ACK']._serialized_end=1136
-  _globals['_DEVICESERVICE']._serialized_start=1139
-  _globals['_DEVICESERVICE']._serialized_end=1546
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=733
+  _globals['_MODELCHUNK']._serialized_start=735
+  _globals['_MODELCHUNK']._serialized_end=815
+  _globals['_UPLOADCHUNK']._serialized_start=818
+  _globals['_UPLOADCHUNK']._serialized_end=949
+  _globals['_UPLOADSTATUSREQUEST']._serialized_start=951
+  _globals['_UPLOADSTATUSREQUEST']._serialized_end=1007
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_start=1009
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_end=1084
+  _globals['_UPLOADRESPONSE']._serialized_start=1086
+  _globals['_UPLOADRESPONSE']._serialized_end=1151
+  _globals['_EVALUATIONREPORT']._serialized_start=1154
+  _globals['_EVALUATIONREPORT']._serialized_end=1344
+  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_start=1298
+  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_end=1344
+  _globals['_ACK']._serialized_start=1346
+  _globals['_ACK']._serialized_end=1351
+  _globals['_DEVICESERVICE']._serialized_start=1354
+  _globals['_DEVICESERVICE']._serialized_end=1838
 # @@protoc_insertion_point(module_scope)

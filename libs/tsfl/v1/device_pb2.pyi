@@ -75,14 +75,16 @@ class GetTaskResponse(_message.Message):
     def __init__(self, has_task: bool = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., config_json: _Optional[str] = ..., job_finished: bool = ...) -> None: ...
 
 class DownloadModelRequest(_message.Message):
-    __slots__ = ("job_id", "version", "offset")
+    __slots__ = ("job_id", "version", "offset", "have_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     version: int
     offset: int
-    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    have_version: int
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., offset: _Optional[int] = ..., have_version: _Optional[int] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("data", "offset", "total_size", "checksum")
@@ -97,18 +99,40 @@ class ModelChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("job_id", "round", "total_size", "checksum", "data")
+    __slots__ = ("job_id", "round", "total_size", "checksum", "data", "upload_id", "offset")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     total_size: int
     checksum: int
     data: bytes
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., total_size: _Optional[int] = ..., checksum: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    upload_id: str
+    offset: int
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., total_size: _Optional[int] = ..., checksum: _Optional[int] = ..., data: _Optional[bytes] = ..., upload_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class UploadStatusRequest(_message.Message):
+    __slots__ = ("job_id", "upload_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    upload_id: str
+    def __init__(self, job_id: _Optional[str] = ..., upload_id: _Optional[str] = ...) -> None: ...
+
+class UploadStatusResponse(_message.Message):
+    __slots__ = ("known", "received", "total_size")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    received: int
+    total_size: int
+    def __init__(self, known: bool = ..., received: _Optional[int] = ..., total_size: _Optional[int] = ...) -> None: ...
 
 class UploadResponse(_message.Message):
     __slots__ = ("accepted", "code", "message")

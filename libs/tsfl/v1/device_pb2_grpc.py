@@ -59,6 +59,11 @@ class DeviceServiceStub(object):
                 request_serializer=tsfl_dot_v1_dot_device__pb2.UploadChunk.SerializeToString,
                 response_deserializer=tsfl_dot_v1_dot_device__pb2.UploadResponse.FromString,
                 _registered_method=True)
+        self.UploadStatus = channel.unary_unary(
+                '/tsfl.v1.DeviceService/UploadStatus',
+                request_serializer=tsfl_dot_v1_dot_device__pb2.UploadStatusRequest.SerializeToString,
+                response_deserializer=tsfl_dot_v1_dot_device__pb2.UploadStatusResponse.FromString,
+                _registered_method=True)
         self.ReportEvaluation = channel.unary_unary(
                 '/tsfl.v1.DeviceService/ReportEvaluation',
                 request_serializer=tsfl_dot_v1_dot_device__pb2.EvaluationReport.SerializeToString,
@@ -98,7 +103,16 @@ class DeviceServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def UploadUpdate(self, request_iterator, context):
-        """An update (a tsfl wire frame) as a stream of chunks; checksum over all of it.
+        """An update (a tsfl wire frame) as a stream of chunks; checksum over all of it. With an
+        upload_id the server keeps what arrived when a stream breaks, and the device resumes
+        at UploadStatus's offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadStatus(self, request, context):
+        """How much of a resumable upload the server holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +152,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.UploadUpdate,
                     request_deserializer=tsfl_dot_v1_dot_device__pb2.UploadChunk.FromString,
                     response_serializer=tsfl_dot_v1_dot_device__pb2.UploadResponse.SerializeToString,
+            ),
+            'UploadStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadStatus,
+                    request_deserializer=tsfl_dot_v1_dot_device__pb2.UploadStatusRequest.FromString,
+                    response_serializer=tsfl_dot_v1_dot_device__pb2.UploadStatusResponse.SerializeToString,
             ),
             'ReportEvaluation': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportEvaluation,
@@ -280,6 +299,33 @@ class DeviceService(object):
             '/tsfl.v1.DeviceService/UploadUpdate',
             tsfl_dot_v1_dot_device__pb2.UploadChunk.SerializeToString,
             tsfl_dot_v1_dot_device__pb2.UploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsfl.v1.DeviceService/UploadStatus',
+            tsfl_dot_v1_dot_device__pb2.UploadStatusRequest.SerializeToString,
+            tsfl_dot_v1_dot_device__pb2.UploadStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

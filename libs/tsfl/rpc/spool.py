@@ -1,0 +1,109 @@
+"""Partial uploads kept between broken streams, so a device resumes instead of resending.
+
+Each upload is one preallocated buffer of its declared size, written in place as chunks
+arrive: receiving N bytes holds N bytes plus the chunk in flight, never a growing copy.
+The spool as a whole is bounded (``max_bytes``), each device may hold a few uploads, and
+an upload untouched for ``ttl_s`` is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+class SpoolError(Exception):
+    """An upload the spool cannot take; ``code`` names why."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass
+class PartialUpload:
+    job_id: str
+    device: str
+    upload_id: str
+    total: int
+    checksum: int
+    buf: bytearray
+    received: int = 0
+    touched: float = field(default_factory=time.monotonic)
+    busy: bool = False  # a stream is writing into it
+
+    def write(self, data: bytes) -> None:
+        end = self.received + len(data)
+        if end > self.total:
+            raise SpoolError("too_long", "more data than the declared total size")
+        self.buf[self.received:end] = data
+        self.received = end
+        self.touched = time.monotonic()
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.total
+
+
+class UploadSpool:
+    def __init__(self, *, max_bytes: int = 4 * 1024**3, ttl_s: float = 600.0,
+                 per_device: int = 2):
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.per_device = per_device
+        self._uploads: dict[tuple[str, str, str], PartialUpload] = {}
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(u.total for u in self._uploads.values())
+
+    def get(self, job_id: str, device: str, upload_id: str) -> PartialUpload | None:
+        self.expire()
+        return self._uploads.get((job_id, device, upload_id))
+
+    def begin(self, job_id: str, device: str, upload_id: str, total: int, checksum: int,
+              offset: int) -> PartialUpload:
+        """The upload a stream continues at ``offset`` (a new one at 0)."""
+        self.expire()
+        key = (job_id, device, upload_id)
+        upload = self._uploads.get(key)
+        if upload is None:
+            if offset != 0:
+                raise SpoolError("resume", f"no partial upload {upload_id!r} held; start "
+                                           "again at offset 0")
+            mine = [k for k in self._uploads if k[:2] == (job_id, device)]
+            for old in sorted(mine, key=lambda k: self._uploads[k].touched)[
+                    :max(0, len(mine) - self.per_device + 1)]:
+                if not self._uploads[old].busy:
+                    del self._uploads[old]  # the device moved on: its oldest goes
+            if self.held_bytes + total > self.max_bytes:
+                raise SpoolError("busy", "the server holds too many partial uploads; "
+                                         "retry later")
+            upload = self._uploads[key] = PartialUpload(job_id, device, upload_id, total,
+                                                        checksum, bytearray(total))
+        elif (upload.total, upload.checksum) != (total, checksum):
+            raise SpoolError("mismatch", f"upload {upload_id!r} was begun with another size "
+                                         "or checksum")
+        elif upload.busy:
+            raise SpoolError("busy", f"upload {upload_id!r} is being written by another "
+                                     "stream")
+        if offset != upload.received:
+            raise SpoolError("resume", f"upload {upload_id!r} holds {upload.received} bytes; "
+                                       f"resume at that offset, not {offset}")
+        upload.busy = True
+        upload.touched = time.monotonic()
+        return upload
+
+    def release(self, upload: PartialUpload) -> None:
+        """A stream ended (broken or not): the partial upload stays for a resume."""
+        upload.busy = False
+        upload.touched = time.monotonic()
+
+    def finish(self, upload: PartialUpload) -> None:
+        self._uploads.pop((upload.job_id, upload.device, upload.upload_id), None)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for key, upload in list(self._uploads.items()):
+            if not upload.busy and now - upload.touched > self.ttl_s:
+                del self._uploads[key]
