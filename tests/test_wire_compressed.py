@@ -85,6 +85,10 @@ def test_model_delta_roundtrip_and_missing_base():
     with pytest.raises(WireError) as err:
         decode_model(data, LAYOUT)
     assert err.value.code == "base"
+    wrong = old.copy()
+    wrong[7] += 1
+    with pytest.raises(WireError, match="differs from the server"):
+        decode_model(data, LAYOUT, base=wrong)
 
 
 @settings(max_examples=200, deadline=None)

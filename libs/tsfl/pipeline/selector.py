@@ -79,10 +79,14 @@ class Selector(BusRole):
             self.log.warning("ignoring a malformed transfer event for %s", device)
             return
         self.links.setdefault((job_id, device), LinkEstimate()).observe(nbytes, float(seconds))
+        # every device's transfers also feed the job's population prior (for newcomers)
+        self.links.setdefault((job_id, ""), LinkEstimate(decay=0.98)).observe(
+            nbytes, float(seconds))
 
     def _plan(self, job_id: str, cohort: list[str], request: object
               ) -> dict[str, dict] | None:
-        """Per-device codecs for adaptive compression (devices never seen: the default)."""
+        """Per-device codecs for adaptive compression; a device never seen transferring
+        gets the rung the job's pooled estimate picks (none yet: the configured chain)."""
         if not isinstance(request, dict):
             return None
         try:
@@ -94,7 +98,8 @@ class Selector(BusRole):
             return None
         plan = {}
         for device in cohort:
-            rung = choose_rung(self.links.get((job_id, device)), n, budget, rungs, block)
+            estimate = self.links.get((job_id, device)) or self.links.get((job_id, ""))
+            rung = choose_rung(estimate, n, budget, rungs, block)
             if rung is not None:
                 plan[device] = {"chain": list(rung.chain.names), "ratio": rung.ratio}
         return plan

@@ -18,6 +18,7 @@ from tsfl.core.update import Update
 from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.compression import UplinkConfig, UplinkEncoder
 from tsfl.sdk.local_dp import apply_local_dp
+from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_model, encode_update
 
 
@@ -85,7 +86,15 @@ class ClientRunner:
         model_bytes = await self.transport.download_model(task.job_id, task.model_version,
                                                           have, self.client_id)
         base = self.held[1] if self.held is not None else None
-        _, _, global_vec, _ = decode_model(model_bytes, self.layout, base=base)
+        try:
+            _, _, global_vec, _ = decode_model(model_bytes, self.layout, base=base)
+        except WireError as exc:
+            if exc.code != "base":
+                raise
+            self.held = None  # our copy is not what the server thinks: fetch it whole
+            model_bytes = await self.transport.download_model(
+                task.job_id, task.model_version, None, self.client_id)
+            _, _, global_vec, _ = decode_model(model_bytes, self.layout)
         if delta_ok:
             self.held = (task.model_version, np.array(global_vec, copy=True))
         if self.offload:

@@ -20,6 +20,7 @@ from tsfl.wire.codecs import check_chain, decode_f32, decode_payload, encode_f32
 from tsfl.wire.envelope import (
     DEFAULT_MAX_MESSAGE_BYTES,
     WireError,
+    checksum,
     pack_frame,
     require,
     unpack_frame,
@@ -126,9 +127,11 @@ def encode_model(job_id: str, version: int, vector: np.ndarray, layout: ParamLay
 def encode_model_delta(job_id: str, version: int, vector: np.ndarray, base_version: int,
                        base: np.ndarray, layout: ParamLayout,
                        extra: dict[str, Any] | None = None) -> bytes:
-    """Model ``version`` as a lossless delta against ``base_version`` (the device's copy)."""
+    """Model ``version`` as a lossless delta against ``base_version`` (the device's copy);
+    ``model_xxh3`` lets the device check the model it rebuilds, bit for bit."""
     return pack_frame("model", {"job": job_id, "version": version, "layout": layout.digest,
                                 "codecs": list(XOR_CHAIN), "base": base_version,
+                                "model_xxh3": checksum(encode_f32(vector)),
                                 "extra": extra or {}}, encode_xor_delta(vector, base))
 
 
@@ -159,9 +162,13 @@ def decode_model(data: bytes | memoryview, layout: ParamLayout,
             raise WireError("base", f"model v{version} is a delta against "
                                     f"v{head.get('base')!r}, which the receiver does not hold")
         try:
-            return job, version, decode_xor_delta(payload, base), extra
+            vector = decode_xor_delta(payload, base)
         except CodecError as exc:
             raise WireError(exc.code, str(exc)) from None
+        if checksum(encode_f32(vector)) != require(head, "model_xxh3", int):
+            raise WireError("base", f"the model rebuilt from v{head.get('base')!r} differs "
+                                    "from the server's (wrong or corrupted base)")
+        return job, version, vector, extra
     if not check_chain(codecs).is_raw:
         raise WireError("codec", f"a model is plain float32 or a delta, not {codecs}")
     return job, version, decode_f32(payload, layout.total_size), extra
