@@ -110,9 +110,9 @@ def test_choose_rung_takes_the_gentlest_that_fits():
 
 
 def test_bad_compression_settings_are_clear_errors():
-    with pytest.raises(ConfigError, match="compression.uplink"):
+    with pytest.raises(ConfigError, match=r"compression\.uplink"):
         parse_job({**BASE, "compression": {"uplink": {"chain": ["q8", "topk"]}}})
-    with pytest.raises(ConfigError, match="compression.uplink.block"):
+    with pytest.raises(ConfigError, match=r"compression\.uplink\.block"):
         parse_job({**BASE, "compression": {"uplink": {"block": 12}}})
     for bad in ("x", {"chain": ["nope"]}, {"chain": ["q8"], "ratio": "a"},
                 {"chain": ["q8"], "block": 7}):

@@ -142,7 +142,7 @@ async def test_interrupted_transfers_resume_byte_identical(coordinator_server):
 
 async def test_resume_protocol_by_hand(coordinator_server):
     """Half an upload, a dropped stream, UploadStatus, the rest from its offset."""
-    pipeline, jobs, address = coordinator_server
+    _, jobs, address = coordinator_server
     FlakyServicer.cut_uploads = FlakyServicer.cut_downloads = 0
     sub = await jobs.submit(yaml.safe_dump(JOB), "enrol")
     device = GrpcTransport(address, sub.job_id, "client-00000", chunk_bytes=4096)

@@ -27,7 +27,8 @@ class SimulatedLinks:
         """Bytes per second of ``device``'s link."""
         bw = self._bandwidth.get(device)
         if bw is None:
-            rng = np.random.default_rng([self.seed, xxhash.xxh3_64_intdigest(device.encode()), 0x1172])
+            ident = xxhash.xxh3_64_intdigest(device.encode())
+            rng = np.random.default_rng([self.seed, ident, 0x1172])
             mbps = self.spec.bandwidth_mbps * float(np.exp(self.spec.bandwidth_sigma
                                                            * rng.standard_normal()))
             bw = self._bandwidth[device] = mbps * 1e6 / 8
