@@ -119,13 +119,76 @@ def robustness_table(data: dict) -> str:
                      if not line.startswith("# ")).strip()
 
 
+def codecs_table(data: dict) -> str:
+    r = data["results"]
+    lines = [f"{data['n']:,} float32 values (4 MB), one core; top-k / random-k keep "
+             f"{data['ratio']:.0%}:", "",
+             "| chain | × smaller | encode MB/s | decode MB/s | encode + decode MB/s |",
+             "|---|---:|---:|---:|---:|"]
+    for name, c in r.items():
+        if "encode_mb_s" in c:
+            lines.append(f"| {name} | {c['compression']:.1f} | {c['encode_mb_s']:.0f} | "
+                         f"{c['decode_mb_s']:.0f} | {c['roundtrip_mb_s']:.0f} |")
+    lines.append(f"| plain numpy top-k + 8-bit (peer) | | | | "
+                 f"{r['numpy_topk+q8']['roundtrip_mb_s']:.0f} |")
+    lines += ["", f"Top-k 1% + 8-bit: **{r['topk+q8']['roundtrip_mb_s']:.0f} MB/s** encode + "
+              f"decode (target ≥ 200), {data['topk_q8_vs_numpy']:.1f}× the plain numpy way."]
+    return "\n".join(lines)
+
+
+def compression_table(data: dict) -> str:
+    lines = [f"Mean over seeds {data['seeds']}; Δ = accuracy points lost against float32 "
+             "FedAvg (negative: gained). Plot: `results/compression.png`.", ""]
+    for name, rows in data["datasets"].items():
+        lines += [f"#### {name}", "",
+                  "| chain | uplink MB | × fewer bytes | final acc | Δ pp | last-5 acc | Δ pp |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, r in rows.items():
+            lines.append(f"| {label} | {r['bytes_up'] / 1e6:.2f} | {r['uplink_reduction']:.1f} | "
+                         f"{r['final_accuracy']:.4f} | {r['accuracy_drop_pp']:+.2f} | "
+                         f"{r['last5_accuracy']:.4f} | {r['last5_drop_pp']:+.2f} |")
+        lines.append("")
+    sv = data["savings"]
+    d, k, a = sv["downlink"], sv["skip"], sv["adaptive"]
+    lines += ["#### Other savings (digits, top-k 10% + q8 + zstd unless said)", "",
+              "| measure | baseline | with it | saving | final acc (baseline → with) |",
+              "|---|---:|---:|---:|---|",
+              f"| downlink bytes, `downlink: delta` | {d['full_bytes'] / 1e6:.1f} MB | "
+              f"{d['delta_bytes'] / 1e6:.1f} MB | {d['reduction']:.2f}× | "
+              f"{d['accuracy'][0]:.4f} → {d['accuracy'][1]:.4f} (lossless) |",
+              f"| uplink bytes, `skip_below: {k['threshold']}` ({k['skipped']} of "
+              f"{k['updates']} uploads skipped) | {k['baseline_bytes_up'] / 1e6:.2f} MB | "
+              f"{k['bytes_up'] / 1e6:.2f} MB | {k['baseline_bytes_up'] / k['bytes_up']:.2f}× | "
+              f"{k['accuracy'][0]:.4f} → {k['accuracy'][1]:.4f} |",
+              f"| slowest upload per round (simulated links, budget {a['deadline_budget_s']} s), "
+              f"adaptive vs f32 | {a['f32_mean_slowest_upload_s']:.2f} s | "
+              f"{a['adaptive_mean_slowest_upload_s']:.2f} s | "
+              f"{a['f32_mean_slowest_upload_s'] / a['adaptive_mean_slowest_upload_s']:.1f}× | "
+              f"{a['accuracy'][0]:.4f} → {a['accuracy'][1]:.4f} |"]
+    return "\n".join(lines)
+
+
+def transfer_table(data: dict) -> str:
+    r = data["results"]
+    size = data["model_bytes"]
+    lines = [f"A {size / 1e6:.0f} MB model from a coordinator process over gRPC (loopback); "
+             "peak = the device process's high-water mark above its size before:", "",
+             "| contender | peak above start | × model | MB/s |", "|---|---:|---:|---:|"]
+    for name in ("tsfl", "naive"):
+        c = r[name]
+        lines.append(f"| {name} | {c['peak_bytes'] / 1e6:.0f} MB | "
+                     f"**{c['peak_bytes'] / size:.2f}×** | {c['mb_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
     for name, render in (("aggregation", aggregation_table), ("end_to_end", end_to_end_table),
                          ("pipeline", pipeline_table), ("privacy", privacy_table),
                          ("robust_speed", robust_speed_table),
-                         ("robustness", robustness_table)):
+                         ("robustness", robustness_table), ("codecs", codecs_table),
+                         ("compression", compression_table), ("transfer", transfer_table)):
         data = _load(name)
         if data is None:
             continue

@@ -19,3 +19,22 @@ def test_end_to_end_tsfl_follows_the_plain_loop_round_for_round():
     plain, ours = end_to_end.run_plain(spec), end_to_end.run_tsfl(spec)
     assert plain["rounds"] == ours["rounds"] == 4
     assert abs(plain["final_accuracy"] - ours["final_accuracy"]) < 1e-9
+
+
+def test_receiving_a_large_model_holds_it_once():
+    """A 64 MB model over real gRPC from a coordinator process: the device's peak memory
+    is the model plus a bounded number of chunks (the naive way holds about two)."""
+    from benchmarks import transfer
+
+    data = transfer.run(64)
+    size = data["model_bytes"]
+    assert data["results"]["tsfl"]["peak_bytes"] < size + 40 * 1024**2
+    assert data["results"]["naive"]["peak_bytes"] > 1.6 * size
+
+
+def test_codec_benchmark_runs_every_chain():
+    from benchmarks import codecs
+
+    data = codecs.bench(50_000, repeats=1)
+    assert {"topk+q8", "numpy_topk+q8", "qsgd+zstd"} <= set(data["results"])
+    assert data["results"]["topk+q8"]["compression"] > 50

@@ -129,3 +129,17 @@ def test_bundled_example_meets_the_uplink_target_shape():
     spec = parse_job(yaml.safe_load(path.read_text()))
     assert spec.compression.uplink.chain == ["topk", "q8", "zstd"]
     assert spec.compression.uplink.error_feedback
+
+
+@pytest.mark.parametrize("extra", [
+    {"robust": {"aggregator": "median", "num_malicious": 1}},
+    {"privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 0.1}},
+    {"privacy": {"mode": "local", "clip_norm": 1.0, "noise_multiplier": 0.05}},
+])
+def test_compressed_updates_pass_every_stage(tmp_path, extra):
+    spec = {**copy.deepcopy(BASE), "rounds": 3, **extra,
+            "compression": {"uplink": {"chain": ["topk", "q4", "lz4"], "ratio": 0.2}}}
+    result = asyncio.run(run_embedded(parse_job(spec), tmp_path / "x"))
+    assert result.status == "COMPLETED"
+    assert all(set(m["codecs"]) == {"topk+q4+lz4"} and m["clients"] >= 3
+               for m in result.metrics)

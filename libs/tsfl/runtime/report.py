@@ -116,7 +116,22 @@ def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, jo
         "versions": package_versions(),
         "privacy": privacy_summary(spec, ledger or [], metrics),
         "robustness": robustness,
+        "compression": compression_summary(spec, metrics),
     }
+
+
+def compression_summary(spec: JobSpec, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Uplink bytes per codec chain over the run, and what skipping saved."""
+    chains: dict[str, dict[str, int]] = {}
+    for m in metrics:
+        for label, stats in (m.get("codecs") or {}).items():
+            total = chains.setdefault(label, {"updates": 0, "bytes": 0})
+            total["updates"] += stats["updates"]
+            total["bytes"] += stats["bytes"]
+    c = spec.compression
+    return {"uplink_chain": list(c.uplink.chain), "downlink": c.downlink,
+            "adaptive": c.adaptive is not None, "by_chain": chains,
+            "skipped_uploads": sum(m.get("skipped", 0) for m in metrics)}
 
 
 def write_json(path: Path, data: Any) -> None:
