@@ -105,6 +105,16 @@ async def coordinator_server(tmp_path, monkeypatch):
         await store.close()
 
 
+async def _enrol_and_wait_for_task(device):
+    await device.register("enrol")
+    for _ in range(300):
+        task = await device.get_task(device.device_id)
+        if task:
+            return task
+        await asyncio.sleep(0.05)
+    raise AssertionError("no task within 15 s")
+
+
 async def test_interrupted_transfers_resume_byte_identical(coordinator_server):
     pipeline, jobs, address = coordinator_server
     sub = await jobs.submit(yaml.safe_dump(JOB), "enrol")
@@ -113,14 +123,7 @@ async def test_interrupted_transfers_resume_byte_identical(coordinator_server):
     device = GrpcTransport(address, sub.job_id, "client-00000", chunk_bytes=8 * 1024,
                            retry_s=0.05)
     try:
-        await device.register("enrol")
-        task = None
-        for _ in range(300):
-            task = await device.get_task("client-00000")
-            if task:
-                break
-            await asyncio.sleep(0.05)
-        assert task is not None
+        task = await _enrol_and_wait_for_task(device)
         layout, initial = initial_model(parse_job(JOB))
         model = await device.download_model(sub.job_id, task.model_version)  # cut, resumed
         assert bytes(decode_model(model, layout)[2].tobytes()) == initial.tobytes()
@@ -147,13 +150,7 @@ async def test_resume_protocol_by_hand(coordinator_server):
     sub = await jobs.submit(yaml.safe_dump(JOB), "enrol")
     device = GrpcTransport(address, sub.job_id, "client-00000", chunk_bytes=4096)
     try:
-        await device.register("enrol")
-        task = None
-        for _ in range(300):
-            task = await device.get_task("client-00000")
-            if task:
-                break
-            await asyncio.sleep(0.05)
+        task = await _enrol_and_wait_for_task(device)
         layout, _ = initial_model(parse_job(JOB))
         data = encode_update(Update(sub.job_id, task.round, "client-00000",
                                     task.model_version, 10,
