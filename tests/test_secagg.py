@@ -147,3 +147,13 @@ def test_key_material_stays_out_of_reprs_and_sealed_shares_bind_their_route():
     assert keys.open_sealed(key, sealed, b"r|a|b") == b"payload"
     with pytest.raises(InvalidTag):
         keys.open_sealed(key, sealed, b"r|a|c")  # replayed to another receiver
+
+
+@pytest.mark.slow
+def test_a_thousand_clients_with_ten_percent_dropouts_sum_exactly():
+    config, inputs, seeds = _setup(n=1000, size=1000, seed=3)
+    assert config.neighbours == 40 and config.threshold == 21
+    dropped = set(config.cohort[::10])
+    total, survivors = run_round(config, inputs, seeds, {"masked": dropped})
+    assert len(survivors) == 900
+    np.testing.assert_array_equal(total, _expected(config, inputs, seeds, survivors))

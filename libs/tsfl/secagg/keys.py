@@ -27,10 +27,14 @@ def public_of(private: bytes) -> bytes:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def agree(private: bytes, peer_public: bytes, purpose: bytes) -> bytes:
+def private_key(raw: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def agree(private: bytes | X25519PrivateKey, peer_public: bytes, purpose: bytes) -> bytes:
     """A 32-byte key both sides derive; ``purpose`` separates uses of one key pair."""
-    shared = X25519PrivateKey.from_private_bytes(private).exchange(
-        X25519PublicKey.from_public_bytes(peer_public))
+    sk = private if isinstance(private, X25519PrivateKey) else private_key(private)
+    shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"tsfl-secagg:" + purpose).derive(shared)
 
 

@@ -19,11 +19,13 @@ Stages (the server routes every message; U1 ⊇ U2 ⊇ U3 ⊇ U4 are the clients
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tsfl.secagg import keys, prg, shamir
 from tsfl.secagg.graph import harary, neighbour_count
@@ -52,11 +54,21 @@ class RoundConfig:
         return cls(round_id, tuple(sorted(cohort)), ring, size, k, t, graph_seed)
 
     def graph(self) -> dict[str, list[str]]:
-        return harary(list(self.cohort), self.neighbours, self.graph_seed)
+        return _graph(self.cohort, self.neighbours, self.graph_seed)
 
     def point(self, client: str) -> int:
         """The Shamir x-coordinate of a client (its 1-based index in the cohort)."""
-        return self.cohort.index(client) + 1
+        return _points(self.cohort)[client]
+
+
+@functools.lru_cache(maxsize=8)
+def _graph(cohort: tuple[str, ...], k: int, seed: int) -> dict[str, list[str]]:
+    return harary(list(cohort), k, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _points(cohort: tuple[str, ...]) -> dict[str, int]:
+    return {c: i + 1 for i, c in enumerate(cohort)}
 
 
 def _pair_sign(u: str, v: str) -> int:
@@ -68,19 +80,30 @@ class SecAggClient:
     client_id: str
     config: RoundConfig
     _c_sk: bytes = b""
+    _c_key: X25519PrivateKey | None = None
     _s_sk: bytes = b""
     _b: bytes = b""
     _held: dict[str, tuple[int, int]] = field(default_factory=dict)  # v -> (b share, s share)
     _pks: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     _revealed: dict[str, str] = field(default_factory=dict)  # v -> which secret was revealed
+    _channel: dict[str, bytes] = field(default_factory=dict)  # v -> share-sealing key
 
     def __repr__(self) -> str:  # never print key material
         return f"SecAggClient({self.client_id!r})"
 
     def advertise(self) -> tuple[bytes, bytes]:
         self._c_sk, c_pk = keys.new_keypair()
+        self._c_key = keys.private_key(self._c_sk)
         self._s_sk, s_pk = keys.new_keypair()
         return c_pk, s_pk
+
+    def _channel_key(self, v: str) -> bytes:
+        key = self._channel.get(v)
+        if key is None:
+            if self._c_key is None:
+                raise SecAggAbort("advertise keys first")
+            key = self._channel[v] = keys.agree(self._c_key, self._pks[v][0], b"share")
+        return key
 
     def _ad(self, sender: str, receiver: str) -> bytes:
         return b"|".join((self.config.round_id, sender.encode(), receiver.encode()))
@@ -101,8 +124,7 @@ class SecAggClient:
         out = {}
         for v, x in zip(neighbours, xs, strict=True):
             body = b_shares[x].to_bytes(66, "big") + s_shares[x].to_bytes(66, "big")
-            key = keys.agree(self._c_sk, public_keys[v][0], b"share")
-            out[v] = keys.seal(key, body, self._ad(self.client_id, v))
+            out[v] = keys.seal(self._channel_key(v), body, self._ad(self.client_id, v))
         return out
 
     def masked_input(self, x: np.ndarray, sealed: dict[str, bytes],
@@ -112,9 +134,8 @@ class SecAggClient:
         for v, blob in sealed.items():
             if v not in graph or v not in self._pks:
                 raise SecAggAbort(f"{self.client_id}: a share from non-neighbour {v!r}")
-            key = keys.agree(self._c_sk, self._pks[v][0], b"share")
             try:
-                body = keys.open_sealed(key, blob, self._ad(v, self.client_id))
+                body = keys.open_sealed(self._channel_key(v), blob, self._ad(v, self.client_id))
             except InvalidTag:
                 raise SecAggAbort(f"{self.client_id}: the share from {v} was tampered "
                                   "with") from None
@@ -125,8 +146,9 @@ class SecAggClient:
         ring = self.config.ring
         y = quantize(x, ring, rng)
         y += prg.expand(self._b, self.config.size, ring.mask)
+        s_key = keys.private_key(self._s_sk)
         for v in self._held:  # the neighbours that completed stage 2
-            seed = keys.agree(self._s_sk, self._pks[v][1], b"mask:" + self.config.round_id)
+            seed = keys.agree(s_key, self._pks[v][1], b"mask:" + self.config.round_id)
             m = prg.expand(seed, self.config.size, ring.mask)
             y = y + m if _pair_sign(self.client_id, v) > 0 else y - m
         return y & ring.mask
@@ -221,7 +243,7 @@ class SecAggServer:
             total -= prg.expand(self._rebuild(u, "b"), n, ring.mask)
         graph = self.config.graph()
         for u in sorted(dropped):
-            s_sk = self._rebuild(u, "s")
+            s_sk = keys.private_key(self._rebuild(u, "s"))
             for v in graph[u]:
                 if v in survivors and u in self.shared and v in self.shared[u]:
                     seed = keys.agree(s_sk, self.public_keys[v][1],
