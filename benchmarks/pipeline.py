@@ -5,11 +5,10 @@ over the Kafka bus:
 
 * ``broker``   — aiokafka producer → consumer on one topic, no processing: the ceiling;
 * ``pipeline`` — N updates, uploaded by 16 concurrent devices, through coordinator
-                 ingest (full validation) → tsfl.updates.raw
-                 → privacy → tsfl.updates.clipped → byzantine verdicts → aggregator fold,
-                 timed from the first upload to the last update folded. Each update
-                 crosses the broker twice (raw, clipped), so the ceiling is ~50% of
-                 ``broker``;
+                 ingest (full validation) → tsfl.updates.clipped → byzantine verdicts →
+                 aggregator fold, timed from the first upload to the last update folded.
+                 (The job has no central DP, so updates skip the privacy stage's hop;
+                 the verdicts are small messages of their own);
 * round close  — last update in → new global model released on tsfl.models and PUBLISHED
                  persisted (finalize, checkpoint, aggregate, release, persist).
 

@@ -169,7 +169,7 @@ async def test_aggregator_refuses_nonfinite_updates_that_reach_the_bus(tmp_path)
     async with Harness(tmp_path, round={"quorum": 0.75}) as h:
         await h.coord.open_round(JOB)
         bad = h.update("c3", 0, delta=np.full(6, np.inf, np.float32))
-        await h.bus.publish(topics.UPDATES_RAW, bad, key=events.update_key(JOB, 1, "c3"))
+        await h.bus.publish(topics.UPDATES_CLIPPED, bad, key=events.update_key(JOB, 1, "c3"))
         for c in CLIENTS[:3]:
             await h.coord.upload(c, h.update(c, 2.0))
         result = await asyncio.wait_for(h.coord.wait_round(JOB), 5)

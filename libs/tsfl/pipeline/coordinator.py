@@ -2,7 +2,8 @@
 
 Consumes ``tsfl.cohorts`` (from the selector), ``tsfl.models`` (released by the privacy
 stage) and failed results on ``tsfl.aggregates``; produces ``tsfl.rounds``,
-``tsfl.updates.raw`` and ``tsfl.devices``. Every round transition is persisted in the
+``tsfl.updates.raw`` (central-DP jobs; ``tsfl.updates.clipped`` directly for the others)
+and ``tsfl.devices``. Every round transition is persisted in the
 store before the event announcing it is published. Uploads are idempotent by
 (job, round, client).
 """
@@ -93,6 +94,12 @@ class _Job:
     local_dp: dict[str, Any] | None = None  # sent with each task when devices add the noise
     history: dict[int, np.ndarray] = field(default_factory=dict)  # version → model (deltas)
     delta_cache: dict[int, bytes] = field(default_factory=dict)  # base → delta to current
+
+
+def ingest_topic(spec: JobSpec) -> str:
+    """Where an accepted update goes: the privacy stage when the server clips (central DP),
+    otherwise straight to the byzantine stage and the aggregator (one broker hop fewer)."""
+    return topics.UPDATES_RAW if spec.privacy.mode == "central" else topics.UPDATES_CLIPPED
 
 
 def uplink_config(spec: JobSpec) -> dict[str, Any] | None:
@@ -484,7 +491,7 @@ class Coordinator(BusRole):
         # Publish, then persist, then acknowledge: a crash in between leaves the update on
         # the bus but unrecorded, the device retries, and the aggregator (idempotent by
         # client) counts it once. Never the reverse, which could lose an accepted update.
-        await self.bus.publish(topics.UPDATES_RAW, data,
+        await self.bus.publish(ingest_topic(job.spec), data,
                                key=events.update_key(job.job_id, active.number, client_id))
         fresh = await self.store.record_upload(
             job.job_id, active.number, client_id, num_examples=meta["num_examples"],

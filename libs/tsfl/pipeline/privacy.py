@@ -2,8 +2,9 @@
 ``tsfl.aggregates`` → ``tsfl.models``; the release stage of every round.
 
 - Raw updates of a central-DP job are clipped (in the mechanism's norm, with the round's
-  clip norm) and re-encoded with their pre-clip norm in the metrics; other jobs' updates
-  pass through unchanged.
+  clip norm) and re-encoded with their pre-clip norm in the metrics. The coordinator sends
+  other jobs' updates to ``tsfl.updates.clipped`` itself; one that arrives here anyway
+  (published by an older coordinator) passes through unchanged.
 - An aggregate (the round's mean delta) is released: for a DP job the ledger is charged
   first — a round whose charge would exceed the budget is withheld and reported as
   ``BUDGET_EXHAUSTED`` — then central noise is added to the clipped sum, the server
