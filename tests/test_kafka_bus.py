@@ -73,3 +73,23 @@ async def test_unreachable_broker_is_a_clear_error():
     bus = KafkaBus(f"127.0.0.1:{free_port()}", request_timeout_ms=2000)
     with pytest.raises(Exception, match="cannot reach Kafka"):
         await asyncio.wait_for(bus.start(), 60)
+
+
+async def test_commit_all_commits_the_last_record_of_each_partition(broker):
+    bus = KafkaBus(broker.address)
+    await bus.start()
+    await bus.create_topics({"t.many": 3})
+    for i in range(12):
+        await bus.publish("t.many", f"v{i}".encode(), key=f"k{i % 3}".encode())
+    c = bus.consumer(["t.many"], "g-many")
+    await c.start()
+    got = await _drain(c, 12)
+    await c.commit_all(reversed(got))  # order does not matter: the latest per partition
+    await c.stop()
+    c2 = bus.consumer(["t.many"], "g-many")
+    await c2.start()
+    assert await c2.getone(timeout=8) is None  # everything was committed
+    await bus.publish("t.many", b"after", key=b"k0")
+    assert (await _drain(c2, 1))[0].value == b"after"
+    await c2.stop()
+    await bus.stop()

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from tsfl.bus.base import Bus, BusError, Consumer, Record
+from tsfl.bus.base import Bus, BusError, Consumer, Record, latest_per_partition
 from tsfl.bus.chunks import CHUNK_HEADER, ChunkAssembler, split
 from tsfl.telemetry import inject_trace_headers
 from tsfl.wire.envelope import WIRE_VERSION
@@ -158,13 +158,19 @@ class KafkaConsumer(Consumer):
                               whole, record.headers)
 
     async def commit(self, record: Record) -> None:
+        await self.commit_all((record,))
+
+    async def commit_all(self, records: Iterable[Record]) -> None:
         if self._consumer is None:
             raise BusError("consumer is not started")
-        offset = record.offset + 1
-        pending = self.assembler.pending_offset(record.topic, record.partition)
-        if pending is not None:
-            offset = min(offset, pending)
-        tp = TopicPartition(record.topic, record.partition)
-        if tp not in self._consumer.assignment():
-            return  # partition moved to another member after a rebalance: theirs now
-        await self._consumer.commit({tp: offset})
+        assigned = self._consumer.assignment()
+        offsets = {}
+        for (topic, partition), record in latest_per_partition(records).items():
+            tp = TopicPartition(topic, partition)
+            if tp not in assigned:
+                continue  # partition moved to another member after a rebalance: theirs now
+            offset = record.offset + 1
+            pending = self.assembler.pending_offset(topic, partition)
+            offsets[tp] = offset if pending is None else min(offset, pending)
+        if offsets:
+            await self._consumer.commit(offsets)

@@ -268,8 +268,7 @@ class Aggregator(BusRole):
                 accepted=[], rejected=dict(rnd.rejected), num_examples=0, train_loss=None,
                 reason=result.error or "no valid update to aggregate")
         await self.bus.publish(topics.AGGREGATES, msg, key=key)
-        for record in rnd.held.values():
-            await self.consumer.commit(record)
+        await self.consumer.commit_all(rnd.held.values())
         state.closed = rnd.number
         state.round = None
 

@@ -186,8 +186,7 @@ class Byzantine(BusRole):
                 key=job_id.encode())
             self.log.warning("job %s round %d: %.0f%% of updates flagged", job_id, number,
                              100 * fraction)
-        for record in pending.held:
-            await self.consumer.commit(record)
+        await self.consumer.commit_all(pending.held)
         job.rounds.pop(number, None)
 
     async def _judge(self, job_id: str, job: _Job, number: int, clients: list[str],
