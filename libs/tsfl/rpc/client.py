@@ -172,8 +172,10 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
     """Take part in a job until it finishes; returns the number of rounds contributed.
 
     Connection failures (coordinator restarts, network drops) are retried with
-    exponential backoff and jitter; an upload interrupted half-way is sent again whole,
-    and the coordinator counts an update once per (job, round, client) whatever happens.
+    exponential backoff and jitter; an upload interrupted half-way resumes where the
+    coordinator's spool stopped (a coordinator that restarted has none: it starts again at
+    0), and the coordinator counts an update once per (job, round, client) whatever
+    happens.
     """
     transport = GrpcTransport(address, job_id, device_id, tls=tls)
     runner = ClientRunner(device_id, client, transport, layout, offload=offload)
