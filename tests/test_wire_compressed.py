@@ -54,6 +54,8 @@ def test_topk_q8_zstd_is_many_times_smaller():
     ("cp", {"n": 3}, "shape"),
     ("cp", "nope", "codec"),
     ("cp", None, "codec"),
+    ("codecs", 5, "malformed"),
+    ("codecs", [1, 2], "codec"),
 ])
 def test_bad_codec_headers_are_refused(field, value, code):
     data, _ = _frame(["topk", "q8", "zstd"])
@@ -61,6 +63,9 @@ def test_bad_codec_headers_are_refused(field, value, code):
     with pytest.raises(WireError) as err:
         decode_update(bad, LAYOUT, verify_checksum=False)
     assert err.value.code == code
+    if field == "codecs" and value in (5, [1, 2]):  # the cheap peek refuses bad types too
+        with pytest.raises(WireError):
+            peek_update_meta(bad)
 
 
 def test_nonfinite_scales_are_refused():

@@ -51,8 +51,11 @@ def encode_update(update: Update, layout: ParamLayout, encoded: Encoded | None =
 
 
 def _meta(head: dict[str, Any]) -> dict[str, Any]:
+    codecs = require(head, "codecs", list)
+    if not all(isinstance(c, str) for c in codecs):
+        raise WireError("codec", "codec names must be strings")
     meta = {
-        "codecs": "+".join(str(c) for c in head.get("codecs") or ()),
+        "codecs": "+".join(codecs),
         "job_id": require(head, "job", str),
         "round": require(head, "round", int),
         "client_id": require(head, "client", str),
