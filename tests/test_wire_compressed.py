@@ -1,5 +1,6 @@
 """Compressed updates and delta models on the wire; the decoder trusts nothing."""
 
+import contextlib
 import tracemalloc
 
 import numpy as np
@@ -134,3 +135,24 @@ def test_decoding_allocates_no_more_than_the_layout_implies():
     finally:
         tracemalloc.stop()
     assert peak < 8 * N * 4 + 2 * len(bomb.payload)
+
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1), st.floats(),
+                 st.text(max_size=8), st.binary(max_size=8),
+                 st.lists(st.one_of(st.text(max_size=6), st.integers(-99, 99)), max_size=4),
+                 st.dictionaries(st.text(max_size=4), st.integers(-99, 99), max_size=3))
+
+
+@settings(max_examples=400, deadline=None)
+@given(names=st.sampled_from([["topk", "q8", "zstd"], ["f32"], ["zero"]]),
+       fields=st.dictionaries(st.sampled_from(["v", "kind", "job", "round", "client",
+                                               "model_version", "num_examples", "metrics",
+                                               "layout", "codecs", "cp", "payload_len",
+                                               "xxh3"]), _ANY, min_size=1, max_size=4))
+def test_hostile_header_fields_raise_wire_errors_only(names, fields):
+    data, _ = _frame(names)
+    bad = _mutate(data, **fields)
+    for decode in (lambda: peek_update_meta(bad),
+                   lambda: decode_update(bad, LAYOUT, verify_checksum=False)):
+        with contextlib.suppress(WireError):
+            decode()
