@@ -172,8 +172,8 @@ def _value_sections(chain: CodecChain, params: dict[str, Any], m: int) -> tuple[
     return quantize.uniform_sizes(m, quantize.UNIFORM_BITS[chain.values], block)
 
 
-def decoded_size_bound(chain: CodecChain, params: dict[str, Any], n: int) -> int:
-    """The payload's size before the lossless stage, as the parameters imply."""
+def payload_size(chain: CodecChain, params: dict[str, Any], n: int) -> int:
+    """The payload's exact size before the lossless stage, as the parameters imply."""
     m = n
     idx = 0
     if chain.sparsifier is not None:
@@ -195,7 +195,7 @@ def decode_vector(chain: CodecChain, params: dict[str, Any], payload: bytes | me
     if params.get("n") != n:
         raise CodecError("shape", f"payload encodes {params.get('n')!r} coordinates, the "
                                   f"layout has {n}")
-    size = decoded_size_bound(chain, params, n)
+    size = payload_size(chain, params, n)
     if chain.is_skip:
         if len(payload):
             raise CodecError("shape", "a skipped upload carries no payload")

@@ -32,7 +32,3 @@ class ErrorFeedback:
             corrected[encoded.indices] -= encoded.decoded
         self.residual = corrected
         return encoded
-
-    @property
-    def norm(self) -> float:
-        return 0.0 if self.residual is None else float(np.linalg.norm(self.residual))

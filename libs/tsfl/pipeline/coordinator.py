@@ -92,6 +92,7 @@ class _Job:
     round: _ActiveRound | None = None
     last_round: int = 0
     local_dp: dict[str, Any] | None = None  # sent with each task when devices add the noise
+    uplink: dict[str, Any] | None = None  # compression settings sent with each task
     history: dict[int, np.ndarray] = field(default_factory=dict)  # version → model (deltas)
     delta_cache: dict[int, bytes] = field(default_factory=dict)  # base → delta to current
 
@@ -193,7 +194,8 @@ class Coordinator(BusRole):
                model_bytes: bytes, last_round: int = 0) -> _Job:
         strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
         job = _Job(job_id, spec, layout, version, model_bytes, strategy.client_config,
-                   last_round=last_round, local_dp=local_dp_config(spec, layout.total_size))
+                   last_round=last_round, local_dp=local_dp_config(spec, layout.total_size),
+                   uplink=uplink_config(spec))
         self.jobs[job_id] = job
         return job
 
@@ -405,9 +407,8 @@ class Coordinator(BusRole):
                           **job.client_config(active.number)}
                 if job.local_dp is not None:
                     config["local_dp"] = job.local_dp
-                uplink = uplink_config(job.spec)
-                if uplink is not None:
-                    config["compression"] = {**uplink,
+                if job.uplink is not None:
+                    config["compression"] = {**job.uplink,
                                              **active.codec_plan.get(client_id, {})}
                 if job.spec.compression.downlink == "delta":
                     config["downlink"] = "delta"

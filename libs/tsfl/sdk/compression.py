@@ -30,9 +30,9 @@ class UplinkConfig:
                                      levels=int(raw.get("levels", 16))),
                        bool(raw.get("error_feedback", True)),
                        float(raw.get("skip_below", 0.0)))
+        except CodecError:
+            raise
         except (TypeError, ValueError) as exc:
-            if isinstance(exc, CodecError):
-                raise
             raise CodecError("codec", f"bad task compression settings: {exc}") from None
 
 
