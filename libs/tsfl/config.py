@@ -369,11 +369,42 @@ class AttackSpec(Spec):
         return self
 
 
+class HeSpec(Spec):
+    """CKKS (``crypto.mode: he``): what must stay precise, and which coordinates to hide.
+
+    Devices send ``(n_k / weight_unit) · θ_k`` for the encrypted coordinates (θ_k: the
+    locally trained model, n_k: its examples); the he service only adds ciphertexts and
+    devices decrypt the sum and divide by Σ n_k / weight_unit.
+    """
+
+    precision: Annotated[float, Field(gt=0, le=0.1)] = Field(
+        1e-6, description="the largest absolute decryption error of the round's sum")
+    value_bound: PositiveFloat = Field(
+        1e4, description="|Σ_k (n_k / weight_unit) · θ_k| per coordinate stays below this")
+    weight_unit: PositiveFloat = Field(
+        100.0, description="examples that count as weight 1 (keeps the sum in range)")
+    security: Literal[128, 192, 256] = 128
+    poly_degree: Literal[2048, 4096, 8192, 16384, 32768] | None = Field(
+        None, description="CKKS ring dimension N (default 8192, or the smallest secure)")
+    layers: list[str] | None = Field(None, description="encrypt only these tensors")
+    regex: str | None = Field(None, description="encrypt tensors whose name matches")
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="encrypt this fraction of the coordinates, most sensitive first "
+                          "(output layer, then input layer)")
+    key_id: str | None = Field(
+        None, description="the key set (tsfl keys init); tsfl run makes one per job")
+
+    @property
+    def selective(self) -> bool:
+        return bool(self.layers) or self.regex is not None or self.fraction is not None
+
+
 class CryptoSpec(Spec):
     """Cryptographic aggregation: the server side sees only an encrypted (``he``, CKKS)
     or masked (``secagg``, SecAgg+) sum, never an update."""
 
     mode: Literal["none", "he", "secagg"] = "none"
+    he: HeSpec = HeSpec()
 
 
 class JobSpec(Spec):
@@ -413,8 +444,11 @@ class JobSpec(Spec):
                     f"privacy.mode central with crypto.mode {c!r}: the server cannot clip "
                     f"updates it cannot read ({hidden}); clip on the device instead "
                     "(privacy.mode local)")
-            raise ValueError(f"crypto.mode {c!r} is not available in this version yet "
-                             "(CKKS and SecAgg+ are being built); use crypto.mode none")
+            if c == "secagg":
+                raise ValueError("crypto.mode 'secagg' is not available in this version yet "
+                                 "(SecAgg+ is being wired into the pipeline); use crypto.mode "
+                                 "he or none")
+            self._check_he()
         r, n = self.robust, self.clients.per_round
         if r.aggregator != "none" and 2 * r.num_malicious >= n:
             raise ValueError(f"robust.num_malicious ({r.num_malicious}) must be below half "
@@ -439,6 +473,28 @@ class JobSpec(Spec):
                 f"clients.per_round ({self.clients.per_round})"
             )
         return self
+
+    def _check_he(self) -> None:
+        from tsfl.he import HeError, choose_params
+
+        name = self.strategy.name
+        if name not in ("fedavg", "fedprox") or (self.strategy.server_lr or 1.0) != 1.0:
+            raise ValueError(
+                f"strategy {name!r}"
+                + (f" with server_lr {self.strategy.server_lr}" if name in ("fedavg",
+                                                                             "fedprox") else "")
+                + " with crypto.mode 'he': a server optimizer steps on the model, which the "
+                "server only holds encrypted; use fedavg (or fedprox) with server_lr 1")
+        if self.compression.downlink == "delta":
+            raise ValueError("compression.downlink 'delta' with crypto.mode 'he': the "
+                             "encrypted part of the model changes entirely each round; use "
+                             "downlink full")
+        h = self.crypto.he
+        try:
+            choose_params(h.precision, h.value_bound, self.clients.per_round,
+                          security=h.security, poly_degree=h.poly_degree)
+        except HeError as exc:
+            raise ValueError(f"crypto.he: {exc}") from None
 
     def sha256(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

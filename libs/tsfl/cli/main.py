@@ -48,6 +48,7 @@ def _report_config_error(exc: ConfigError) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tsfl.he import HeError, read_secret
     from tsfl.runtime.embedded import run_embedded
     from tsfl.runtime.report import summarize, write_outputs
     from tsfl.sim.datasets import DatasetError
@@ -90,8 +91,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.update(bar, completed=m["round"], **fields)
 
         try:
-            result = asyncio.run(run_embedded(spec, out_dir, on_round=on_round))
-        except (DatasetError, ModelError, PartitionError) as exc:
+            he_keys = read_secret(args.he_keys) if args.he_keys else None
+            result = asyncio.run(run_embedded(spec, out_dir, on_round=on_round,
+                                              he_keys=he_keys))
+        except (DatasetError, ModelError, PartitionError, HeError) as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return 2
         except ConfigError as exc:
@@ -99,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = result.spec
     summary = summarize(spec, result.metrics, wall_s=result.wall_s, job_id=result.job_id,
                         status=result.status, reason=result.reason, ledger=result.ledger,
-                        robustness=result.robustness)
+                        robustness=result.robustness, crypto=result.crypto)
     write_outputs(out_dir, spec, result.metrics, summary)
     acc = summary["final_test_accuracy"]
     out.print(f"final test accuracy: {acc:.4f}" if acc is not None else "final test accuracy: -",
@@ -161,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the job's seed")
     run.add_argument("--rounds", type=int, help="override the number of rounds")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--he-keys", metavar="DIR", help="the HE key set of a crypto.mode he job "
+                     "(tsfl keys init); default: a fresh one per run, in OUT/keys")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a job spec and exit")

@@ -25,6 +25,7 @@ class Update:
     metrics: dict[str, float] = field(default_factory=dict)
     codecs: tuple[str, ...] = ()
     wire_bytes: int = 0
+    sealed: bytes | memoryview | None = None  # HE: the encrypted coordinates (tsfl.he)
 
     @property
     def key(self) -> tuple[str, int, str]:

@@ -6,11 +6,12 @@ are encrypted (:mod:`selection`), and encrypted vectors with their streaming sum
 """
 
 from tsfl.he.errors import HeError
+from tsfl.he.job import HeJob
 from tsfl.he.keys import PublicKeySet, SecretKeySet, read_public, read_secret
 from tsfl.he.params import CkksParams, choose_params
 from tsfl.he.sealed import SealedSum, SealedVector, open_vector, seal_vector
 from tsfl.he.selection import select_coordinates
 
-__all__ = ["CkksParams", "HeError", "PublicKeySet", "SealedSum", "SealedVector",
+__all__ = ["CkksParams", "HeError", "HeJob", "PublicKeySet", "SealedSum", "SealedVector",
            "SecretKeySet", "choose_params", "open_vector", "read_public", "read_secret",
            "seal_vector", "select_coordinates"]

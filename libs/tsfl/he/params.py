@@ -121,12 +121,15 @@ def check_params(p: CkksParams) -> None:
 
 
 def choose_params(precision: float, value_bound: float, max_terms: int, *,
-                  security: int = 128, poly_degree: int | None = None) -> CkksParams:
+                  security: int = 128, poly_degree: int | None = None,
+                  size: int | None = None) -> CkksParams:
     """The parameters that decrypt a sum of ``max_terms`` encrypted vectors, each sum
     coordinate within ±``value_bound``, to ``precision`` (absolute), at ``security`` bits.
 
-    ``poly_degree`` None picks :data:`DEFAULT_POLY_DEGREE`, or the smallest secure ring
-    if that one is not; an explicit one below the security level is refused.
+    ``poly_degree`` None picks, among the secure rings from 2048 up, the one whose
+    ciphertexts pad a vector of ``size`` values least (ties: the larger ring, fewer
+    ciphertexts); without a size, :data:`DEFAULT_POLY_DEGREE`. An explicit ring below
+    the security level is refused.
     """
     if not (precision > 0 and math.isfinite(precision)):
         raise HeError("params", f"precision must be a positive number, got {precision}")
@@ -138,8 +141,13 @@ def choose_params(precision: float, value_bound: float, max_terms: int, *,
     if bounds is None:
         raise HeError("params", f"security must be one of {sorted(MAX_LOG_Q)} bits, "
                                 f"got {security}")
-    candidates = [poly_degree] if poly_degree is not None else (
-        [DEFAULT_POLY_DEGREE, *sorted(bounds)])
+    if poly_degree is not None:
+        candidates = [poly_degree]
+    elif size is not None and size > 0:
+        rings = [n for n in sorted(bounds) if n >= 2048]
+        candidates = sorted(rings, key=lambda n: (math.ceil(size / n) * n, -n))
+    else:
+        candidates = [DEFAULT_POLY_DEGREE, *sorted(bounds)]
     last: HeError | None = None
     for n in candidates:
         if n not in bounds:

@@ -23,6 +23,7 @@ from tsfl.config import JobSpec
 from tsfl.core.fold import EstimatorFold, RoundFold
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
+from tsfl.he import HeError, HeJob, SealedSum, SealedVector
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.robust.build import coordinate_estimator
@@ -45,6 +46,7 @@ class _Round:
     unclipped: set[str] = field(default_factory=set)  # norm was within the clip bound
     closing: set[str] | None = None
     held: dict[tuple[str, int], Record] = field(default_factory=dict)  # to commit at close
+    sealed: SealedSum | None = None  # HE jobs: the encrypted coordinates' running sum
 
     def settled(self, client: str) -> bool:
         return client in self.folded or client in self.rejected
@@ -58,6 +60,7 @@ class _JobState:
     version: int  # of the model the open round trains on
     closed: int  # the last round this aggregator (or its predecessor) published
     round: _Round | None = None
+    he: HeJob | None = None
 
     @property
     def uniform_weights(self) -> bool:
@@ -68,13 +71,18 @@ class _JobState:
 
 class Aggregator(BusRole):
     name = "aggregator"
+    #: the update topics this role folds (the he role folds the encrypted ones)
+    update_topics: tuple[str, ...] = (topics.UPDATES_CLIPPED, topics.VERDICTS)
+    #: HE jobs go to the he role, every other job here
+    serves_he = False
 
-    def __init__(self, bus: Bus, store: Store, *, group_id: str = "aggregator",
+    def __init__(self, bus: Bus, store: Store, *, group_id: str | None = None,
                  max_update_bytes: int = 2 * 1024**3):
-        super().__init__(bus, store, [topics.ROUNDS, topics.UPDATES_CLIPPED, topics.VERDICTS],
-                         group_id)
+        super().__init__(bus, store, [topics.ROUNDS, *self.update_topics],
+                         group_id or self.name)
         self.max_update_bytes = max_update_bytes
         self.jobs: dict[str, _JobState] = {}
+        self._elsewhere: set[str] = set()  # jobs another role aggregates
 
     async def handle(self, record: Record) -> None:
         if record.topic == topics.ROUNDS:
@@ -90,8 +98,9 @@ class Aggregator(BusRole):
         job_id, kind = event["job"], event["type"]
         if kind == events.JOB_FINISHED:
             self.jobs.pop(job_id, None)
+            self._elsewhere.discard(job_id)
         elif kind == events.JOB_STARTED:
-            await self._load_job(job_id)
+            await self._job(job_id)
         elif kind == events.CLOSING:
             state = await self._job(job_id)
             if state is not None and event["round"] > state.closed:
@@ -113,12 +122,18 @@ class Aggregator(BusRole):
             await self.consumer.commit(record)
 
     async def _job(self, job_id: str) -> _JobState | None:
+        """The job's state, or None for an unknown job or one another role aggregates."""
+        if job_id in self._elsewhere:
+            return None
         state = self.jobs.get(job_id)
         if state is None:
             try:
                 state = await self._load_job(job_id)
-            except LookupError as exc:
-                self.log.warning("%s", exc)
+            except (LookupError, HeError) as exc:
+                if job_id in self._elsewhere:
+                    self.log.debug("%s", exc)
+                else:
+                    self.log.warning("%s", exc)
                 return None
         return state
 
@@ -131,11 +146,16 @@ class Aggregator(BusRole):
         meta = await self.store.latest_checkpoint_meta(job_id)
         if meta is None:
             raise LookupError(f"job {job_id!r} has no initial checkpoint")
+        if (spec.crypto.mode == "he") != self.serves_he:
+            self._elsewhere.add(job_id)
+            raise LookupError(f"job {job_id!r} is aggregated by the "
+                              f"{'he' if spec.crypto.mode == 'he' else 'aggregator'} role")
         rounds = await self.store.list_rounds(job_id)
         # A round past CLOSING has been aggregated: its CLOSING must not fold again.
         closed = max([r["number"] for r in rounds
                       if r["state"] in ("AGGREGATED", "PUBLISHED", "FAILED")] + [meta[1]])
-        state = _JobState(job_id, spec, layout, meta[0], closed)
+        state = _JobState(job_id, spec, layout, meta[0], closed,
+                          he=HeJob.from_spec(spec, layout))
         self.jobs[job_id] = state
         return state
 
@@ -151,6 +171,8 @@ class Aggregator(BusRole):
             if meta is not None:
                 state.version = meta[0]
             state.round = _Round(number, self._new_fold(state))
+            if state.he is not None:
+                state.round.sealed = SealedSum(state.he.public, int(state.he.selected.size))
         return state.round
 
     @staticmethod
@@ -200,7 +222,8 @@ class Aggregator(BusRole):
             # Kafka's record CRC32C), and RoundFold checks finiteness at close, so decoding
             # reads nothing but the header.
             update = decode_update(record.value, state.layout, max_bytes=self.max_update_bytes,
-                                   verify_checksum=False, allow_nonfinite=True)
+                                   verify_checksum=False, allow_nonfinite=True,
+                                   he_clear=state.he.clear if state.he else None)
             if update.model_version != state.version:
                 raise WireError("stale", f"trained on model v{update.model_version}, "
                                          f"the round is on v{state.version}")
@@ -209,6 +232,8 @@ class Aggregator(BusRole):
             await self._maybe_finalize(state)
             return
         rnd.updates[client] = update
+        if state.he is not None:  # no update is readable here, so there is no verdict
+            rnd.verdicts.setdefault(client, (1.0, "", 1.0))
         await self._try_fold(state, rnd, client)
 
     async def _try_fold(self, state: _JobState, rnd: _Round, client: str) -> None:
@@ -218,6 +243,8 @@ class Aggregator(BusRole):
         weight, reason, scale = rnd.verdicts[client]
         if weight <= 0.0:
             await self._reject(state, rnd, client, f"byzantine: {reason}")
+        elif not self._fold_sealed(state, rnd, update):
+            await self._reject(state, rnd, client, "he: unreadable encrypted section")
         else:
             delta = update.delta if scale == 1.0 else update.delta * np.float32(scale)
             rnd.fold.add(client, delta,
@@ -231,6 +258,21 @@ class Aggregator(BusRole):
             if "record_epsilon" in update.metrics:
                 rnd.record_eps[client] = float(update.metrics["record_epsilon"])
         await self._maybe_finalize(state)
+
+    def _fold_sealed(self, state: _JobState, rnd: _Round, update: Update) -> bool:
+        """Add an HE update's encrypted section to the round's sum (True when there is
+        none to add); the coordinator checked it at the edge, so False is a corruption."""
+        if state.he is None:
+            return True
+        assert rnd.sealed is not None and update.sealed is not None
+        try:
+            rnd.sealed.add(SealedVector.from_bytes(update.sealed, state.he.public,
+                                                   int(state.he.selected.size), max_terms=1))
+        except HeError as exc:
+            self.log.warning("%s round %d: %s's encrypted section: %s", state.job_id,
+                             rnd.number, update.client_id, exc)
+            return False
+        return True
 
     async def _reject(self, state: _JobState, rnd: _Round, client: str, reason: str) -> None:
         rnd.rejected[client] = reason
@@ -261,7 +303,9 @@ class Aggregator(BusRole):
                 weighting="uniform" if state.uniform_weights else "examples",
                 unclipped=sum(1 for c in accepted if c in rnd.unclipped),
                 record_epsilon=max((rnd.record_eps[c] for c in accepted
-                                    if c in rnd.record_eps), default=None))
+                                    if c in rnd.record_eps), default=None),
+                sealed=(rnd.sealed.result().to_bytes(state.he.public.prime)
+                        if state.he is not None and rnd.sealed is not None else None))
         else:
             msg = events.aggregate_message(
                 state.job_id, rnd.number, state.version, layout=state.layout.digest, ok=False,

@@ -23,6 +23,7 @@ from tsfl.bus.base import Bus, Record
 from tsfl.compress import CodecChain, CodecError
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
+from tsfl.he import HeError, HeJob, SealedVector
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.selection import client_seed
@@ -62,6 +63,8 @@ class RoundResult:
     record_epsilon: float | None = None  # the largest client's record-level ε (DP-SGD)
     codecs: dict[str, dict[str, int]] = field(default_factory=dict)  # chain → updates, bytes
     slowest_upload_s: float | None = None  # the slowest timed upload (the round's straggler)
+    sealed_bytes: int = 0  # HE: encrypted bytes received (all accepted uploads)
+    sealed_values: int = 0  # HE: how many float values they encrypt
 
 
 @dataclass
@@ -76,6 +79,8 @@ class _ActiveRound:
     codec_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     codec_plan: dict[str, dict[str, Any]] = field(default_factory=dict)  # adaptive, per device
     slowest_upload_s: float | None = None
+    sealed_bytes: int = 0  # HE: encrypted sections received
+    sealed_values: int = 0  # HE: the values they encrypt
     selected: asyncio.Future[list[str]] | None = None
     done: asyncio.Future[RoundResult] | None = None
     deadline: asyncio.TimerHandle | None = None
@@ -95,11 +100,15 @@ class _Job:
     uplink: dict[str, Any] | None = None  # compression settings sent with each task
     history: dict[int, np.ndarray] = field(default_factory=dict)  # version → model (deltas)
     delta_cache: dict[int, bytes] = field(default_factory=dict)  # base → delta to current
+    he: HeJob | None = None  # HE jobs: public key set and the encrypted coordinates
 
 
 def ingest_topic(spec: JobSpec) -> str:
-    """Where an accepted update goes: the privacy stage when the server clips (central DP),
-    otherwise straight to the byzantine stage and the aggregator (one broker hop fewer)."""
+    """Where an accepted update goes: the he service for HE jobs; the privacy stage when
+    the server clips (central DP); otherwise straight to the byzantine stage and the
+    aggregator (one broker hop fewer)."""
+    if spec.crypto.mode == "he":
+        return topics.UPDATES_ENCRYPTED
     return topics.UPDATES_RAW if spec.privacy.mode == "central" else topics.UPDATES_CLIPPED
 
 
@@ -182,6 +191,10 @@ class Coordinator(BusRole):
         """Persist the job and its initial model (version 0), then announce it."""
         if layout.total_size != initial.shape[0]:
             raise ValueError("initial model does not match its layout")
+        try:
+            HeJob.from_spec(spec, layout)
+        except HeError as exc:
+            raise ValueError(f"crypto.he: {exc}") from None
         await self.store.create_job(
             job_id, spec.name, spec.model_dump(mode="json"), spec.sha256(), layout.to_json(),
             token_hash(enrollment_token) if enrollment_token else None)
@@ -195,7 +208,7 @@ class Coordinator(BusRole):
         strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
         job = _Job(job_id, spec, layout, version, model_bytes, strategy.client_config,
                    last_round=last_round, local_dp=local_dp_config(spec, layout.total_size),
-                   uplink=uplink_config(spec))
+                   uplink=uplink_config(spec), he=HeJob.from_spec(spec, layout))
         self.jobs[job_id] = job
         return job
 
@@ -218,7 +231,8 @@ class Coordinator(BusRole):
         rounds = await self.store.list_rounds(job_id)
         last = rounds[-1] if rounds else None
         job = self._track(job_id, spec, layout, ckpt["version"],
-                          encode_model(job_id, ckpt["version"], ckpt["vector"], layout),
+                          encode_model(job_id, ckpt["version"], ckpt["vector"], layout,
+                                       sealed=ckpt.get("sealed")),
                           last_round=last["number"] if last else 0)
         if last is None or last["state"] in ("PUBLISHED", "FAILED", "AGGREGATED"):
             return
@@ -261,7 +275,8 @@ class Coordinator(BusRole):
             key=job_id.encode())
 
     def model_vector(self, job_id: str) -> np.ndarray:
-        """The current global model (a view of the published bytes)."""
+        """The current global model (a view of the published bytes); for an HE job the
+        server's view, with zeros where the coordinates exist only encrypted."""
         job = self.jobs[job_id]
         return decode_model(job.model_bytes, job.layout)[2]
 
@@ -412,6 +427,8 @@ class Coordinator(BusRole):
                                              **active.codec_plan.get(client_id, {})}
                 if job.spec.compression.downlink == "delta":
                     config["downlink"] = "delta"
+                if job.he is not None:
+                    config["he"] = job.he.task_config()
                 return RoundTask(job.job_id, active.number, job.version, config)
         return None
 
@@ -466,9 +483,17 @@ class Coordinator(BusRole):
             return await self._refuse(None, None, client_id, "unknown_job",
                                       f"no running job {meta['job_id']!r}")
         try:  # all of it (checksum, layout, sizes, values): the device hears what is wrong
-            decode_update(data, job.layout, max_bytes=self.max_update_bytes)
+            update = decode_update(data, job.layout, max_bytes=self.max_update_bytes,
+                                   he_clear=job.he.clear if job.he else None)
+            if job.he is not None:  # key, sizes, and every coefficient below q
+                assert update.sealed is not None
+                SealedVector.from_bytes(update.sealed, job.he.public,
+                                        int(job.he.selected.size), max_terms=1)
         except WireError as exc:
             return await self._refuse(job, job.round, client_id, exc.code, str(exc))
+        except HeError as exc:
+            return await self._refuse(job, job.round, client_id,
+                                      "he_key" if exc.code == "key" else "sealed", str(exc))
         active = job.round
         if meta["client_id"] != client_id:
             return await self._refuse(job, active, client_id, "identity",
@@ -506,6 +531,9 @@ class Coordinator(BusRole):
                                               {"updates": 0, "bytes": 0})
         stats["updates"] += 1
         stats["bytes"] += len(data)
+        if update.sealed is not None:
+            active.sealed_bytes += len(update.sealed)
+            active.sealed_values += int(job.he.selected.size) if job.he else 0
         if len(active.uploaded) >= self._quorum(job, active):
             await self._close(job, active)
         return UploadReceipt(True)
@@ -573,4 +601,5 @@ class Coordinator(BusRole):
             int(extra.get("num_examples") or 0), extra.get("train_loss"), active.bytes_up,
             active.bytes_down, epsilon=extra.get("epsilon"),
             record_epsilon=extra.get("record_epsilon"), codecs=dict(active.codec_stats),
-            slowest_upload_s=active.slowest_upload_s))
+            slowest_upload_s=active.slowest_upload_s, sealed_bytes=active.sealed_bytes,
+            sealed_values=active.sealed_values))

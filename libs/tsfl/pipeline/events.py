@@ -44,7 +44,7 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
                       train_loss: float | None, mean: np.ndarray | None = None,
                       weight_total: float = 0.0, weighting: str = "examples",
                       unclipped: int | None = None, reason: str | None = None,
-                      record_epsilon: float | None = None) -> bytes:
+                      record_epsilon: float | None = None, sealed: bytes | None = None) -> bytes:
     """The aggregator's result: a frame whose payload is the round's weighted mean delta
     (float32) over the model of ``version``; a failed round has an empty payload.
 
@@ -53,15 +53,21 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
     n_k weights) or ``uniform`` (DP: one vote per client, so one client's influence is
     bounded by the clip norm); ``unclipped`` counts accepted updates whose norm was
     within the clip bound (adaptive clipping); ``record_epsilon`` is the largest
-    record-level ε (DP-SGD) that an accepted client reported.
+    record-level ε (DP-SGD) that an accepted client reported. An HE job's aggregate
+    carries the encrypted coordinates' sum (``sealed``) after the mean; its length is
+    ``he.sb`` in the header.
     """
-    payload = encode_f32(mean) if mean is not None else b""
-    return pack_frame(AGGREGATE, {
+    payload: bytes | memoryview = encode_f32(mean) if mean is not None else b""
+    head: dict[str, Any] = {
         "job": job_id, "round": round_number, "version": version, "layout": layout, "ok": ok,
         "accepted": accepted, "rejected": rejected, "num_examples": num_examples,
         "train_loss": train_loss, "reason": reason, "weight_total": float(weight_total),
         "weighting": weighting, "unclipped": unclipped, "record_epsilon": record_epsilon,
-    }, payload)
+    }
+    if sealed:
+        head["he"] = {"sb": len(sealed)}
+        payload = b"".join((payload, sealed))
+    return pack_frame(AGGREGATE, head, payload)
 
 
 def parse_aggregate(data: bytes) -> tuple[dict[str, Any], memoryview]:
@@ -70,6 +76,14 @@ def parse_aggregate(data: bytes) -> tuple[dict[str, Any], memoryview]:
                        ("ok", bool), ("accepted", list), ("rejected", dict)):
         require(head, field, typ)
     return head, payload
+
+
+def aggregate_parts(head: dict[str, Any], payload: memoryview
+                    ) -> tuple[memoryview, memoryview | None]:
+    """(mean, encrypted sum or None) of a parsed aggregate's payload."""
+    from tsfl.wire.messages import split_sealed
+
+    return split_sealed(head, payload)
 
 
 def cohort_message(job_id: str, round_number: int, cohort: list[str],

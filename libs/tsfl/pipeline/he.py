@@ -1,24 +1,23 @@
-"""The HE role: ``tsfl.updates.encrypted`` → ``tsfl.aggregates`` (still encrypted).
+"""The he role: ``tsfl.rounds`` + ``tsfl.updates.encrypted`` → ``tsfl.aggregates``
+(the encrypted coordinates' sum still encrypted).
 
-Its topic and lifecycle are wired; until CKKS aggregation lands no job can choose an
-encrypted mode, so a record arriving here is refused (logged and committed).
+The aggregator's stage code, for HE jobs: the same streaming fold over the clear
+coordinates (selective encryption), and beside it :class:`tsfl.he.SealedSum`, which adds
+the encrypted sections as they arrive. It holds the job's public key set only (CKKS
+parameters and the data prime): nothing on this side can decrypt. No update is readable
+here, so there is no Byzantine verdict to wait for (such jobs are refused at submission).
 """
 
 from __future__ import annotations
 
 from tsfl.bus import topics
-from tsfl.bus.base import Bus, Record
-from tsfl.pipeline.role import BusRole
-from tsfl.storage.store import Store
+from tsfl.pipeline.aggregator import Aggregator
 
 
-class HomomorphicAggregator(BusRole):
+class HomomorphicAggregator(Aggregator):
     name = "he"
+    update_topics = (topics.UPDATES_ENCRYPTED,)
+    serves_he = True
 
-    def __init__(self, bus: Bus, store: Store, *, group_id: str = "he"):
-        super().__init__(bus, store, [topics.UPDATES_ENCRYPTED], group_id)
 
-    async def handle(self, record: Record) -> None:
-        self.log.warning("refusing an encrypted update at %s@%d: no job uses HE",
-                         record.topic, record.offset)
-        await self.consumer.commit(record)
+__all__ = ["HomomorphicAggregator"]

@@ -28,6 +28,7 @@ from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
+from tsfl.he import HeJob
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.privacy.accounting import Epsilons, PrivacyAccountant
@@ -60,6 +61,8 @@ class _Release:
     participation: collections.Counter[str] = field(default_factory=collections.Counter)
     exhausted: str | None = None  # the withheld round's reason, once the budget is spent
     prefetch: asyncio.Future[None] | None = None
+    he: HeJob | None = None  # HE jobs: which coordinates only exist encrypted
+    sealed: bytes | None = None  # HE jobs: the released model's encrypted sum
 
     @property
     def clip_norm(self) -> float | None:
@@ -111,7 +114,8 @@ class Privacy(BusRole):
         strategy.load_state(ckpt["strategy_state"])
         plan = build_plan(spec, layout.total_size)
         state = _Release(job_id, spec, layout, strategy, ckpt["version"], ckpt["vector"],
-                         ckpt["round"], plan, None, None)
+                         ckpt["round"], plan, None, None, he=HeJob.from_spec(spec, layout),
+                         sealed=ckpt.get("sealed"))
         if plan is None:
             return state
         # Resume the accounting from the ledger (what was charged is what was released).
@@ -178,7 +182,12 @@ class Privacy(BusRole):
                              "ignoring it", number, state.job_id, head["version"],
                              state.version)
             return
-        mean = np.frombuffer(payload, dtype="<f4").copy()
+        mean_bytes, sealed = events.aggregate_parts(head, payload)
+        if (sealed is None) != (state.he is None):
+            self.log.warning("aggregate of round %d of %s %s an encrypted sum; ignoring it",
+                             number, state.job_id, "lacks" if sealed is None else "has")
+            return
+        mean = np.frombuffer(mean_bytes, dtype="<f4").copy()
         if mean.shape[0] != state.layout.total_size:
             self.log.warning("aggregate of round %d of %s has %d values, the layout %d",
                              number, state.job_id, mean.shape[0], state.layout.total_size)
@@ -215,11 +224,15 @@ class Privacy(BusRole):
                 "mechanism": plan.mechanism, "noise_multiplier": plan.noise_multiplier,
                 "clip_norm": clip_norm}))
         new_vector = state.strategy.aggregate_fit(state.vector, mean)
+        sealed_bytes = bytes(sealed) if sealed is not None else None
+        if state.he is not None:  # those coordinates exist only in the encrypted sum
+            new_vector[state.he.selected] = 0.0
         version = state.version + 1
         await self.store.release_model(state.job_id, version, number, state.layout.digest,
                                        new_vector, state.strategy.state(), ledger=ledger,
-                                       audits=audits)
+                                       audits=audits, sealed=sealed_bytes)
         state.vector, state.version, state.released = new_vector, version, number
+        state.sealed = sealed_bytes
         if plan is not None:
             state.epsilon = epsilon
             if plan.mode == "central":
@@ -287,18 +300,24 @@ class Privacy(BusRole):
     async def _publish(self, state: _Release, head: dict[str, Any], number: int,
                        epsilon: float | None) -> None:
         msg = release_model(state.job_id, state.version, state.layout.digest, state.vector,
-                            head, number, epsilon)
+                            head, number, epsilon, state.sealed)
         await self.bus.publish(topics.MODELS, msg, key=state.job_id.encode())
 
 
 def release_model(job_id: str, version: int, layout_digest: str, vector: np.ndarray,
-                  head: dict[str, Any], number: int, epsilon: float | None) -> bytes:
+                  head: dict[str, Any], number: int, epsilon: float | None,
+                  sealed: bytes | None = None) -> bytes:
     """The ``tsfl.models`` frame: the released model plus the round's outcome (``head``
-    is the aggregate's)."""
-    return pack_frame("model", {
+    is the aggregate's); an HE job's encrypted sum follows the vector."""
+    header: dict[str, Any] = {
         "job": job_id, "version": version, "layout": layout_digest, "codecs": ["f32"],
         "extra": {"round": number, "accepted": head["accepted"],
                   "rejected": head["rejected"], "num_examples": head["num_examples"],
                   "train_loss": head["train_loss"], "epsilon": epsilon,
                   "record_epsilon": head.get("record_epsilon")},
-    }, encode_f32(vector))
+    }
+    payload: bytes | memoryview = encode_f32(vector)
+    if sealed:
+        header["he"] = {"sb": len(sealed)}
+        payload = b"".join((payload, sealed))
+    return pack_frame("model", header, payload)

@@ -22,6 +22,9 @@ UPLOAD_STATUS: dict[str, grpc.StatusCode] = {
     "stale_model": grpc.StatusCode.FAILED_PRECONDITION,
     "round_closed": grpc.StatusCode.FAILED_PRECONDITION,
     "duplicate": grpc.StatusCode.ALREADY_EXISTS,
+    "he": grpc.StatusCode.INVALID_ARGUMENT,  # clear update for an HE job, or the reverse
+    "sealed": grpc.StatusCode.INVALID_ARGUMENT,  # a malformed encrypted section
+    "he_key": grpc.StatusCode.FAILED_PRECONDITION,  # encrypted under another job's key
 }
 
 

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 
 from tsfl.config import JobSpec
+from tsfl.core.layout import ParamLayout
+from tsfl.he import HeError, HeJob, SecretKeySet
+from tsfl.he.job import he_params
 from tsfl.pipeline.coordinator import RoundResult
 from tsfl.pipeline.driver import drive_rounds
 from tsfl.pipeline.roles import LocalPipeline
@@ -27,6 +30,7 @@ from tsfl.robust.attacks import add_trigger
 from tsfl.runtime.report import robustness_summary
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport, SimulatedLinks
+from tsfl.sdk.he import HeDevice
 from tsfl.sdk.runner import ClientRunner
 from tsfl.sdk.training import evaluate
 from tsfl.storage.store import Store
@@ -46,6 +50,7 @@ class RunResult:
     spec: JobSpec  # as submitted (a calibrated noise multiplier filled in)
     ledger: list[dict[str, Any]]  # privacy ledger rows (DP jobs)
     robustness: dict[str, Any] | None = None  # summary.json's robustness block
+    crypto: dict[str, Any] | None = None  # summary.json's crypto block (HE jobs)
 
 
 def _evaluate(fed: Federation, vector: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -53,15 +58,47 @@ def _evaluate(fed: Federation, vector: np.ndarray, batch_size: int) -> tuple[flo
     return evaluate(fed.evaluator.module, fed.x_test, fed.y_test, batch_size)
 
 
+def he_key_set(spec: JobSpec, layout: ParamLayout, out_dir: Path,
+               given: SecretKeySet | None) -> tuple[JobSpec, SecretKeySet | None]:
+    """The job's HE key set: ``given``, or a fresh one (a new key per job), written to
+    ``out_dir/keys`` — the devices' side of the run; the spec gets its key id."""
+    if spec.crypto.mode != "he":
+        return spec, None
+    h = spec.crypto.he
+    keys = given
+    if keys is None:
+        if h.key_id:
+            raise HeError("key", f"crypto.he.key_id {h.key_id!r} is set: pass its key set "
+                                 "(tsfl run --he-keys DIR), or drop key_id for a fresh one")
+        keys = SecretKeySet(he_params(spec, layout))
+        keys.write(out_dir / "keys")
+    elif h.key_id not in (None, keys.key_id):
+        raise HeError("key", f"crypto.he.key_id is {h.key_id!r}, the key set given is "
+                             f"{keys.key_id!r}")
+    elif keys.params != he_params(spec, layout):
+        raise HeError("key", "the key set given was made for other CKKS parameters than "
+                             "this job's (tsfl keys init with this job spec)")
+    he = h.model_copy(update={"key_id": keys.key_id})
+    return spec.model_copy(update={"crypto": spec.crypto.model_copy(update={"he": he})}), keys
+
+
 async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback | None = None,
                        federation: Federation | None = None,
-                       database_url: str | None = None) -> RunResult:
+                       database_url: str | None = None,
+                       he_keys: SecretKeySet | None = None) -> RunResult:
     """Run ``spec`` to completion in this process; return per-round metrics."""
     started = time.perf_counter()
     fed = federation or build_federation(spec)
     layout = fed.workspace.layout
     spec = resolve_privacy(spec, layout.total_size)  # ConfigError for a budget it cannot meet
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Deterministic id (before a fresh HE key's id enters the spec): with it the bus's
+    # partitioning, hence the order updates are folded in (float summation order), is the
+    # same on every run of the same spec.
+    job_id = f"{spec.name}-{spec.sha256()[:10]}"
+    spec, keys = he_key_set(spec, layout, out_dir, he_keys)
+    he_job = HeJob.from_spec(spec, layout)
+    he_device = HeDevice([keys] if keys is not None else [])
     db_path = out_dir / "tsfl.db"
     if database_url is None:
         for suffix in ("", "-wal", "-shm"):
@@ -70,9 +107,6 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
     store = await Store.open(database_url, exclusive=database_url.startswith("sqlite"))
     pipeline = await LocalPipeline.in_memory(store)
     coordinator = pipeline.coordinator
-    # Deterministic id: with it the bus's partitioning, hence the order updates are folded
-    # in (float summation order), is the same on every run of the same spec.
-    job_id = f"{spec.name}-{spec.sha256()[:10]}"
     metrics: list[dict[str, Any]] = []
     try:
         await coordinator.submit_job(job_id, spec, layout, fed.initial)
@@ -81,7 +115,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         links = (SimulatedLinks(spec.simulation.network, spec.seed)
                  if spec.simulation.network is not None else None)
         transport = InProcessTransport(coordinator, links)
-        runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout)
+        runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout, he=he_device)
                    for cid in fed.client_ids}
         clock = {"t0": time.perf_counter()}
         round_metrics: dict[int, dict[str, Any]] = {}  # written once, with the outputs
@@ -110,7 +144,14 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 "epsilon": result.epsilon,
                 "record_epsilon": result.record_epsilon,
             }
+            if he_job is not None:
+                record["sealed_bytes"] = result.sealed_bytes
+                record["sealed_values"] = result.sealed_values
             vector = coordinator.model_vector(job_id)
+            if he_job is not None and keys is not None:
+                # evaluation is the key holder's (a device's) view: it decrypts the model
+                vector = he_device.open_model(coordinator.jobs[job_id].model_bytes, vector,
+                                              keys, he_job)
             final["vector"] = vector.copy()
             if number % spec.evaluation.every == 0 or number == spec.rounds:
                 loss, acc = _evaluate(fed, vector, spec.evaluation.batch_size)
@@ -141,8 +182,28 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         await pipeline.stop()
         await store.close()
         await asyncio.sleep(0)
+    crypto = crypto_summary(spec, metrics, he_job) if he_job is not None else None
     return RunResult(job_id, metrics, final_vector, status, reason,
-                     time.perf_counter() - started, db_path, spec, ledger, robustness)
+                     time.perf_counter() - started, db_path, spec, ledger, robustness, crypto)
+
+
+def crypto_summary(spec: JobSpec, metrics: list[dict[str, Any]], he: HeJob
+                   ) -> dict[str, Any]:
+    """summary.json's ``crypto``: the parameters, and the encrypted bytes against the
+    float32 bytes of the values they carry (``expansion``)."""
+    sealed = sum(m.get("sealed_bytes", 0) for m in metrics)
+    values = sum(m.get("sealed_values", 0) for m in metrics)
+    p = he.public.params
+    return {"mode": "he", "key_id": he.key_id,
+            "parameters": {"scheme": "CKKS", "poly_degree": p.poly_degree,
+                           "coeff_modulus_bits": [p.prime_bits], "scale_bits": p.scale_bits,
+                           "security_bits": p.security, "precision": p.precision,
+                           "value_bound": p.value_bound, "max_terms": p.max_terms},
+            "encrypted_coordinates": int(he.selected.size),
+            "clear_coordinates": int(he.clear.size),
+            "bytes_up": sum(m["bytes_up"] for m in metrics),
+            "encrypted_bytes_up": sealed,
+            "expansion": sealed / (4 * values) if values else None}
 
 
 def backdoor_success_rate(fed: Federation, vector: np.ndarray) -> float:

@@ -95,7 +95,8 @@ def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]],
 def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, job_id: str,
               status: str, reason: str | None,
               ledger: list[dict[str, Any]] | None = None,
-              robustness: dict[str, Any] | None = None) -> dict[str, Any]:
+              robustness: dict[str, Any] | None = None,
+              crypto: dict[str, Any] | None = None) -> dict[str, Any]:
     accs = [m["test_accuracy"] for m in metrics if m["test_accuracy"] is not None]
     final = next((m["test_accuracy"] for m in reversed(metrics)
                   if m["test_accuracy"] is not None), None)
@@ -117,6 +118,7 @@ def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, jo
         "privacy": privacy_summary(spec, ledger or [], metrics),
         "robustness": robustness,
         "compression": compression_summary(spec, metrics),
+        "crypto": crypto or {"mode": spec.crypto.mode},
     }
 
 

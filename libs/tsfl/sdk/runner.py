@@ -17,6 +17,7 @@ from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
 from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.compression import UplinkConfig, UplinkEncoder
+from tsfl.sdk.he import HeDevice
 from tsfl.sdk.local_dp import apply_local_dp
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_model, encode_update
@@ -63,8 +64,9 @@ class ClientRunner:
     """Runs one client's participation in rounds over a transport."""
 
     def __init__(self, client_id: str, client: NumPyClient, transport: Transport,
-                 layout: ParamLayout, *, offload: bool = False):
+                 layout: ParamLayout, *, offload: bool = False, he: HeDevice | None = None):
         self.client_id = client_id
+        self.he = he or HeDevice()  # secret key sets of HE jobs
         self.client = client
         self.transport = transport
         self.layout = layout
@@ -95,6 +97,9 @@ class ClientRunner:
             model_bytes = await self.transport.download_model(
                 task.job_id, task.model_version, None, self.client_id)
             _, _, global_vec, _ = decode_model(model_bytes, self.layout)
+        he = self.he.job(task.config["he"], self.layout) if "he" in task.config else None
+        if he is not None:
+            global_vec = self.he.open_model(model_bytes, global_vec, *he)
         if delta_ok:
             self.held = (task.model_version, np.array(global_vec, copy=True))
         if self.offload:
@@ -104,15 +109,23 @@ class ClientRunner:
         delta = np.subtract(new_vec, global_vec, dtype=np.float32)
         if "local_dp" in task.config:  # clip and noise before anything leaves the device
             delta = apply_local_dp(delta, task.config["local_dp"], task.config.get("seed"))
+        sealed, base = None, global_vec
+        if he is not None:  # the hidden coordinates leave encrypted; the rest as usual
+            if self.offload:
+                delta, sealed = await asyncio.to_thread(self.he.seal_update, *he, global_vec,
+                                                        delta, int(n))
+            else:
+                delta, sealed = self.he.seal_update(*he, global_vec, delta, int(n))
+            base = global_vec[he[1].clear]
         encoded = None
         if "compression" in task.config:
-            encoded = self.uplink.encode(delta, global_vec,
+            encoded = self.uplink.encode(delta, base,
                                          UplinkConfig.from_task(task.config["compression"]),
                                          task.config.get("seed"))
         update = Update(job_id=task.job_id, round=task.round, client_id=self.client_id,
                         model_version=task.model_version, num_examples=int(n), delta=delta,
                         metrics=metrics, codecs=("f32",))
-        data = encode_update(update, self.layout, encoded)
+        data = encode_update(update, self.layout, encoded, sealed)
         receipt = await self.transport.upload(self.client_id, data)
         return RoundOutcome(task, receipt, len(model_bytes), len(data), metrics)
 

@@ -288,12 +288,12 @@ def list_participants(conn: Connection, job_id: str, number: int | None
 # -- checkpoints -----------------------------------------------------------------------------
 def save_checkpoint(conn: Connection, job_id: str, version: int, number: int,
                     layout_digest: str, vector: np.ndarray,
-                    strategy_state: dict[str, Any] | None) -> None:
+                    strategy_state: dict[str, Any] | None, sealed: bytes | None = None) -> None:
     conn.execute(_CHECKPOINT_INSERT, {
         "job_id": job_id, "version": version, "round": number, "layout_digest": layout_digest,
         "vector": np.ascontiguousarray(vector, "<f4").tobytes(),
         "strategy_state": pack_state(strategy_state) if strategy_state else None,
-        "created_at": now()})
+        "created_at": now(), "sealed": sealed})
 
 
 def latest_checkpoint(conn: Connection, job_id: str) -> dict[str, Any] | None:
@@ -320,7 +320,8 @@ def latest_checkpoint_meta(conn: Connection, job_id: str) -> tuple[int, int] | N
 def release_model(conn: Connection, job_id: str, version: int, number: int,
                   layout_digest: str, vector: np.ndarray, strategy_state: dict[str, Any] | None,
                   ledger: dict[str, Any] | None,
-                  audits: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+                  audits: Sequence[tuple[str, str, dict[str, Any]]],
+                  sealed: bytes | None = None) -> None:
     """Charge the privacy ledger (if any), checkpoint the released model and audit both,
     in one transaction: a model is never stored as released without its charge."""
     if ledger is not None:
@@ -329,7 +330,8 @@ def release_model(conn: Connection, job_id: str, version: int, number: int,
         if exists is None:
             conn.execute(insert(privacy_ledger).values(job_id=job_id, round=number,
                                                        created_at=now(), **ledger))
-    save_checkpoint(conn, job_id, version, number, layout_digest, vector, strategy_state)
+    save_checkpoint(conn, job_id, version, number, layout_digest, vector, strategy_state,
+                    sealed)
     if audits:
         append_audits(conn, job_id, audits)
 

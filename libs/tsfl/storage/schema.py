@@ -76,6 +76,7 @@ checkpoints = Table(
     Column("vector", LargeBinary, nullable=False),
     Column("strategy_state", LargeBinary),
     Column("created_at", String(40), nullable=False),
+    Column("sealed", LargeBinary),  # HE: the encrypted coordinates' sum (0005)
     UniqueConstraint("job_id", "version", name="uq_checkpoints_job_version"),
 )
 

@@ -268,10 +268,12 @@ class Store:
     async def release_model(self, job_id: str, version: int, number: int, layout_digest: str,
                             vector: np.ndarray, strategy_state: dict[str, Any] | None, *,
                             ledger: dict[str, Any] | None = None,
-                            audits: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
-        """Ledger charge + checkpoint + audit events, atomically."""
+                            audits: Sequence[tuple[str, str, dict[str, Any]]] = (),
+                            sealed: bytes | None = None) -> None:
+        """Ledger charge + checkpoint (with an HE job's encrypted part) + audit events,
+        atomically."""
         await self._tx(q.release_model, job_id, version, number, layout_digest, vector,
-                       strategy_state, ledger, list(audits))
+                       strategy_state, ledger, list(audits), sealed)
 
     async def privacy_ledger(self, job_id: str) -> list[dict[str, Any]]:
         return await self._read(q.privacy_ledger_rows, job_id)

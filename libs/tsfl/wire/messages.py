@@ -29,9 +29,14 @@ from tsfl.wire.envelope import (
 MAX_EXAMPLES = 1 << 40
 
 
-def encode_update(update: Update, layout: ParamLayout, encoded: Encoded | None = None
-                  ) -> bytes:
-    """The update's frame: raw float32, or the payload ``encoded`` by a codec chain."""
+def encode_update(update: Update, layout: ParamLayout, encoded: Encoded | None = None,
+                  sealed: bytes | None = None) -> bytes:
+    """The update's frame: raw float32, or the payload ``encoded`` by a codec chain.
+
+    An HE job's update (``sealed``: the encrypted coordinates, :mod:`tsfl.he.sealed`)
+    carries only its clear coordinates in ``update.delta`` / ``encoded``, and the
+    encrypted section after them (its length in the header's ``he.sb``).
+    """
     header: dict[str, Any] = {
         "job": update.job_id,
         "round": update.round,
@@ -43,11 +48,31 @@ def encode_update(update: Update, layout: ParamLayout, encoded: Encoded | None =
         "codecs": ["f32"],
     }
     if encoded is None:
-        return pack_frame("update", header, encode_f32(update.delta))
-    header["codecs"] = list(encoded.chain.names)
-    if not encoded.chain.is_raw:
-        header["cp"] = encoded.params
-    return pack_frame("update", header, encoded.payload)
+        payload = encode_f32(update.delta)
+    else:
+        header["codecs"] = list(encoded.chain.names)
+        if not encoded.chain.is_raw:
+            header["cp"] = encoded.params
+        payload = encoded.payload
+    if sealed is not None:
+        header["he"] = {"sb": len(sealed)}
+        payload = b"".join((payload, sealed))
+    return pack_frame("update", header, payload)
+
+
+def split_sealed(head: dict[str, Any], payload: memoryview
+                  ) -> tuple[memoryview, memoryview | None]:
+    """(clear part, encrypted section or None) of a frame's payload."""
+    he = head.get("he")
+    if he is None:
+        return payload, None
+    if not isinstance(he, dict):
+        raise WireError("malformed", "field 'he' must be a map")
+    sb = he.get("sb")
+    if not isinstance(sb, int) or isinstance(sb, bool) or not 0 < sb <= len(payload):
+        raise WireError("malformed", f"he.sb must be 1..{len(payload)}, got {sb!r}")
+    cut = len(payload) - sb
+    return payload[:cut], payload[cut:]
 
 
 def _meta(head: dict[str, Any]) -> dict[str, Any]:
@@ -93,13 +118,23 @@ def all_finite(vec: np.ndarray) -> bool:
 
 def decode_update(data: bytes, layout: ParamLayout, *,
                   max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                  allow_nonfinite: bool = False, verify_checksum: bool = True) -> Update:
+                  allow_nonfinite: bool = False, verify_checksum: bool = True,
+                  he_clear: np.ndarray | None = None) -> Update:
     """Decode and check an update.
 
     ``verify_checksum=False`` is for stages behind the coordinator, which verified the
     checksum at the edge (the bus hop is covered by Kafka's own record CRC32C).
+    ``he_clear`` (an HE job's clear coordinates) says the update must carry an encrypted
+    section: its clear part is scattered into a full-size delta (zeros where encrypted)
+    and the section is returned unparsed in ``Update.sealed``. Without it, an update
+    with an encrypted section is refused, and so is one without it for an HE job.
     """
     head, payload = unpack_frame(data, "update", max_bytes, verify=verify_checksum)
+    payload, sealed = split_sealed(head, payload)
+    if (sealed is None) != (he_clear is None):
+        raise WireError("he", "this job encrypts its updates (crypto.mode he); the update is "
+                              "in the clear" if sealed is None else
+                              "an encrypted update for a job that does not use HE")
     meta = _meta(head)
     metrics = require(head, "metrics", dict)
     digest = require(head, "layout", str)
@@ -113,18 +148,38 @@ def decode_update(data: bytes, layout: ParamLayout, *,
         if not isinstance(key, str) or not numeric:
             raise WireError("malformed", f"metric {key!r} must map a name to a number")
         clean_metrics[key] = float(value)
-    delta = decode_payload(chain, head.get("cp"), payload, layout.total_size)
+    size = layout.total_size if he_clear is None else int(he_clear.size)
+    delta = decode_payload(chain, head.get("cp"), payload, size)
     if not allow_nonfinite and not all_finite(delta):
         raise WireError("nonfinite", "update contains NaN or Inf")
+    if he_clear is not None:
+        full = np.zeros(layout.total_size, dtype=np.float32)
+        full[he_clear] = delta
+        delta = full
     return Update(job_id=meta["job_id"], round=meta["round"], client_id=meta["client_id"],
                   model_version=meta["model_version"], num_examples=meta["num_examples"],
-                  delta=delta, metrics=clean_metrics, codecs=chain.names, wire_bytes=len(data))
+                  delta=delta, metrics=clean_metrics, codecs=chain.names, wire_bytes=len(data),
+                  sealed=sealed)
 
 
 def encode_model(job_id: str, version: int, vector: np.ndarray, layout: ParamLayout,
-                 extra: dict[str, Any] | None = None) -> bytes:
-    return pack_frame("model", {"job": job_id, "version": version, "layout": layout.digest,
-                                "codecs": ["f32"], "extra": extra or {}}, encode_f32(vector))
+                 extra: dict[str, Any] | None = None, sealed: bytes | None = None) -> bytes:
+    """A full model frame; an HE job's carries its encrypted coordinates' sum after the
+    vector (where the vector holds zeros), see :func:`model_sealed`."""
+    header: dict[str, Any] = {"job": job_id, "version": version, "layout": layout.digest,
+                              "codecs": ["f32"], "extra": extra or {}}
+    payload = encode_f32(vector)
+    if sealed:
+        header["he"] = {"sb": len(sealed)}
+        payload = b"".join((payload, sealed))
+    return pack_frame("model", header, payload)
+
+
+def model_sealed(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+                 ) -> memoryview | None:
+    """The encrypted section of a model frame (HE jobs after their first round)."""
+    head, payload = unpack_frame(data, "model", max_bytes, verify=False)
+    return split_sealed(head, payload)[1]
 
 
 def encode_model_delta(job_id: str, version: int, vector: np.ndarray, base_version: int,
@@ -154,6 +209,7 @@ def decode_model(data: bytes | memoryview, layout: ParamLayout,
                  ) -> tuple[str, int, np.ndarray, dict[str, Any]]:
     """A model frame: full float32, or a delta applied to ``base`` (the version it names)."""
     head, payload = unpack_frame(data, "model", max_bytes)
+    payload, _ = split_sealed(head, payload)
     job = require(head, "job", str)
     version = require(head, "version", int)
     if require(head, "layout", str) != layout.digest:
