@@ -357,3 +357,46 @@ def test_admin_cli_status_cancel_and_graceful_stop(services):
     for name in stack.SERVICE_ORDER:  # SIGTERM: each service said it stopped cleanly
         log = (directory / f"{name}.log").read_text()
         assert f'"msg": "{name} stopped"' in log, name
+
+
+HE_JOB = {**JOB, "name": "dist-he", "rounds": 3,
+          "crypto": {"mode": "he", "he": {"fraction": 0.5}}}
+
+
+def test_distributed_he_job_equals_the_embedded_run(services, database, tmp_path):
+    """CKKS through all six services: the he service sums ciphertexts it cannot read, the
+    store holds zeros + the encrypted sum, and the key holder's model is the embedded one."""
+    from tsfl.cli.distributed import run_fleet, with_he_key
+    from tsfl.he import HeJob, SealedVector, SecretKeySet, open_vector
+    from tsfl.he.job import he_params
+    from tsfl.runtime.simulation import initial_model
+
+    state, _ = services
+    spec = parse_job(HE_JOB)
+    layout, _ = initial_model(spec)
+    keys = SecretKeySet(he_params(spec, layout))
+    keys.write(tmp_path / "keys")
+    submitted = yaml.safe_load(with_he_key(yaml.safe_dump(HE_JOB), str(tmp_path / "keys")))
+    assert submitted["crypto"]["he"]["key_id"] == keys.key_id
+    job_id = _submit(state.grpc, submitted)
+    contributed = asyncio.run(asyncio.wait_for(run_fleet(
+        state.grpc, job_id, "enrol-me", parse_job(submitted), JOB["clients"]["count"],
+        [keys]), 300))
+    assert sum(contributed) == 3 * 10
+    assert _job(state.grpc, job_id).status == "COMPLETED"
+    final, rounds, parts = asyncio.run(_final_model(database, job_id))
+    _check_counted_once(rounds, parts, HE_JOB)
+
+    async def sealed() -> bytes:
+        store = await Store.open(database)
+        try:
+            return (await store.latest_checkpoint(job_id))["sealed"]
+        finally:
+            await store.close()
+
+    job = HeJob.from_spec(parse_job(submitted), layout)
+    assert job is not None and not final[job.selected].any()
+    total = SealedVector.from_bytes(asyncio.run(sealed()), job.public, int(job.selected.size))
+    final[job.selected] = open_vector(keys, total) / total.weight
+    embedded = _embedded_final(tmp_path, HE_JOB)
+    assert np.max(np.abs(final - embedded)) <= 1e-5

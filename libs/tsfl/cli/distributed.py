@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,25 @@ def cmd_devices(args: argparse.Namespace) -> int:
     import yaml
 
     spec = parse_job(yaml.safe_load(info.spec_yaml))
-    counts = asyncio.run(run_fleet(args.coordinator, args.job, args.token, spec, args.count))
+    he_keys = []
+    if args.he_keys:
+        from tsfl.he import HeError, read_secret
+
+        try:
+            he_keys.append(read_secret(args.he_keys))
+        except HeError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+    counts = asyncio.run(run_fleet(args.coordinator, args.job, args.token, spec, args.count,
+                                   he_keys))
     err.print(f"{len(counts)} devices done, {sum(counts)} updates contributed")
     return 0
 
 
-async def run_fleet(address: str, job_id: str, token: str, spec, count: int) -> list[int]:
-    """``count`` simulated devices (the embedded run's partitions) as real gRPC clients."""
+async def run_fleet(address: str, job_id: str, token: str, spec, count: int,
+                    he_keys: Sequence[Any] = ()) -> list[int]:
+    """``count`` simulated devices (the embedded run's partitions) as real gRPC clients;
+    ``he_keys``: the secret key set of an HE job, which every device of the fleet holds."""
     from tsfl.rpc.client import start_client
     from tsfl.runtime.simulation import build_federation
 
@@ -125,7 +138,8 @@ async def run_fleet(address: str, job_id: str, token: str, spec, count: int) -> 
     # (offload=False), like the embedded simulation.
     return list(await asyncio.gather(*(
         start_client(address, fed.clients[cid], job_id=job_id, device_id=cid, token=token,
-                     layout=fed.workspace.layout, offload=False) for cid in ids)))
+                     layout=fed.workspace.layout, offload=False, he_keys=he_keys)
+        for cid in ids)))
 
 
 # -- jobs ------------------------------------------------------------------------------------
@@ -140,6 +154,12 @@ def cmd_job(args: argparse.Namespace) -> int:
             except OSError as exc:
                 err.print(f"[bold red]error:[/] cannot read {args.target}: {exc.strerror}")
                 return 2
+            if args.he_keys:
+                try:
+                    text = with_he_key(text, args.he_keys)
+                except ValueError as exc:
+                    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+                    return 2
             info = admin.SubmitJob(admin_pb2.SubmitJobRequest(
                 spec_yaml=text, enrollment_token=args.token or ""), timeout=120)
             out.print(info.job_id, highlight=False)
@@ -176,6 +196,62 @@ def cmd_job(args: argparse.Namespace) -> int:
         return _rpc_error(exc)
     finally:
         channel.close()
+    return 0
+
+
+def with_he_key(spec_yaml: str, keys_dir: str) -> str:
+    """The spec with ``crypto.he.key_id`` set from a key set's public part (only the
+    public part is read: the secret never goes near the coordinator)."""
+    import yaml
+
+    from tsfl.he import HeError, read_public
+
+    try:
+        public = read_public(keys_dir)
+    except HeError as exc:
+        raise ValueError(str(exc)) from None
+    data = yaml.safe_load(spec_yaml)
+    if not isinstance(data, dict):
+        raise ValueError("the job spec is not a mapping")
+    crypto = data.setdefault("crypto", {})
+    if not isinstance(crypto, dict) or crypto.get("mode") != "he":
+        raise ValueError("--he-keys is for jobs with crypto.mode he")
+    he = crypto.setdefault("he", {})
+    if he.get("key_id") not in (None, public.key_id):
+        raise ValueError(f"the spec names key {he['key_id']!r}, {keys_dir} holds "
+                         f"{public.key_id!r}")
+    he["key_id"] = public.key_id
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``tsfl keys init JOB.yaml --out DIR``: the key authority's step for an HE job."""
+    from tsfl.config import ConfigError, load_job
+    from tsfl.he import HeError, SecretKeySet
+    from tsfl.he.job import he_params
+    from tsfl.runtime.simulation import initial_model
+
+    try:
+        spec = load_job(args.job)
+        if spec.crypto.mode != "he":
+            raise HeError("params", f"{args.job} does not use crypto.mode he")
+        layout, _ = initial_model(spec)
+        keys = SecretKeySet(he_params(spec, layout))
+    except (ConfigError, HeError, OSError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    out_dir = Path(args.out)
+    if (out_dir / "secret.key").exists() and not args.force:
+        err.print(f"[bold red]error:[/] {out_dir}/secret.key exists (a key set per job; "
+                  "--force replaces it)", highlight=False)
+        return 2
+    public, secret = keys.write(out_dir)
+    p = keys.params
+    out.print(keys.key_id, highlight=False)
+    err.print(f"CKKS N={p.poly_degree}, q {p.prime_bits} bits, scale 2^{p.scale_bits}, "
+              f"{p.security}-bit security. Public part (for the coordinator: tsfl job submit "
+              f"--he-keys {out_dir}): {public}. Secret key (devices only: tsfl devices "
+              f"--he-keys {out_dir}): {secret}", highlight=False)
     return 0
 
 
@@ -232,6 +308,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("--job", required=True)
     dev.add_argument("--token", required=True, help="the job's enrollment token")
     dev.add_argument("--count", type=int, required=True)
+    dev.add_argument("--he-keys", metavar="DIR",
+                     help="the HE job's key set (tsfl keys init): devices encrypt with it")
     dev.set_defaults(func=cmd_devices)
 
     job = sub.add_parser("job", help="submit, inspect, watch or cancel jobs")
@@ -239,7 +317,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     job.add_argument("target", help="JOB.yaml for submit, else the job id")
     job.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
     job.add_argument("--token", help="submit: the enrollment token devices will present")
+    job.add_argument("--he-keys", metavar="DIR", help="submit: the HE key set's public part "
+                     "(its key id goes into crypto.he.key_id)")
     job.set_defaults(func=cmd_job)
+
+    keys = sub.add_parser("keys", help="HE key sets: tsfl keys init JOB.yaml --out DIR")
+    keys.add_argument("action", choices=["init"])
+    keys.add_argument("job", help="the job spec (crypto.mode he) the keys are for")
+    keys.add_argument("--out", required=True, help="directory for public.json and secret.key")
+    keys.add_argument("--force", action="store_true", help="replace an existing key set")
+    keys.set_defaults(func=cmd_keys)
 
     audit = sub.add_parser("audit", help="print a job's audit trail and check its hash chain")
     audit.add_argument("job")

@@ -8,15 +8,17 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 import xxhash
 
 from tsfl.core.layout import ParamLayout
+from tsfl.he import SecretKeySet
 from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, grpc_options
 from tsfl.sdk.client import NumPyClient
+from tsfl.sdk.he import HeDevice
 from tsfl.sdk.runner import ClientRunner, RoundTask, UploadReceipt
 from tsfl.v1 import device_pb2, device_pb2_grpc
 
@@ -168,8 +170,11 @@ class JobFinished(Exception):
 async def start_client(address: str, client: NumPyClient, *, job_id: str, device_id: str,
                        token: str, layout: ParamLayout, tls: TLSConfig | None = None,
                        poll_s: float = 0.2, max_backoff_s: float = 10.0,
-                       stop: asyncio.Event | None = None, offload: bool = True) -> int:
+                       stop: asyncio.Event | None = None, offload: bool = True,
+                       he_keys: Sequence[SecretKeySet] = ()) -> int:
     """Take part in a job until it finishes; returns the number of rounds contributed.
+
+    ``he_keys``: the secret key sets of HE jobs (``tsfl keys init``) this device may join.
 
     Connection failures (coordinator restarts, network drops) are retried with
     exponential backoff and jitter; an upload interrupted half-way resumes where the
@@ -178,7 +183,8 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
     happens.
     """
     transport = GrpcTransport(address, job_id, device_id, tls=tls)
-    runner = ClientRunner(device_id, client, transport, layout, offload=offload)
+    runner = ClientRunner(device_id, client, transport, layout, offload=offload,
+                          he=HeDevice(he_keys))
     backoff, contributed = 0.1, 0
     try:
         while stop is None or not stop.is_set():
