@@ -181,6 +181,37 @@ def transfer_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def he_table(data: dict) -> str:
+    lines = [f"{data['clients']} clients; times in ms (encrypt and decrypt: one client; "
+             "aggregate: the server's fold of all updates, parse included); bytes per update "
+             "÷ float32. Plot: `results/he.png`.", "",
+             "| P | contender | encrypt | aggregate | ÷ plaintext | decrypt | bytes ÷ f32 | "
+             "max error |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    names = {"plaintext": "plaintext fold", "he": "tsfl CKKS",
+             "he_selective_10": "tsfl CKKS, 10% encrypted", "tenseal": "TenSEAL recipe"}
+    for r in data["rows"]:
+        for key, label in names.items():
+            if key not in r:
+                continue
+            c = r[key]
+            enc = f"{c['encrypt_s'] * 1e3:.1f}" if "encrypt_s" in c else "–"
+            dec = f"{c['decrypt_s'] * 1e3:.1f}" if "decrypt_s" in c else "–"
+            ratio = c.get("aggregate_vs_plaintext", 1.0)
+            err = f"{c['max_abs_error']:.1e}" if "max_abs_error" in c else "–"
+            lines.append(f"| {_size(r['p'])} | {label} | {enc} | {c['aggregate_s'] * 1e3:.1f} | "
+                         f"**{ratio:.1f}×** | {dec} | **{c['bytes_per_update'] / 4 / r['p']:.2f}** "
+                         f"| {err} |")
+    lines += ["", "Selective (10%) against full encryption:", "",
+              "| P | encrypt | aggregate | bytes | bytes vs TenSEAL full |",
+              "|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        sv = r["selective_vs_full"]
+        ts = r.get("selective_vs_tenseal_bytes")
+        lines.append(f"| {_size(r['p'])} | {sv['encrypt']:.2f}× | {sv['aggregate']:.2f}× | "
+                     f"{sv['bytes']:.2f}× | {f'{ts:.2f}×' if ts else '–'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
@@ -188,7 +219,8 @@ def main() -> None:
                          ("pipeline", pipeline_table), ("privacy", privacy_table),
                          ("robust_speed", robust_speed_table),
                          ("robustness", robustness_table), ("codecs", codecs_table),
-                         ("compression", compression_table), ("transfer", transfer_table)):
+                         ("compression", compression_table), ("transfer", transfer_table),
+                         ("he", he_table)):
         data = _load(name)
         if data is None:
             continue

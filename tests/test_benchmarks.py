@@ -38,3 +38,14 @@ def test_codec_benchmark_runs_every_chain():
     data = codecs.bench(50_000, repeats=1)
     assert {"topk+q8", "numpy_topk+q8", "qsgd+zstd"} <= set(data["results"])
     assert data["results"]["topk+q8"]["compression"] > 50
+
+
+def test_he_benchmark_runs_and_matches_the_plaintext_sum():
+    from benchmarks import he
+
+    data = he.bench([20_000], [20_000])
+    row = data["rows"][0]
+    for key in ("he", "he_selective_10", "tenseal"):
+        assert row[key]["max_abs_error"] < 1e-4
+    assert row["he"]["expansion"] <= 4.0 < row["tenseal"]["expansion"]
+    assert row["he_selective_10"]["encrypted"] == 2000

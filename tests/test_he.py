@@ -156,24 +156,59 @@ def test_secret_file_is_checked(tmp_path) -> None:
 
 
 # -- hostile encrypted sections ----------------------------------------------------------------
+def _section(head: dict, coeffs: bytes) -> bytes:
+    raw = msgpack.packb(head)
+    return len(raw).to_bytes(4, "big") + raw + coeffs
+
+
 def test_bad_sections_are_refused(keys: SecretKeySet) -> None:
     pub = keys.public
     good = seal_vector(keys, np.ones(100), 1.0)
     wire = good.to_bytes(pub.prime)
     assert SealedVector.from_bytes(wire, pub, 100).terms == 1
-    raw = msgpack.unpackb(wire)
+    hlen = int.from_bytes(wire[:4], "big")
+    head, coeffs = msgpack.unpackb(wire[4:4 + hlen]), wire[4 + hlen:]
     for change, match in [({"key": "x"}, "key"), ({"n": 101}, "holds"),
                           ({"w": -1.0}, "weight"), ({"w": float("nan")}, "weight"),
-                          ({"t": 0}, "terms"), ({"t": 11}, "terms"), ({"b": 8}, "bytes"),
-                          ({"d": raw["d"][:-1]}, "bytes")]:
+                          ({"t": 0}, "terms"), ({"t": 11}, "terms"), ({"b": 8}, "bytes")]:
         with pytest.raises(HeError, match=match):
-            SealedVector.from_bytes(msgpack.packb({**raw, **change}), pub, 100)
-    over = bytearray(raw["d"])
-    over[: coeff_bytes(pub.prime)] = b"\xff" * coeff_bytes(pub.prime)
+            SealedVector.from_bytes(_section({**head, **change}, coeffs), pub, 100)
+    with pytest.raises(HeError, match="bytes"):
+        SealedVector.from_bytes(_section(head, coeffs[:-1]), pub, 100)
+    width = coeff_bytes(pub.prime)
+    over = b"\xff" * width + coeffs[width:]
     with pytest.raises(HeError, match="not reduced"):
-        SealedVector.from_bytes(msgpack.packb({**raw, "d": bytes(over)}), pub, 100)
-    with pytest.raises(HeError, match=r"unreadable|map"):
-        SealedVector.from_bytes(b"\x93\x01\x02", pub, 100)
+        SealedVector.from_bytes(_section(head, over), pub, 100)
+    acc = SealedSum(pub, 100)
+    with pytest.raises(HeError, match="not reduced"):
+        acc.add_section(_section(head, over), check=True)
+    for junk in (b"\x00\x00\x00\x03\x93\x01\x02", b"\xff\xff\xff\xff", b"\x00"):
+        with pytest.raises(HeError, match=r"header|shorter"):
+            SealedVector.from_bytes(junk, pub, 100)
+
+
+@pytest.mark.parametrize("width", [5, 6, 7, 8])
+def test_widen_reads_packed_coefficients(width: int) -> None:
+    from tsfl.he.sealed import widen
+
+    rng = np.random.default_rng(width)
+    for count in (1, 2, 3, 1000):
+        values = rng.integers(0, 1 << (8 * width - 1), count, dtype=np.uint64)
+        packed = values.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
+        np.testing.assert_array_equal(widen(packed, width), values)
+
+
+def test_section_fast_path_equals_the_checked_path(keys: SecretKeySet) -> None:
+    pub = keys.public
+    rng = np.random.default_rng(1)
+    vs = [rng.normal(size=20_000) for _ in range(10)]
+    wires = [seal_vector(keys, v, 1.0).to_bytes(pub.prime) for v in vs]
+    fast, slow = SealedSum(pub, 20_000), SealedSum(pub, 20_000)
+    for w in wires:
+        fast.add_section(w)
+        slow.add(SealedVector.from_bytes(w, pub, 20_000))
+    np.testing.assert_array_equal(fast.result().polys, slow.result().polys)
+    np.testing.assert_allclose(open_vector(keys, fast.result()), np.sum(vs, axis=0), atol=1e-6)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,7 +14,9 @@ and every input coefficient is checked to be below q before it is added.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -47,48 +49,92 @@ class SealedVector:
         return int(self.polys.size) * coeff_bytes(prime)
 
     def to_bytes(self, prime: int) -> bytes:
+        """``>I`` header length, the msgpack header, then the coefficients packed to
+        ⌈log2 q / 8⌉ little-endian bytes each."""
         width = coeff_bytes(prime)
         raw = np.ascontiguousarray(self.polys, dtype="<u8").view(np.uint8).reshape(-1, 8)
-        return msgpack.packb({"key": self.key_id, "n": self.size, "w": self.weight,
-                              "t": self.terms, "b": width,
-                              "d": raw[:, :width].tobytes()})
+        head = msgpack.packb({"key": self.key_id, "n": self.size, "w": self.weight,
+                              "t": self.terms, "b": width})
+        return b"".join((_HEAD_LEN.pack(len(head)), head, raw[:, :width].tobytes()))
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, public: PublicKeySet, size: int,
                    max_terms: int | None = None) -> SealedVector:
         """Parse and check everything: key, size, weight, terms, the byte count, and that
         every coefficient is below q."""
-        p = public.params
-        count = ciphertext_count(size, p.reals_per_ciphertext)
-        width = coeff_bytes(public.prime)
-        expect = count * 2 * p.poly_degree * width
-        try:
-            raw = msgpack.unpackb(bytes(data), raw=False, max_bin_len=expect,
-                                  max_array_len=0, max_map_len=8, max_str_len=256)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise HeError("sealed", f"unreadable encrypted section: {exc}") from None
-        if not isinstance(raw, dict):
-            raise HeError("sealed", "the encrypted section must be a map")
-        key, n, w, t, b, d = (raw.get(k) for k in ("key", "n", "w", "t", "b", "d"))
-        if key != public.key_id:
-            raise HeError("key", f"encrypted under key {key!r}, the job's is "
-                                 f"{public.key_id!r}")
-        if not isinstance(n, int) or isinstance(n, bool) or n != size:
-            raise HeError("sealed", f"encrypted section holds {n!r} values, {size} expected")
-        if not isinstance(w, int | float) or isinstance(w, bool) or not (
-                math.isfinite(w) and w > 0):
-            raise HeError("sealed", f"weight must be a positive number, got {w!r}")
-        limit = max_terms if max_terms is not None else p.max_terms
-        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= limit:
-            raise HeError("sealed", f"terms must be in 1..{limit}, got {t!r}")
-        if b != width or not isinstance(d, bytes) or len(d) != expect:
-            raise HeError("sealed", f"expected {expect} bytes of {width}-byte coefficients")
-        full = np.zeros((count * 2 * p.poly_degree, 8), dtype=np.uint8)
-        full[:, :width] = np.frombuffer(d, dtype=np.uint8).reshape(-1, width)
-        polys = full.view("<u8").reshape(count, 2, p.poly_degree)
+        head, coeffs = parse_section(data, public, size, max_terms)
+        polys = widen(coeffs, coeff_bytes(public.prime))
         if int(polys.max()) >= public.prime:
             raise HeError("ciphertext", "a coefficient is not reduced mod q")
-        return cls(key, n, float(w), t, polys)
+        return cls(head["key"], size, head["w"], head["t"],
+                   polys.reshape(-1, 2, public.params.poly_degree))
+
+
+_HEAD_LEN = struct.Struct(">I")
+_MAX_HEAD = 1024
+
+
+def parse_section(data: bytes | memoryview, public: PublicKeySet, size: int,
+                  max_terms: int | None = None) -> tuple[dict[str, Any], memoryview]:
+    """The checked header of an encrypted section and a zero-copy view of its packed
+    coefficients (their count is exact; their values are not looked at)."""
+    p = public.params
+    view = memoryview(data).cast("B")
+    if len(view) < _HEAD_LEN.size:
+        raise HeError("sealed", "the encrypted section is shorter than its header")
+    (hlen,) = _HEAD_LEN.unpack_from(view)
+    if not 0 < hlen <= min(_MAX_HEAD, len(view) - _HEAD_LEN.size):
+        raise HeError("sealed", f"encrypted section header length {hlen} is out of bounds")
+    try:
+        head = msgpack.unpackb(view[_HEAD_LEN.size:_HEAD_LEN.size + hlen], raw=False,
+                               max_bin_len=0, max_array_len=0, max_map_len=8,
+                               max_str_len=256)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise HeError("sealed", f"unreadable encrypted section header: {exc}") from None
+    if not isinstance(head, dict):
+        raise HeError("sealed", "the encrypted section header must be a map")
+    key, n, w, t, b = (head.get(k) for k in ("key", "n", "w", "t", "b"))
+    if key != public.key_id:
+        raise HeError("key", f"encrypted under key {key!r}, the job's is {public.key_id!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n != size:
+        raise HeError("sealed", f"encrypted section holds {n!r} values, {size} expected")
+    if not isinstance(w, int | float) or isinstance(w, bool) or not (
+            math.isfinite(w) and w > 0):
+        raise HeError("sealed", f"weight must be a positive number, got {w!r}")
+    limit = max_terms if max_terms is not None else p.max_terms
+    if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= limit:
+        raise HeError("sealed", f"terms must be in 1..{limit}, got {t!r}")
+    width = coeff_bytes(public.prime)
+    expect = ciphertext_count(size, p.reals_per_ciphertext) * 2 * p.poly_degree * width
+    coeffs = view[_HEAD_LEN.size + hlen:]
+    if b != width or len(coeffs) != expect:
+        raise HeError("sealed", f"expected {expect} bytes of {width}-byte coefficients")
+    return {"key": key, "w": float(w), "t": t}, coeffs
+
+
+def widen(data: bytes | memoryview, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``width``-byte little-endian integers → uint64 (into ``out`` when given) in one
+    pass: an overlapping strided view reads 8 bytes at every ``width``-th byte and a mask
+    keeps the low ``width``; the last few, whose 8-byte read would run past the end, go
+    through a small padded copy."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    count = buf.size // width
+    if out is None:
+        out = np.empty(count, dtype=np.uint64)
+    if width == 8:
+        out[:] = buf.view("<u8")
+        return out
+    safe = max(0, (buf.size - 8) // width + 1)  # the i with i·width + 8 ≤ size
+    mask = np.uint64((1 << (8 * width)) - 1)
+    if safe:
+        view = np.ndarray((safe,), dtype="<u8", buffer=buf, strides=(width,))
+        np.bitwise_and(view, mask, out=out[:safe])
+    if safe < count:
+        tail = np.zeros((count - safe) * width + 8, dtype=np.uint8)
+        tail[:(count - safe) * width] = buf[safe * width:]
+        rest = np.ndarray((count - safe,), dtype="<u8", buffer=tail, strides=(width,))
+        np.bitwise_and(rest, mask, out=out[safe:])
+    return out
 
 
 def pack(values: np.ndarray, reals_per_ciphertext: int) -> np.ndarray:
@@ -135,37 +181,83 @@ def open_vector(keys: SecretKeySet, sealed: SealedVector) -> np.ndarray:
 
 
 class SealedSum:
-    """The server's streaming fold of encrypted vectors: one modular addition per
-    coefficient per update, O(size) memory, nothing but the public parameters."""
+    """The server's streaming fold of encrypted vectors: one addition per coefficient per
+    update, O(size) memory, nothing but the public parameters.
+
+    Reduction mod q is lazy: coefficients are below q < 2^60, so ⌊(2^64 − 1) / q⌋ of them
+    add up in uint64 without wrapping; the sum is reduced only when the next addition
+    could wrap, and at the end.
+    """
 
     def __init__(self, public: PublicKeySet, size: int):
         self.public = public
         self.size = size
         self._q = np.uint64(public.prime)
+        self._width = coeff_bytes(public.prime)
+        # coefficients are below 2^(8·width) unchecked, below q checked (8-byte ones are
+        # always checked): this many of them add up in uint64 without wrapping
+        top = public.prime if self._width == 8 else (1 << (8 * self._width)) - 1
+        self._room = ((1 << 64) - 1) // top
+        self._shape = (ciphertext_count(size, public.params.reals_per_ciphertext), 2,
+                       public.params.poly_degree)
         self._acc: np.ndarray | None = None
-        self._over = np.empty(0, dtype=bool)
+        self._scratch: np.ndarray | None = None
+        self._pending = 0  # unreduced terms in the accumulator
         self.weight = 0.0
         self.terms = 0
 
-    def add(self, sealed: SealedVector) -> None:
-        if sealed.key_id != self.public.key_id or sealed.size != self.size:
-            raise HeError("sealed", "encrypted vector of another key or size")
-        if self.terms + sealed.terms > self.public.params.max_terms:
+    def add_section(self, data: bytes | memoryview, max_terms: int | None = 1, *,
+                    check: bool = False) -> None:
+        """Add an encrypted section straight from its bytes (the he service's path): the
+        coefficients are widened into a reused buffer and added, with no copy of the
+        section. ``check=False`` trusts that each is below q (the coordinator checked at
+        the edge); a bad one could make the sum wrong, never wrap it."""
+        head, coeffs = parse_section(data, self.public, self.size, max_terms)
+        self._admit(head["key"], head["t"])
+        if self._scratch is None:
+            self._scratch = np.empty(self._shape, dtype=np.uint64)
+        polys = widen(coeffs, self._width, self._scratch.reshape(-1))
+        if (check or self._width == 8) and int(polys.max()) >= self.public.prime:
+            raise HeError("ciphertext", "a coefficient is not reduced mod q")
+        self._accumulate(polys.reshape(self._shape))
+        self.weight += head["w"]
+        self.terms += head["t"]
+
+    def _admit(self, key_id: str, terms: int) -> None:
+        if key_id != self.public.key_id:
+            raise HeError("sealed", "encrypted vector of another key")
+        if self.terms + terms > self.public.params.max_terms:
             raise HeError("sealed", (
                 f"more than {self.public.params.max_terms} encrypted terms in one sum: the "
                 "parameters' precision holds for at most that many"))
+
+    def _accumulate(self, polys: np.ndarray) -> None:
         if self._acc is None:
-            self._acc = sealed.polys.copy()
-            self._over = np.empty(self._acc.shape, dtype=bool)
-        else:  # both < q < 2^60: the sum cannot overflow 64 bits
-            np.add(self._acc, sealed.polys, out=self._acc)
-            np.greater_equal(self._acc, self._q, out=self._over)
-            np.subtract(self._acc, self._q, out=self._acc, where=self._over)
+            self._acc = polys.copy()
+            self._pending = 1
+            return
+        if self._pending + 1 > self._room:
+            self._reduce()
+        np.add(self._acc, polys, out=self._acc)
+        self._pending += 1
+
+    def add(self, sealed: SealedVector) -> None:
+        if sealed.size != self.size:
+            raise HeError("sealed", "encrypted vector of another size")
+        self._admit(sealed.key_id, sealed.terms)
+        self._accumulate(sealed.polys)
         self.weight += sealed.weight
         self.terms += sealed.terms
+
+    def _reduce(self) -> None:
+        assert self._acc is not None
+        np.remainder(self._acc, self._q, out=self._acc)
+        self._pending = 1  # a reduced accumulator counts as one term below q ≤ top
 
     def result(self) -> SealedVector:
         if self._acc is None:
             raise HeError("sealed", "nothing was added")
+        if self._pending > 1:
+            self._reduce()
         return SealedVector(self.public.key_id, self.size, self.weight, self.terms,
                             self._acc.copy())

@@ -23,7 +23,7 @@ from tsfl.config import JobSpec
 from tsfl.core.fold import EstimatorFold, RoundFold
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
-from tsfl.he import HeError, HeJob, SealedSum, SealedVector
+from tsfl.he import HeError, HeJob, SealedSum
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.robust.build import coordinate_estimator
@@ -266,8 +266,7 @@ class Aggregator(BusRole):
             return True
         assert rnd.sealed is not None and update.sealed is not None
         try:
-            rnd.sealed.add(SealedVector.from_bytes(update.sealed, state.he.public,
-                                                   int(state.he.selected.size), max_terms=1))
+            rnd.sealed.add_section(update.sealed, max_terms=1)
         except HeError as exc:
             self.log.warning("%s round %d: %s's encrypted section: %s", state.job_id,
                              rnd.number, update.client_id, exc)
