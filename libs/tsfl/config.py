@@ -255,6 +255,9 @@ class NetworkSpec(Spec):
 
 class SimulationSpec(Spec):
     torch_threads: PositiveInt = 1
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="fraction of each round's cohort that vanishes mid-round (seeded; "
+                         "with secagg at a random protocol stage)")
     network: NetworkSpec | None = Field(None, description=(
         "simulate link speeds: transfers are timed as bytes / bandwidth + latency (no "
         "sleeping), which feeds the per-device bandwidth estimates of adaptive compression"))
@@ -399,12 +402,27 @@ class HeSpec(Spec):
         return bool(self.layers) or self.regex is not None or self.fraction is not None
 
 
+class SecAggSpec(Spec):
+    """SecAgg+ (``crypto.mode: secagg``): devices send ``(n_k / weight_unit) · Δ_k``
+    clipped to ±clip, quantized to ``quant_bits`` and masked; the server learns the sum."""
+
+    clip: PositiveFloat = Field(1.0, description="each weighted coordinate is clipped here")
+    quant_bits: Annotated[int, Field(ge=4, le=32)] = Field(
+        20, description="levels per coordinate: 2^quant_bits − 1 (stochastic rounding)")
+    weight_unit: PositiveFloat = Field(100.0, description="examples that count as weight 1")
+    threshold_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.5, description="Shamir threshold: more than this fraction of each neighbourhood")
+    stage_timeout_s: PositiveFloat = Field(
+        30.0, description="a stage ends when every expected device spoke or after this")
+
+
 class CryptoSpec(Spec):
     """Cryptographic aggregation: the server side sees only an encrypted (``he``, CKKS)
     or masked (``secagg``, SecAgg+) sum, never an update."""
 
     mode: Literal["none", "he", "secagg"] = "none"
     he: HeSpec = HeSpec()
+    secagg: SecAggSpec = SecAggSpec()
 
 
 class JobSpec(Spec):
@@ -444,11 +462,17 @@ class JobSpec(Spec):
                     f"privacy.mode central with crypto.mode {c!r}: the server cannot clip "
                     f"updates it cannot read ({hidden}); clip on the device instead "
                     "(privacy.mode local)")
-            if c == "secagg":
-                raise ValueError("crypto.mode 'secagg' is not available in this version yet "
-                                 "(SecAgg+ is being wired into the pipeline); use crypto.mode "
-                                 "he or none")
-            self._check_he()
+            self._check_server_side(c)
+            if c == "he":
+                self._check_he()
+            else:
+                from tsfl.secagg.ring import RingSpec
+
+                s = self.crypto.secagg
+                try:
+                    RingSpec(s.clip, s.quant_bits, self.clients.per_round)
+                except ValueError as exc:
+                    raise ValueError(f"crypto.secagg: {exc}") from None
         r, n = self.robust, self.clients.per_round
         if r.aggregator != "none" and 2 * r.num_malicious >= n:
             raise ValueError(f"robust.num_malicious ({r.num_malicious}) must be below half "
@@ -474,9 +498,13 @@ class JobSpec(Spec):
             )
         return self
 
-    def _check_he(self) -> None:
-        from tsfl.he import HeError, choose_params
-
+    def _check_server_side(self, mode: str) -> None:
+        if mode == "secagg":
+            if self.compression.uplink.chain != ["f32"] or self.compression.skip_below:
+                raise ValueError("compression.uplink with crypto.mode 'secagg': masked "
+                                 "updates are ring elements that do not compress; use "
+                                 "chain [f32]")
+            return
         name = self.strategy.name
         if name not in ("fedavg", "fedprox") or (self.strategy.server_lr or 1.0) != 1.0:
             raise ValueError(
@@ -485,6 +513,10 @@ class JobSpec(Spec):
                                                                              "fedprox") else "")
                 + " with crypto.mode 'he': a server optimizer steps on the model, which the "
                 "server only holds encrypted; use fedavg (or fedprox) with server_lr 1")
+
+    def _check_he(self) -> None:
+        from tsfl.he import HeError, choose_params
+
         if self.compression.downlink == "delta":
             raise ValueError("compression.downlink 'delta' with crypto.mode 'he': the "
                              "encrypted part of the model changes entirely each round; use "

@@ -73,8 +73,9 @@ class Aggregator(BusRole):
     name = "aggregator"
     #: the update topics this role folds (the he role folds the encrypted ones)
     update_topics: tuple[str, ...] = (topics.UPDATES_CLIPPED, topics.VERDICTS)
-    #: HE jobs go to the he role, every other job here
-    serves_he = False
+    #: the crypto mode of the jobs this role aggregates: HE jobs go to the he role, and
+    #: secagg jobs are summed by the coordinator's SecAgg+ stages (the sum is all it gets)
+    serves_mode = "none"
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str | None = None,
                  max_update_bytes: int = 2 * 1024**3):
@@ -146,10 +147,10 @@ class Aggregator(BusRole):
         meta = await self.store.latest_checkpoint_meta(job_id)
         if meta is None:
             raise LookupError(f"job {job_id!r} has no initial checkpoint")
-        if (spec.crypto.mode == "he") != self.serves_he:
+        if spec.crypto.mode != self.serves_mode:
             self._elsewhere.add(job_id)
-            raise LookupError(f"job {job_id!r} is aggregated by the "
-                              f"{'he' if spec.crypto.mode == 'he' else 'aggregator'} role")
+            raise LookupError(f"job {job_id!r} (crypto.mode {spec.crypto.mode}) is not "
+                              f"aggregated by the {self.name} role")
         rounds = await self.store.list_rounds(job_id)
         # A round past CLOSING has been aggregated: its CLOSING must not fold again.
         closed = max([r["number"] for r in rounds

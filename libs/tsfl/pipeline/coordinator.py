@@ -26,9 +26,12 @@ from tsfl.core.layout import ParamLayout
 from tsfl.he import HeError, HeJob, SealedVector
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
+from tsfl.pipeline.secagg_stages import SecAggOutcome, SecAggRefused, SecAggStages
 from tsfl.pipeline.selection import client_seed
 from tsfl.privacy.plan import build_plan
 from tsfl.sdk.runner import RoundTask, UploadReceipt
+from tsfl.secagg.protocol import RoundConfig
+from tsfl.secagg.ring import RingSpec, dequantize_sum
 from tsfl.storage.store import RoundState, Store, StoreError
 from tsfl.strategies import build_strategy
 from tsfl.wire.envelope import WireError
@@ -81,6 +84,7 @@ class _ActiveRound:
     slowest_upload_s: float | None = None
     sealed_bytes: int = 0  # HE: encrypted sections received
     sealed_values: int = 0  # HE: the values they encrypt
+    secagg: SecAggStages | None = None  # secagg jobs: the SecAgg+ round in progress
     selected: asyncio.Future[list[str]] | None = None
     done: asyncio.Future[RoundResult] | None = None
     deadline: asyncio.TimerHandle | None = None
@@ -163,6 +167,25 @@ def local_dp_config(spec: JobSpec, model_size: int) -> dict[str, Any] | None:
     return {"mechanism": plan.mechanism, "norm": plan.norm, "clip_norm": plan.clip_norm,
             "noise_multiplier": plan.noise_multiplier, "epsilon": plan.event.epsilon,
             "sensitivity_factor": plan.sensitivity_factor, "noise": plan.noise}
+
+
+def secagg_round_config(job_id: str, spec: JobSpec, number: int, cohort: list[str],
+                        size: int) -> RoundConfig:
+    """The public parameters of a SecAgg+ round: every party derives them alike."""
+    s = spec.crypto.secagg
+    round_id = hashlib.sha256(f"tsfl-secagg\x00{job_id}\x00{number}".encode()).digest()[:16]
+    return RoundConfig.build(round_id, cohort, RingSpec(s.clip, s.quant_bits, len(cohort)),
+                             size, client_seed(spec.seed, number, "secagg-graph"),
+                             s.threshold_fraction)
+
+
+def secagg_task_config(config: RoundConfig, weight_unit: float) -> dict[str, Any]:
+    return {"round_id": config.round_id.hex(), "cohort": list(config.cohort),
+            "ring": {"clip": config.ring.clip, "quant_bits": config.ring.quant_bits,
+                     "clients": config.ring.clients},
+            "size": config.size, "neighbours": config.neighbours,
+            "threshold": config.threshold, "graph_seed": config.graph_seed,
+            "weight_unit": weight_unit}
 
 
 def token_hash(token: str) -> str:
@@ -254,6 +277,11 @@ class Coordinator(BusRole):
         active.seeds = {c: client_seed(spec.seed, active.number, c) for c in active.cohort}
         assert active.selected is not None
         active.selected.set_result(active.cohort)
+        if active.state is RoundState.COLLECTING and spec.crypto.mode == "secagg":
+            # SecAgg+ state (keys, routed shares) lives in memory only, by design
+            await self._fail(job, active, "secagg round interrupted: the coordinator "
+                                          "restarted, its protocol state is not persisted")
+            return
         if active.state is RoundState.COLLECTING:
             active.deadline = loop.call_later(
                 spec.round.deadline_s,
@@ -343,6 +371,14 @@ class Coordinator(BusRole):
         active.deadline = asyncio.get_running_loop().call_later(
             job.spec.round.deadline_s,
             lambda: asyncio.ensure_future(self._on_deadline(job.job_id, active.number)))
+        if job.spec.crypto.mode == "secagg":
+            config = secagg_round_config(job.job_id, job.spec, active.number, cohort,
+                                         job.layout.total_size)
+
+            async def done(outcome: SecAggOutcome) -> None:
+                await self._on_secagg_done(job, active, outcome)
+
+            active.secagg = SecAggStages(config, job.spec.crypto.secagg.stage_timeout_s, done)
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.COLLECTING, job.job_id, active.number, cohort=cohort,
             model_version=job.version), key=job.job_id.encode())
@@ -383,6 +419,10 @@ class Coordinator(BusRole):
         active = job.round
         if active.state is not RoundState.COLLECTING:
             return
+        if active.secagg is not None:  # the stages decide; past the deadline they failed
+            active.secagg.cancel()
+            await self._fail(job, active, "secagg round did not finish before the deadline")
+            return
         if len(active.uploaded) >= job.spec.round.min_updates:
             await self._close(job, active)
         else:
@@ -395,6 +435,8 @@ class Coordinator(BusRole):
         active.state = RoundState.FAILED
         if active.deadline:
             active.deadline.cancel()
+        if active.secagg is not None:
+            active.secagg.cancel()
         await self.store.transition_round(job.job_id, active.number, RoundState.FAILED,
                                           reason=reason)
         await self.bus.publish(topics.ROUNDS, events.round_event(
@@ -429,6 +471,9 @@ class Coordinator(BusRole):
                     config["downlink"] = "delta"
                 if job.he is not None:
                     config["he"] = job.he.task_config()
+                if active.secagg is not None:
+                    config["secagg"] = secagg_task_config(
+                        active.secagg.config, job.spec.crypto.secagg.weight_unit)
                 return RoundTask(job.job_id, active.number, job.version, config)
         return None
 
@@ -482,6 +527,10 @@ class Coordinator(BusRole):
         if job is None:
             return await self._refuse(None, None, client_id, "unknown_job",
                                       f"no running job {meta['job_id']!r}")
+        if job.spec.crypto.mode == "secagg":
+            return await self._refuse(job, job.round, client_id, "secagg",
+                                      "this job aggregates with SecAgg+: devices send masked "
+                                      "inputs through the secagg stages, never an update")
         try:  # all of it (checksum, layout, sizes, values): the device hears what is wrong
             update = decode_update(data, job.layout, max_bytes=self.max_update_bytes,
                                    he_clear=job.he.clear if job.he else None)
@@ -537,6 +586,64 @@ class Coordinator(BusRole):
         if len(active.uploaded) >= self._quorum(job, active):
             await self._close(job, active)
         return UploadReceipt(True)
+
+    async def secagg(self, client_id: str, job_id: str, number: int, stage: str,
+                     payload: dict[str, Any]) -> dict[str, Any]:
+        """One SecAgg+ message of a device; returns, once the next stage has begun, what
+        the device needs for it. Refusals raise :class:`SecAggRefused` (audited); a round
+        that aborts raises :class:`SecAggAbort` to everyone still waiting."""
+        job = self.jobs.get(job_id)
+        active = job.round if job is not None else None
+        if job is None or active is None or active.number != number or active.secagg is None:
+            raise SecAggRefused("wrong_round", f"no SecAgg+ round {number} of {job_id!r} "
+                                               "is open")
+        stages = active.secagg
+        try:
+            await stages.accept(client_id, stage, payload)
+        except SecAggRefused as exc:
+            await self._refuse(job, active, client_id, exc.code, f"secagg: {exc}")
+            raise
+        if stage == "masked":  # the device's contribution: counted like an upload
+            y = payload["y"]
+            nbytes = int(y.size) * ((stages.config.ring.ring_bits + 7) // 8)
+            await self.store.record_upload(job.job_id, active.number, client_id,
+                                           num_examples=int(payload["n"]), bytes_up=nbytes,
+                                           metrics={})
+            active.uploaded.append(client_id)
+            active.bytes_up += nbytes
+            stats = active.codec_stats.setdefault("secagg", {"updates": 0, "bytes": 0})
+            stats["updates"] += 1
+            stats["bytes"] += nbytes
+        await stages.proceed(stage)
+        return await stages.reply(client_id, stage)
+
+    async def _on_secagg_done(self, job: _Job, active: _ActiveRound,
+                              outcome: SecAggOutcome) -> None:
+        """The unmasked sum (or the abort): close the round and hand the release stage the
+        round's mean, as the aggregator would; an aborted round releases nothing."""
+        if active.state is not RoundState.COLLECTING or job.round is not active:
+            return
+        if outcome.total is None:
+            await self._fail(job, active, outcome.reason or "secagg aborted")
+            return
+        await self._close(job, active)
+        cfg = active.secagg.config if active.secagg else None
+        assert cfg is not None
+        unit = job.spec.crypto.secagg.weight_unit
+        weight = sum(outcome.examples.values()) / unit
+        total = dequantize_sum(outcome.total, len(outcome.survivors), cfg.ring)
+        mean = (total.astype(np.float64) / weight).astype(np.float32)
+        losses = {c: m["train_loss"] for c, m in outcome.metrics.items() if "train_loss" in m}
+        loss_w = sum(outcome.examples[c] for c in losses)
+        train_loss = (sum(losses[c] * outcome.examples[c] for c in losses) / loss_w
+                      if loss_w else None)
+        msg = events.aggregate_message(
+            job.job_id, active.number, job.version, layout=job.layout.digest, ok=True,
+            accepted=list(outcome.survivors), rejected={},
+            num_examples=sum(outcome.examples.values()), train_loss=train_loss, mean=mean,
+            weight_total=weight, weighting="examples")
+        await self.bus.publish(topics.AGGREGATES, msg,
+                               key=topics.round_key(job.job_id, active.number))
 
     async def _refuse(self, job: _Job | None, active: _ActiveRound | None, client_id: str,
                       code: str, message: str) -> UploadReceipt:

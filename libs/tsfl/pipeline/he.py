@@ -17,7 +17,7 @@ from tsfl.pipeline.aggregator import Aggregator
 class HomomorphicAggregator(Aggregator):
     name = "he"
     update_topics = (topics.UPDATES_ENCRYPTED,)
-    serves_he = True
+    serves_mode = "he"
 
 
 __all__ = ["HomomorphicAggregator"]

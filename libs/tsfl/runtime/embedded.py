@@ -8,6 +8,7 @@ transport. Nothing here is specific to simulation but the device loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -27,12 +28,14 @@ from tsfl.pipeline.driver import drive_rounds
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.privacy.plan import resolve_privacy
 from tsfl.robust.attacks import add_trigger
+from tsfl.runtime.dropout import DropoutPlan, Vanished, Vanishing
 from tsfl.runtime.report import robustness_summary
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport, SimulatedLinks
 from tsfl.sdk.he import HeDevice
-from tsfl.sdk.runner import ClientRunner
+from tsfl.sdk.runner import ClientRunner, TrainedUpdate
 from tsfl.sdk.training import evaluate
+from tsfl.secagg.protocol import SecAggAbort
 from tsfl.storage.store import Store
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -121,9 +124,33 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         round_metrics: dict[int, dict[str, Any]] = {}  # written once, with the outputs
         final: dict[str, np.ndarray] = {}
 
+        dropouts = DropoutPlan(spec)
+
         async def run_devices(cohort: list[str]) -> None:
+            number = coordinator.jobs[job_id].last_round
+            vanish = dropouts.for_round(number, cohort)
+            if spec.crypto.mode != "secagg":
+                for cid in cohort:
+                    if cid not in vanish:  # a dropped device trains, then never uploads
+                        await runners[cid].run_once()
+                return
+            # SecAgg+: the cohort trains (one at a time in this process), then runs the
+            # protocol's stages together; a dropped device vanishes before its stage
+            trained = []
             for cid in cohort:
-                await runners[cid].run_once()
+                task = await transport.get_task(cid)
+                if task is not None:
+                    trained.append((cid, await runners[cid].train(task)))
+
+            async def protocol(cid: str, update: TrainedUpdate) -> None:
+                runner = runners[cid]
+                if cid in vanish:
+                    runner = ClientRunner(cid, fed.clients[cid], Vanishing(
+                        transport, vanish[cid]), layout)
+                with contextlib.suppress(Vanished, SecAggAbort):
+                    await runner.send(update)
+
+            await asyncio.gather(*(protocol(cid, u) for cid, u in trained))
 
         async def after_round(result: RoundResult) -> str | None:
             number = result.round

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xxhash
 
@@ -55,6 +57,10 @@ class InProcessTransport:
             await self.coordinator.record_transfer(job_id, client_id, "down", len(data),
                                                    self.links.seconds(client_id, len(data)))
         return data
+
+    async def secagg(self, client_id: str, job_id: str, round_number: int, stage: str,
+                     payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.coordinator.secagg(client_id, job_id, round_number, stage, payload)
 
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
         if self.links is not None:

@@ -19,6 +19,7 @@ from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.compression import UplinkConfig, UplinkEncoder
 from tsfl.sdk.he import HeDevice
 from tsfl.sdk.local_dp import apply_local_dp
+from tsfl.sdk.secagg import secure_upload
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_model, encode_update
 
@@ -50,6 +51,11 @@ class Transport(Protocol):
 
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt: ...
 
+    async def secagg(self, client_id: str, job_id: str, round_number: int, stage: str,
+                     payload: dict[str, Any]) -> dict[str, Any]:
+        """One SecAgg+ stage message; returns when the server starts the next stage."""
+        ...
+
 
 @dataclass
 class RoundOutcome:
@@ -58,6 +64,19 @@ class RoundOutcome:
     bytes_down: int
     bytes_up: int
     metrics: dict[str, float]
+
+
+@dataclass
+class TrainedUpdate:
+    """A device's trained round, between :meth:`ClientRunner.train` and ``send``."""
+
+    task: RoundTask
+    global_vec: np.ndarray
+    delta: np.ndarray
+    num_examples: int
+    metrics: dict[str, float]
+    bytes_down: int
+    he: Any = None  # (key set, HeJob) for HE jobs
 
 
 class ClientRunner:
@@ -83,6 +102,10 @@ class ClientRunner:
         return self.layout.flatten_list(params), n, metrics
 
     async def run_task(self, task: RoundTask) -> RoundOutcome:
+        return await self.send(await self.train(task))
+
+    async def train(self, task: RoundTask) -> TrainedUpdate:
+        """Download the model and train: the update, not yet sent."""
         delta_ok = task.config.get("downlink") == "delta"
         have = self.held[0] if delta_ok and self.held is not None else None
         model_bytes = await self.transport.download_model(task.job_id, task.model_version,
@@ -109,6 +132,19 @@ class ClientRunner:
         delta = np.subtract(new_vec, global_vec, dtype=np.float32)
         if "local_dp" in task.config:  # clip and noise before anything leaves the device
             delta = apply_local_dp(delta, task.config["local_dp"], task.config.get("seed"))
+        return TrainedUpdate(task, global_vec, delta, int(n), metrics, len(model_bytes), he)
+
+    async def send(self, trained: TrainedUpdate) -> RoundOutcome:
+        """Send a trained update: uploaded (encoded, HE-encrypted) or, for a SecAgg+ job,
+        masked through the protocol's stages."""
+        task, global_vec, delta, n, metrics, he = (trained.task, trained.global_vec,
+                                                   trained.delta, trained.num_examples,
+                                                   trained.metrics, trained.he)
+        if "secagg" in task.config:  # masked through the four stages, never uploaded
+            sent = await secure_upload(self.transport, self.client_id, task.job_id,
+                                       task.round, task.config["secagg"], delta, n,
+                                       metrics, task.config.get("seed"))
+            return RoundOutcome(task, UploadReceipt(True), trained.bytes_down, sent, metrics)
         sealed, base = None, global_vec
         if he is not None:  # the hidden coordinates leave encrypted; the rest as usual
             if self.offload:
@@ -127,7 +163,7 @@ class ClientRunner:
                         metrics=metrics, codecs=("f32",))
         data = encode_update(update, self.layout, encoded, sealed)
         receipt = await self.transport.upload(self.client_id, data)
-        return RoundOutcome(task, receipt, len(model_bytes), len(data), metrics)
+        return RoundOutcome(task, receipt, trained.bytes_down, len(data), metrics)
 
     async def run_once(self) -> RoundOutcome | None:
         """Ask for a task and run it; ``None`` when there is nothing to do."""

@@ -1,0 +1,188 @@
+"""SecAgg+ jobs through the pipeline: exact sums with dropouts at every stage, a clean
+abort below the threshold, nothing secret in the database or on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import numpy as np
+import pytest
+
+from tsfl.config import ConfigError, parse_job
+from tsfl.core.layout import ParamLayout
+from tsfl.pipeline.roles import LocalPipeline
+from tsfl.runtime.dropout import Vanished, Vanishing
+from tsfl.runtime.embedded import run_embedded
+from tsfl.runtime.transport import InProcessTransport
+from tsfl.sdk.secagg import round_config, secure_upload
+from tsfl.secagg.protocol import SecAggAbort
+from tsfl.secagg.ring import dequantize_sum, quantize
+from tsfl.storage import Store
+
+LAYOUT = ParamLayout([("w", (300,), "float32"), ("b", (7,), "float32")])
+JOB = "sa-job"
+N = 12
+
+
+class Recording:
+    """A transport that keeps every secagg payload a device sends (to look for later)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.sent: list[bytes] = []
+
+    async def secagg(self, client_id, job_id, round_number, stage, payload):
+        for v in payload.values():
+            if isinstance(v, bytes):
+                self.sent.append(v)
+            elif isinstance(v, dict):
+                self.sent += [b for b in v.values() if isinstance(b, bytes)]
+        return await self.inner.secagg(client_id, job_id, round_number, stage, payload)
+
+
+async def _pipeline(tmp_path, **secagg):
+    spec = parse_job({"name": "sa", "clients": {"count": N, "per_round": N},
+                      "round": {"deadline_s": 60},
+                      "crypto": {"mode": "secagg",
+                                 "secagg": {"stage_timeout_s": 0.3, **secagg}}})
+    store = await Store.open(f"sqlite:///{tmp_path / 'sa.db'}")
+    pipeline = await LocalPipeline.in_memory(store)
+    coord = pipeline.coordinator
+    await coord.submit_job(JOB, spec, LAYOUT, np.zeros(LAYOUT.total_size, np.float32))
+    for i in range(N):
+        await coord.register_device(JOB, f"d{i:02d}", "t")
+    return spec, store, pipeline
+
+
+async def _round(coord, transport, vanish: dict[str, str], rng):
+    await coord.open_round(JOB)
+    deltas, examples, tasks = {}, {}, {}
+    for i in range(N):
+        cid = f"d{i:02d}"
+        tasks[cid] = await coord.get_task(cid, JOB)
+        deltas[cid] = rng.normal(0, 0.05, LAYOUT.total_size).astype(np.float32)
+        examples[cid] = int(rng.integers(20, 200))
+
+    async def device(cid):
+        t = Vanishing(transport, vanish[cid]) if cid in vanish else transport
+        with contextlib.suppress(Vanished, SecAggAbort):
+            await secure_upload(t, cid, JOB, 1, tasks[cid].config["secagg"], deltas[cid],
+                                examples[cid], {"train_loss": 1.0}, tasks[cid].config["seed"])
+
+    await asyncio.gather(*(device(c) for c in sorted(tasks)))
+    return tasks, deltas, examples, await asyncio.wait_for(coord.wait_round(JOB), 30)
+
+
+async def test_exact_sum_with_dropouts_at_every_stage(tmp_path):
+    spec, store, pipeline = await _pipeline(tmp_path)
+    coord = pipeline.coordinator
+    recording = Recording(InProcessTransport(coord))
+    vanish = {"d01": "advertise", "d04": "share", "d07": "masked", "d10": "unmask"}
+    try:
+        tasks, deltas, examples, result = await _round(coord, recording, vanish,
+                                                       np.random.default_rng(0))
+        assert result.ok, result.reason
+        # masked inputs from everyone but those gone before or at "masked"
+        survivors = sorted(c for c in tasks if vanish.get(c) not in
+                           ("advertise", "share", "masked"))
+        assert sorted(result.accepted) == survivors and "d10" in survivors
+        assert sorted(result.dropped) == ["d01", "d04", "d07"]
+        # the server's sum is exactly the sum of the survivors' ring codes
+        config = round_config(tasks["d00"].config["secagg"])
+        unit = spec.crypto.secagg.weight_unit
+        codes = [quantize(deltas[c].astype(np.float64) * (examples[c] / unit), config.ring,
+                          np.random.default_rng([tasks[c].config["seed"], 0x5EC]))
+                 for c in survivors]
+        total = np.sum(codes, axis=0, dtype=np.uint64)
+        weight = sum(examples[c] for c in survivors) / unit
+        expected = (dequantize_sum(total, len(survivors), config.ring).astype(np.float64)
+                    / weight).astype(np.float32)
+        np.testing.assert_array_equal(coord.model_vector(JOB), expected)
+        # and it is the weighted mean of the survivors' updates, up to quantization
+        plain = sum(deltas[c].astype(np.float64) * examples[c] for c in survivors)
+        plain /= sum(examples[c] for c in survivors)
+        step = 2 * config.ring.clip / config.ring.levels
+        assert np.abs(expected - plain).max() <= len(survivors) * step / weight
+        # nothing a device sent (public keys, sealed shares) is in the database
+        await store.close()
+        db = (tmp_path / "sa.db").read_bytes()
+        for blob in recording.sent:
+            assert blob[:24] not in db
+        store = await Store.open(f"sqlite:///{tmp_path / 'sa.db'}")
+    finally:
+        await pipeline.stop()
+        await store.close()
+
+
+async def test_below_threshold_the_round_aborts_and_releases_nothing(tmp_path):
+    spec, store, pipeline = await _pipeline(tmp_path)
+    coord = pipeline.coordinator
+    # 9 of 12 vanish before masking: no neighbourhood keeps its threshold of shares
+    vanish = {f"d{i:02d}": "masked" for i in range(9)}
+    try:
+        _, _, _, result = await _round(coord, InProcessTransport(coord), vanish,
+                                       np.random.default_rng(1))
+        assert not result.ok and "secagg aborted" in result.reason
+        assert coord.jobs[JOB].version == 0  # no partial model
+        assert not coord.model_vector(JOB).any()
+        assert (await store.get_round(JOB, 1))["state"] == "FAILED"
+    finally:
+        await pipeline.stop()
+        await store.close()
+
+
+async def test_plain_uploads_and_out_of_stage_messages_are_refused(tmp_path):
+    from tsfl.core.update import Update
+    from tsfl.pipeline.secagg_stages import SecAggRefused
+    from tsfl.wire import encode_update
+
+    spec, store, pipeline = await _pipeline(tmp_path)
+    coord = pipeline.coordinator
+    try:
+        await coord.open_round(JOB)
+        plain = encode_update(Update(JOB, 1, "d00", 0, 5,
+                                     np.zeros(LAYOUT.total_size, np.float32), {}), LAYOUT)
+        receipt = await coord.upload("d00", plain)
+        assert (receipt.accepted, receipt.code) == (False, "secagg")
+        with pytest.raises(SecAggRefused) as wrong:
+            await coord.secagg("d00", JOB, 1, "masked", {})
+        assert wrong.value.code == "wrong_stage"
+        with pytest.raises(SecAggRefused) as bad:
+            await coord.secagg("d00", JOB, 1, "advertise", {"c": b"x", "s": b"y"})
+        assert bad.value.code == "malformed"
+        with pytest.raises(SecAggRefused) as stranger:
+            await coord.secagg("nobody", JOB, 1, "advertise", {"c": b"x" * 32, "s": b"y" * 32})
+        assert stranger.value.code == "not_selected"
+        codes = [e["payload"]["code"] for e in await store.audit_trail(JOB)
+                 if e["kind"] == "upload.refused"]
+        assert codes == ["secagg", "wrong_stage", "malformed", "not_selected"]
+    finally:
+        await pipeline.stop()
+        await store.close()
+
+
+def test_embedded_secagg_run_follows_the_clear_run(tmp_path):
+    base = {"name": "sa-e", "seed": 2, "rounds": 3, "clients": {"count": 12, "per_round": 12},
+            "model": {"kind": "mlp", "hidden": [16]},
+            "training": {"lr": 0.05, "epochs": 1, "batch_size": 16}}
+    clear = asyncio.run(run_embedded(parse_job(base), tmp_path / "clear"))
+    sa = asyncio.run(run_embedded(parse_job({**base, "crypto": {"mode": "secagg"}}),
+                                  tmp_path / "sa"))
+    assert sa.status == "COMPLETED"
+    assert [m["clients"] for m in sa.metrics] == [12, 12, 12]
+    assert np.abs(sa.final_vector - clear.final_vector).max() < 1e-3
+    dropped = asyncio.run(run_embedded(parse_job({
+        **base, "crypto": {"mode": "secagg", "secagg": {"stage_timeout_s": 0.5}},
+        "simulation": {"dropout": 0.25}}), tmp_path / "drop"))
+    assert dropped.status == "COMPLETED"
+    assert all(m["dropped"] >= 1 and m["clients"] >= 9 for m in dropped.metrics)
+
+
+def test_secagg_conflicts_are_refused():
+    with pytest.raises(ConfigError, match="compress"):
+        parse_job({"name": "x", "crypto": {"mode": "secagg"},
+                   "compression": {"uplink": {"chain": ["topk", "q8"]}}})
+    with pytest.raises(ConfigError, match="robust"):
+        parse_job({"name": "x", "crypto": {"mode": "secagg"},
+                   "robust": {"aggregator": "krum", "num_malicious": 1}})
