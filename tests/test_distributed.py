@@ -400,3 +400,21 @@ def test_distributed_he_job_equals_the_embedded_run(services, database, tmp_path
     final[job.selected] = open_vector(keys, total) / total.weight
     embedded = _embedded_final(tmp_path, HE_JOB)
     assert np.max(np.abs(final - embedded)) <= 1e-5
+
+
+SECAGG_JOB = {**JOB, "name": "dist-secagg", "rounds": 3,
+              "crypto": {"mode": "secagg", "secagg": {"stage_timeout_s": 20}}}
+
+
+def test_distributed_secagg_job_equals_the_embedded_run(services, database, tmp_path):
+    """SecAgg+ over gRPC: the coordinator routes keys and sealed shares between real
+    devices, unmasks only the sum, and the model is the embedded run's."""
+    state, _ = services
+    job_id = _submit(state.grpc, SECAGG_JOB)
+    contributed = _fleet(state.grpc, job_id, SECAGG_JOB)
+    assert sum(contributed) == 3 * 10
+    assert _job(state.grpc, job_id).status == "COMPLETED"
+    final, rounds, parts = asyncio.run(_final_model(database, job_id))
+    _check_counted_once(rounds, parts, SECAGG_JOB)
+    embedded = _embedded_final(tmp_path, SECAGG_JOB)
+    assert np.max(np.abs(final - embedded)) <= 1e-5

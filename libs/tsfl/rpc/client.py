@@ -10,17 +10,22 @@ import random
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import xxhash
 
 from tsfl.core.layout import ParamLayout
 from tsfl.he import SecretKeySet
-from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, grpc_options
+from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, MAX_UNARY_BYTES, grpc_options
 from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.he import HeDevice
 from tsfl.sdk.runner import ClientRunner, RoundTask, UploadReceipt
+from tsfl.secagg.protocol import SecAggAbort
+from tsfl.secagg.ring import RingSpec
 from tsfl.v1 import device_pb2, device_pb2_grpc
+from tsfl.wire.envelope import WireError
+from tsfl.wire.secagg import decode_reply, encode_request
 
 log = logging.getLogger("tsfl.sdk")
 
@@ -54,7 +59,8 @@ class GrpcTransport:
         self.max_model_bytes = max_model_bytes
         self.job_id = job_id
         self.device_id = device_id
-        opts = grpc_options(CHUNK_BYTES * 4)
+        self._ring_bits: dict[tuple[str, int], int] = {}  # SecAgg+ round -> ring width
+        opts = grpc_options(MAX_UNARY_BYTES)
         self.channel = (grpc.aio.secure_channel(address, tls.credentials(), options=opts)
                         if tls else grpc.aio.insecure_channel(address, options=opts))
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)
@@ -80,8 +86,40 @@ class GrpcTransport:
             raise JobFinished(self.job_id)
         if not resp.has_task:
             return None
-        return RoundTask(self.job_id, resp.round, resp.model_version,
+        task = RoundTask(self.job_id, resp.round, resp.model_version,
                          json.loads(resp.config_json or "{}"))
+        raw = task.config.get("secagg")
+        if isinstance(raw, dict):  # the ring's width, for packing the masked vector
+            try:
+                ring = RingSpec(float(raw["ring"]["clip"]), int(raw["ring"]["quant_bits"]),
+                                int(raw["ring"]["clients"]))
+            except (KeyError, TypeError, ValueError):
+                pass  # the runner refuses the config with a clear error
+            else:
+                self._ring_bits = {(task.job_id, task.round): ring.ring_bits}
+        return task
+
+    async def secagg(self, client_id: str, job_id: str, round_number: int, stage: str,
+                     payload: dict[str, Any]) -> dict[str, Any]:
+        """One SecAgg+ stage: waits (server-side) until the next stage begins. A refused
+        or aborted stage raises :class:`SecAggAbort`: the device sits this round out."""
+        ring_bits = self._ring_bits.get((job_id, round_number))
+        if ring_bits is None:
+            raise SecAggAbort(f"{stage}: no SecAgg+ task of round {round_number} was received")
+        try:
+            resp = await self.stub.SecAggStage(device_pb2.SecAggRequest(
+                job_id=job_id, round=round_number, stage=stage,
+                payload=encode_request(stage, payload, ring_bits)), metadata=self._md())
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.FAILED_PRECONDITION,
+                              grpc.StatusCode.ALREADY_EXISTS,
+                              grpc.StatusCode.INVALID_ARGUMENT):
+                raise SecAggAbort(f"{stage}: {exc.details()}") from None
+            raise
+        try:
+            return decode_reply(stage, resp.payload)
+        except WireError as exc:
+            raise SecAggAbort(f"{stage}: {exc}") from None
 
     async def download_model(self, job_id: str, version: int,
                              have_version: int | None = None, client_id: str = ""
@@ -186,6 +224,7 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
     runner = ClientRunner(device_id, client, transport, layout, offload=offload,
                           he=HeDevice(he_keys))
     backoff, contributed = 0.1, 0
+    sat_out: tuple[str, int] | None = None  # a SecAgg+ round this device dropped out of
     try:
         while stop is None or not stop.is_set():
             try:
@@ -195,7 +234,15 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                 if task is None:
                     await asyncio.sleep(poll_s)
                     continue
-                outcome = await runner.run_task(task)
+                if (task.job_id, task.round) == sat_out:
+                    await asyncio.sleep(poll_s)  # this round went on without us
+                    continue
+                try:
+                    outcome = await runner.run_task(task)
+                except SecAggAbort as exc:
+                    log.info("%s: secagg round %d: %s", device_id, task.round, exc)
+                    sat_out = (task.job_id, task.round)
+                    continue
                 if outcome.receipt.accepted:
                     contributed += 1
                 elif outcome.receipt.code not in ("duplicate", "round_closed", "wrong_round",

@@ -16,11 +16,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tsfl.config import ConfigError
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator
-from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, grpc_options
+from tsfl.pipeline.secagg_stages import SecAggRefused
+from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, MAX_UNARY_BYTES, grpc_options
 from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
 from tsfl.runtime.jobs import JobManager
+from tsfl.secagg.protocol import SecAggAbort
 from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+from tsfl.wire.envelope import WireError
+from tsfl.wire.secagg import decode_request, encode_reply
 
 
 def _traits(t: device_pb2.DeviceTraits) -> dict[str, Any]:
@@ -211,6 +215,34 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.Ack()
 
 
+    async def SecAggStage(self, request: device_pb2.SecAggRequest,
+                          context: grpc.aio.ServicerContext) -> device_pb2.SecAggReply:
+        device = await self._device(context, request.job_id)
+        job = self.coordinator.jobs.get(request.job_id)
+        active = job.round if job is not None else None
+        stages = active.secagg if active is not None else None
+        if stages is None or active is None or active.number != request.round:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"wrong_round: no SecAgg+ round {request.round} is open")
+        assert stages is not None
+        try:
+            payload = decode_request(request.stage, request.payload, stages.config.size,
+                                     stages.config.ring.ring_bits, self.max_update_bytes)
+        except WireError as exc:
+            await self.coordinator.store.append_audit(request.job_id, "upload.refused", {
+                "round": request.round, "client_id": device, "code": exc.code,
+                "message": f"secagg: {exc}"})
+            await context.abort(status_for(exc.code), f"{exc.code}: {exc}")
+        try:
+            reply = await self.coordinator.secagg(device, request.job_id, request.round,
+                                                  request.stage, payload)
+        except SecAggRefused as exc:
+            await context.abort(status_for(exc.code), f"{exc.code}: {exc}")
+        except SecAggAbort as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"secagg_aborted: {exc}")
+        return device_pb2.SecAggReply(payload=encode_reply(request.stage, reply))
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, coordinator: Coordinator, jobs: JobManager, watch_poll_s: float = 0.25):
         self.coordinator = coordinator
@@ -325,7 +357,7 @@ async def set_serving(servicer: health.aio.HealthServicer, serving: bool,
 async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, address: str,
                                    *, credentials: grpc.ServerCredentials | None = None
                                    ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=grpc_options(CHUNK_BYTES * 4))
+    server = grpc.aio.server(options=grpc_options(MAX_UNARY_BYTES))
     device_pb2_grpc.add_DeviceServiceServicer_to_server(
         DeviceServicer(coordinator, jobs, max_update_bytes=coordinator.max_update_bytes), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(coordinator, jobs), server)

@@ -25,6 +25,8 @@ UPLOAD_STATUS: dict[str, grpc.StatusCode] = {
     "he": grpc.StatusCode.INVALID_ARGUMENT,  # clear update for an HE job, or the reverse
     "sealed": grpc.StatusCode.INVALID_ARGUMENT,  # a malformed encrypted section
     "he_key": grpc.StatusCode.FAILED_PRECONDITION,  # encrypted under another job's key
+    "secagg": grpc.StatusCode.FAILED_PRECONDITION,  # an update for a SecAgg+ job
+    "wrong_stage": grpc.StatusCode.FAILED_PRECONDITION,  # SecAgg+: that stage is over
 }
 
 

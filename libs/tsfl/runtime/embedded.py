@@ -209,9 +209,39 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         await pipeline.stop()
         await store.close()
         await asyncio.sleep(0)
-    crypto = crypto_summary(spec, metrics, he_job) if he_job is not None else None
+    crypto = (crypto_summary(spec, metrics, he_job) if he_job is not None else
+              secagg_summary(spec, metrics, layout.total_size)
+              if spec.crypto.mode == "secagg" else None)
     return RunResult(job_id, metrics, final_vector, status, reason,
                      time.perf_counter() - started, db_path, spec, ledger, robustness, crypto)
+
+
+def secagg_summary(spec: JobSpec, metrics: list[dict[str, Any]], size: int
+                   ) -> dict[str, Any]:
+    """summary.json's ``crypto`` for SecAgg+: the ring, the masked bytes against the
+    float32 bytes of the same updates, and how rounds coped with dropouts."""
+    from tsfl.secagg.graph import neighbour_count
+    from tsfl.secagg.ring import RingSpec
+
+    s = spec.crypto.secagg
+    n = spec.clients.per_round
+    ring = RingSpec(s.clip, s.quant_bits, n)
+    k = neighbour_count(n)
+    masked = [m.get("codecs", {}).get("secagg", {"updates": 0, "bytes": 0}) for m in metrics]
+    updates = sum(c["updates"] for c in masked)
+    nbytes = sum(c["bytes"] for c in masked)
+    return {"mode": "secagg",
+            "parameters": {"protocol": "SecAgg+ (Bell et al. 2020)", "clip": s.clip,
+                           "quant_bits": s.quant_bits, "ring_bits": ring.ring_bits,
+                           "neighbours": k,
+                           "threshold": max(1, min(k, int(s.threshold_fraction * k) + 1)),
+                           "weight_unit": s.weight_unit,
+                           "stage_timeout_s": s.stage_timeout_s},
+            "bytes_up": sum(m["bytes_up"] for m in metrics),
+            "masked_bytes_up": nbytes,
+            "expansion": nbytes / (4 * size * updates) if updates else None,
+            "dropped": sum(m["dropped"] for m in metrics),
+            "failed_rounds": sum(1 for m in metrics if m["clients"] == 0)}
 
 
 def crypto_summary(spec: JobSpec, metrics: list[dict[str, Any]], he: HeJob

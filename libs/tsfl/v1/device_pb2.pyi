@@ -6,6 +6,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SecAggRequest(_message.Message):
+    __slots__ = ("job_id", "round", "stage", "payload")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    stage: str
+    payload: bytes
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
 class DeviceTraits(_message.Message):
     __slots__ = ("battery", "network", "free_memory_bytes", "dataset_size")
     BATTERY_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,11 @@ class DeviceServiceStub(object):
                 request_serializer=tsfl_dot_v1_dot_device__pb2.EvaluationReport.SerializeToString,
                 response_deserializer=tsfl_dot_v1_dot_device__pb2.Ack.FromString,
                 _registered_method=True)
+        self.SecAggStage = channel.unary_unary(
+                '/tsfl.v1.DeviceService/SecAggStage',
+                request_serializer=tsfl_dot_v1_dot_device__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=tsfl_dot_v1_dot_device__pb2.SecAggReply.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer(object):
@@ -125,6 +130,16 @@ class DeviceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggStage(self, request, context):
+        """One SecAgg+ stage message of a crypto.mode secagg job (advertise, share, masked,
+        unmask); answered once the server has begun the next stage, with what the device
+        needs for it. FAILED_PRECONDITION for the wrong stage or round, ABORTED when the
+        round aborted (too many dropouts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +177,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.ReportEvaluation,
                     request_deserializer=tsfl_dot_v1_dot_device__pb2.EvaluationReport.FromString,
                     response_serializer=tsfl_dot_v1_dot_device__pb2.Ack.SerializeToString,
+            ),
+            'SecAggStage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggStage,
+                    request_deserializer=tsfl_dot_v1_dot_device__pb2.SecAggRequest.FromString,
+                    response_serializer=tsfl_dot_v1_dot_device__pb2.SecAggReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +373,33 @@ class DeviceService(object):
             '/tsfl.v1.DeviceService/ReportEvaluation',
             tsfl_dot_v1_dot_device__pb2.EvaluationReport.SerializeToString,
             tsfl_dot_v1_dot_device__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggStage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsfl.v1.DeviceService/SecAggStage',
+            tsfl_dot_v1_dot_device__pb2.SecAggRequest.SerializeToString,
+            tsfl_dot_v1_dot_device__pb2.SecAggReply.FromString,
             options,
             channel_credentials,
             insecure,
