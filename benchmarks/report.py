@@ -212,6 +212,24 @@ def he_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def secagg_table(data: dict) -> str:
+    lines = [f"One round, {data['size']:,} parameters, every client and the server in one "
+             "process (client: mean per client; dropouts vanish before their masked vector). "
+             "Plot: `results/secagg.png`.", "",
+             "| clients | dropouts | tsfl client | tsfl server | tsfl total | Flower total | "
+             "Flower ÷ tsfl | tsfl per client | exact sum |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in data["rows"]:
+        t, f = r["tsfl"], r.get("flower")
+        lines.append(
+            f"| {r['clients']} | {r['dropout']:.0%} | {t['client_s'] * 1e3:.0f} ms | "
+            f"{t['server_s']:.2f} s | {t['total_s']:.1f} s | "
+            + (f"{f['total_s']:.1f} s | **{r['flower_vs_tsfl']:.1f}×** | " if f else
+               "not run | – | ")
+            + f"{t['bytes_per_client'] / 1e3:.0f} kB | {'yes' if t['exact'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
@@ -220,7 +238,7 @@ def main() -> None:
                          ("robust_speed", robust_speed_table),
                          ("robustness", robustness_table), ("codecs", codecs_table),
                          ("compression", compression_table), ("transfer", transfer_table),
-                         ("he", he_table)):
+                         ("he", he_table), ("secagg", secagg_table)):
         data = _load(name)
         if data is None:
             continue

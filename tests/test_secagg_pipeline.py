@@ -116,7 +116,7 @@ async def test_exact_sum_with_dropouts_at_every_stage(tmp_path):
 
 
 async def test_below_threshold_the_round_aborts_and_releases_nothing(tmp_path):
-    spec, store, pipeline = await _pipeline(tmp_path)
+    _spec, store, pipeline = await _pipeline(tmp_path)
     coord = pipeline.coordinator
     # 9 of 12 vanish before masking: no neighbourhood keeps its threshold of shares
     vanish = {f"d{i:02d}": "masked" for i in range(9)}
@@ -137,7 +137,7 @@ async def test_plain_uploads_and_out_of_stage_messages_are_refused(tmp_path):
     from tsfl.pipeline.secagg_stages import SecAggRefused
     from tsfl.wire import encode_update
 
-    spec, store, pipeline = await _pipeline(tmp_path)
+    _spec, store, pipeline = await _pipeline(tmp_path)
     coord = pipeline.coordinator
     try:
         await coord.open_round(JOB)
