@@ -159,6 +159,12 @@ async def test_he_round_and_refusals(tmp_path):
         refused = [e["payload"]["code"] for e in await store.audit_trail(JOB)
                    if e["kind"] == "upload.refused"]
         assert refused == ["he", "he_key", "sealed"]
+        # what the he service and the coordinator hold of the job: public parts only
+        for role in ("he", "coordinator", "privacy"):
+            held = pipeline.roles[role].jobs[JOB].he
+            assert set(vars(held)) == {"public", "selected", "clear", "weight_unit",
+                                       "selection"}
+            assert set(vars(held.public)) == {"key_id", "params", "prime"}
     finally:
         await pipeline.stop()
         await store.close()

@@ -74,7 +74,10 @@ async def _round(coord, transport, vanish: dict[str, str], rng):
     return tasks, deltas, examples, await asyncio.wait_for(coord.wait_round(JOB), 30)
 
 
-async def test_exact_sum_with_dropouts_at_every_stage(tmp_path):
+async def test_exact_sum_with_dropouts_at_every_stage(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     spec, store, pipeline = await _pipeline(tmp_path)
     coord = pipeline.coordinator
     recording = Recording(InProcessTransport(coord))
@@ -104,7 +107,10 @@ async def test_exact_sum_with_dropouts_at_every_stage(tmp_path):
         plain /= sum(examples[c] for c in survivors)
         step = 2 * config.ring.clip / config.ring.levels
         assert np.abs(expected - plain).max() <= len(survivors) * step / weight
-        # nothing a device sent (public keys, sealed shares) is in the database
+        # nothing a device sent (public keys, sealed shares) is in the logs or the database
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        for blob in recording.sent:
+            assert blob.hex()[:32] not in logged and repr(blob)[:40] not in logged
         await store.close()
         db = (tmp_path / "sa.db").read_bytes()
         for blob in recording.sent:
@@ -180,6 +186,9 @@ def test_embedded_secagg_run_follows_the_clear_run(tmp_path):
 
 
 def test_secagg_conflicts_are_refused():
+    with pytest.raises(ConfigError, match="per_round"):
+        parse_job({"name": "x", "crypto": {"mode": "secagg"},
+                   "clients": {"count": 5, "per_round": 2}})
     with pytest.raises(ConfigError, match="compress"):
         parse_job({"name": "x", "crypto": {"mode": "secagg"},
                    "compression": {"uplink": {"chain": ["topk", "q8"]}}})

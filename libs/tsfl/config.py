@@ -469,6 +469,9 @@ class JobSpec(Spec):
                 from tsfl.secagg.ring import RingSpec
 
                 s = self.crypto.secagg
+                if self.clients.per_round < 3:
+                    raise ValueError("crypto.mode 'secagg' needs clients.per_round ≥ 3: with "
+                                     "fewer, the sum of the others reveals each update")
                 try:
                     RingSpec(s.clip, s.quant_bits, self.clients.per_round)
                 except ValueError as exc:

@@ -206,6 +206,8 @@ class Coordinator(BusRole):
         for job in self.jobs.values():
             if job.round and job.round.deadline:
                 job.round.deadline.cancel()
+            if job.round and job.round.secagg:
+                job.round.secagg.cancel()
         await super().stop()
 
     # -- jobs ------------------------------------------------------------------------------
