@@ -17,7 +17,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tsfl.config import ConfigError
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator
 from tsfl.pipeline.secagg_stages import SecAggRefused
-from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, MAX_UNARY_BYTES, grpc_options
+from tsfl.rpc.common import (
+    CHUNK_BYTES,
+    DEVICE_HEADER,
+    MAX_UNARY_BYTES,
+    SERVER_OPTIONS,
+    grpc_options,
+)
 from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
 from tsfl.runtime.jobs import JobManager
@@ -357,7 +363,7 @@ async def set_serving(servicer: health.aio.HealthServicer, serving: bool,
 async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, address: str,
                                    *, credentials: grpc.ServerCredentials | None = None
                                    ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=grpc_options(MAX_UNARY_BYTES))
+    server = grpc.aio.server(options=[*grpc_options(MAX_UNARY_BYTES), *SERVER_OPTIONS])
     device_pb2_grpc.add_DeviceServiceServicer_to_server(
         DeviceServicer(coordinator, jobs, max_update_bytes=coordinator.max_update_bytes), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(coordinator, jobs), server)

@@ -20,6 +20,7 @@ from tsfl.bus import TOPICS
 from tsfl.bus.kafka import KafkaBus
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.pipeline.roles import ROLES
+from tsfl.rpc.common import SERVER_OPTIONS
 from tsfl.rpc.server import health_servicer, set_serving, start_coordinator_server
 from tsfl.runtime.jobs import JobManager
 from tsfl.storage.store import Store
@@ -93,7 +94,7 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
             role, jobs, cfg.grpc, credentials=server_credentials(cfg))
         address = f"{cfg.grpc.rsplit(':', 1)[0]}:{port}"
     else:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         health = health_servicer(server)
         port = server.add_insecure_port(cfg.health)
         await server.start()

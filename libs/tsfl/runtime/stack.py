@@ -64,8 +64,18 @@ def service_command(name: str, kafka: str, database: str, grpc: str, health: str
     return cmd + (["--grpc", grpc] if name == "coordinator" else ["--health", health])
 
 
+def _unused_port(state: StackState) -> int:
+    """A free port that no address of the stack names yet (free_port may hand out a port
+    another service was given but has not bound yet)."""
+    taken = {state.grpc, *(e["health"] for e in state.services.values())}
+    while True:
+        port = free_port()
+        if f"127.0.0.1:{port}" not in taken:
+            return port
+
+
 def start_service(name: str, state: StackState, directory: Path) -> dict:
-    health = f"127.0.0.1:{free_port()}"
+    health = f"127.0.0.1:{_unused_port(state)}"
     log_path = directory / f"{name}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(service_command(name, state.kafka, state.database, state.grpc,
