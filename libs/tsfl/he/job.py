@@ -74,9 +74,3 @@ class HeJob:
     def task_config(self) -> dict[str, Any]:
         """What a device needs, besides its secret key, to take part in a round."""
         return {"key_id": self.key_id, "weight_unit": self.weight_unit, **self.selection}
-
-    def scatter_clear(self, clear_values: np.ndarray, size: int) -> np.ndarray:
-        """The full vector with ``clear_values`` in place and zeros where encrypted."""
-        out = np.zeros(size, dtype=np.float32)
-        out[self.clear] = clear_values
-        return out

@@ -45,9 +45,6 @@ class SealedVector:
     terms: int
     polys: np.ndarray
 
-    def nbytes(self, prime: int) -> int:
-        return int(self.polys.size) * coeff_bytes(prime)
-
     def to_bytes(self, prime: int) -> bytes:
         """``>I`` header length, the msgpack header, then the coefficients packed to
         ⌈log2 q / 8⌉ little-endian bytes each."""

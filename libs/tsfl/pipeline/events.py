@@ -64,10 +64,9 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
         "train_loss": train_loss, "reason": reason, "weight_total": float(weight_total),
         "weighting": weighting, "unclipped": unclipped, "record_epsilon": record_epsilon,
     }
-    if sealed:
-        head["he"] = {"sb": len(sealed)}
-        payload = b"".join((payload, sealed))
-    return pack_frame(AGGREGATE, head, payload)
+    from tsfl.wire.messages import append_sealed
+
+    return pack_frame(AGGREGATE, head, append_sealed(head, payload, sealed))
 
 
 def parse_aggregate(data: bytes) -> tuple[dict[str, Any], memoryview]:

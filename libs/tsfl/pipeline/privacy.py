@@ -39,7 +39,7 @@ from tsfl.storage.store import Store
 from tsfl.strategies import Strategy, build_strategy
 from tsfl.wire.codecs import encode_f32
 from tsfl.wire.envelope import WireError, pack_frame
-from tsfl.wire.messages import decode_update, encode_update, peek_update_meta
+from tsfl.wire.messages import append_sealed, decode_update, encode_update, peek_update_meta
 
 #: stream id mixed into the job seed for the central noise of a round
 NOISE_STREAM = 0xD1FF
@@ -316,8 +316,4 @@ def release_model(job_id: str, version: int, layout_digest: str, vector: np.ndar
                   "train_loss": head["train_loss"], "epsilon": epsilon,
                   "record_epsilon": head.get("record_epsilon")},
     }
-    payload: bytes | memoryview = encode_f32(vector)
-    if sealed:
-        header["he"] = {"sb": len(sealed)}
-        payload = b"".join((payload, sealed))
-    return pack_frame("model", header, payload)
+    return pack_frame("model", header, append_sealed(header, encode_f32(vector), sealed))

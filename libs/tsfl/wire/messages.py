@@ -54,10 +54,17 @@ def encode_update(update: Update, layout: ParamLayout, encoded: Encoded | None =
         if not encoded.chain.is_raw:
             header["cp"] = encoded.params
         payload = encoded.payload
-    if sealed is not None:
-        header["he"] = {"sb": len(sealed)}
-        payload = b"".join((payload, sealed))
-    return pack_frame("update", header, payload)
+    return pack_frame("update", header, append_sealed(header, payload, sealed))
+
+
+def append_sealed(header: dict[str, Any], payload: bytes | memoryview,
+                  sealed: bytes | None) -> bytes | memoryview:
+    """``payload`` followed by an encrypted section (its length in ``he.sb``): the
+    inverse of :func:`split_sealed`, for update, aggregate and model frames."""
+    if not sealed:
+        return payload
+    header["he"] = {"sb": len(sealed)}
+    return b"".join((payload, sealed))
 
 
 def split_sealed(head: dict[str, Any], payload: memoryview
@@ -168,11 +175,7 @@ def encode_model(job_id: str, version: int, vector: np.ndarray, layout: ParamLay
     vector (where the vector holds zeros), see :func:`model_sealed`."""
     header: dict[str, Any] = {"job": job_id, "version": version, "layout": layout.digest,
                               "codecs": ["f32"], "extra": extra or {}}
-    payload = encode_f32(vector)
-    if sealed:
-        header["he"] = {"sb": len(sealed)}
-        payload = b"".join((payload, sealed))
-    return pack_frame("model", header, payload)
+    return pack_frame("model", header, append_sealed(header, encode_f32(vector), sealed))
 
 
 def model_sealed(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
