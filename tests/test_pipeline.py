@@ -178,3 +178,31 @@ async def test_aggregator_refuses_nonfinite_updates_that_reach_the_bus(tmp_path)
         trail = await h.store.audit_trail(JOB)
         assert any(e["kind"] == "update.rejected" and "nonfinite" in e["payload"]["reason"]
                    for e in trail)
+
+
+async def test_a_closing_job_never_commits_past_another_jobs_held_updates(tmp_path):
+    """Two jobs share the update partitions: job 2's updates wait for its round while job
+    1's round closes. A restart after that must read job 2's updates again (a commit of
+    job 1's offsets would otherwise pass them and lose them)."""
+    async with Harness(tmp_path) as h:
+        other = "job-2"
+        await h.coord.submit_job(other, h.spec, LAYOUT, np.zeros(6, np.float32))
+        for c in CLIENTS:
+            await h.coord.register_device(other, c, "token-" + c)
+        await h.coord.open_round(JOB)
+        await h.coord.open_round(other)
+
+        def update2(client, value):
+            return encode_update(Update(other, 1, client, 0, 10, np.full(6, value, np.float32)),
+                                 LAYOUT)
+
+        for i, c in enumerate(CLIENTS[:3]):
+            assert (await h.coord.upload(c, update2(c, float(i + 1)))).accepted
+        for c in CLIENTS:
+            assert (await h.coord.upload(c, h.update(c, 1.0))).accepted
+        assert (await asyncio.wait_for(h.coord.wait_round(JOB), 5)).ok
+        await h.restart_aggregator()
+        assert (await h.coord.upload("c3", update2("c3", 4.0))).accepted
+        result = await asyncio.wait_for(h.coord.wait_round(other), 5)
+        assert result.ok and sorted(result.accepted) == CLIENTS
+        np.testing.assert_allclose(h.coord.model_vector(other), 2.5, rtol=1e-6)

@@ -107,7 +107,7 @@ def test_job_stops_at_its_budget_and_releases_nothing_beyond(tmp_path):
 
 
 async def _clipped_updates(tmp_path, spec):
-    """Run rounds of the embedded pipeline with a tap on tsfl.updates.clipped."""
+    """Run rounds of the embedded pipeline with a tap on the clipped updates."""
     from tsfl.pipeline.roles import LocalPipeline
     from tsfl.runtime.simulation import build_federation
     from tsfl.runtime.transport import InProcessTransport
@@ -117,7 +117,7 @@ async def _clipped_updates(tmp_path, spec):
     spec = resolve_privacy(spec, fed.workspace.layout.total_size)
     store = await Store.open(f"sqlite:///{tmp_path / 'tap.db'}")
     pipeline = await LocalPipeline.in_memory(store)
-    tap = pipeline.bus.consumer([topics.UPDATES_CLIPPED], "tap")
+    tap = pipeline.bus.consumer([topics.screened_topic(spec.robust.aggregator)], "tap")
     await tap.start()
     try:
         coord = pipeline.coordinator

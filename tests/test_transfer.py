@@ -118,7 +118,7 @@ async def _enrol_and_wait_for_task(device):
 async def test_interrupted_transfers_resume_byte_identical(coordinator_server):
     pipeline, jobs, address = coordinator_server
     sub = await jobs.submit(yaml.safe_dump(JOB), "enrol")
-    spy = pipeline.bus.consumer([topics.UPDATES_CLIPPED], "spy")  # no central DP: no hop
+    spy = pipeline.bus.consumer([topics.UPDATES_DIRECT], "spy")  # no DP, no robust rule
     await spy.start()
     device = GrpcTransport(address, sub.job_id, "client-00000", chunk_bytes=8 * 1024,
                            retry_s=0.05)

@@ -1,10 +1,12 @@
 """The aggregator role: ``tsfl.rounds`` + ``tsfl.updates.clipped`` + ``tsfl.verdicts``
-→ ``tsfl.aggregates``.
+(jobs with a robust rule) + ``tsfl.updates.direct`` (the others) → ``tsfl.aggregates``.
 
-Stages: decode → validate → apply the verdict → fold (streaming, O(P)). An update is
-folded once both it and its verdict are here, with weight ``num_examples × verdict
-weight`` (``verdict weight`` alone for a central-DP job: one vote per client). The
-round's mean delta goes to ``tsfl.aggregates``; the release stage (the privacy role)
+Stages: decode → validate → apply the verdict → fold (streaming, O(P)). An update of a
+job with a robust rule is folded once both it and its verdict are here, with weight
+``num_examples × verdict weight`` (``verdict weight`` alone for a central-DP job: one
+vote per client); a job without one folds each update as it arrives. The round's mean
+delta goes to ``tsfl.aggregates`` (a round with nothing to aggregate: ``tsfl.failures``);
+the release stage (the privacy role)
 noises it where the job has DP, applies the server optimizer and checkpoints the model.
 The round's offsets are committed only after the aggregate is published: a restarted
 aggregator re-reads the open round and re-folds it, idempotent by client, and the
@@ -45,7 +47,7 @@ class _Round:
     record_eps: dict[str, float] = field(default_factory=dict)  # clients' DP-SGD ε
     unclipped: set[str] = field(default_factory=set)  # norm was within the clip bound
     closing: set[str] | None = None
-    held: dict[tuple[str, int], Record] = field(default_factory=dict)  # to commit at close
+    held: list[Record] = field(default_factory=list)  # settled once the round is published
     sealed: SealedSum | None = None  # HE jobs: the encrypted coordinates' running sum
 
     def settled(self, client: str) -> bool:
@@ -63,6 +65,13 @@ class _JobState:
     he: HeJob | None = None
 
     @property
+    def screened(self) -> bool:
+        """Whether the byzantine stage sends a verdict for each update: only for a job
+        with a robust rule (an HE update is unreadable there; without a rule every
+        update counts with weight 1, so none is waited for)."""
+        return self.he is None and self.spec.robust.aggregator != "none"
+
+    @property
     def uniform_weights(self) -> bool:
         """One vote per client (times its verdict): central DP, and FLTrust, whose votes
         are its trust scores."""
@@ -72,7 +81,8 @@ class _JobState:
 class Aggregator(BusRole):
     name = "aggregator"
     #: the update topics this role folds (the he role folds the encrypted ones)
-    update_topics: tuple[str, ...] = (topics.UPDATES_CLIPPED, topics.VERDICTS)
+    update_topics: tuple[str, ...] = (topics.UPDATES_CLIPPED, topics.UPDATES_DIRECT,
+                                      topics.VERDICTS)
     #: the crypto mode of the jobs this role aggregates: HE jobs go to the he role, and
     #: secagg jobs are summed by the coordinator's SecAgg+ stages (the sum is all it gets)
     serves_mode = "none"
@@ -108,19 +118,10 @@ class Aggregator(BusRole):
                 rnd = await self._round(state, event["round"])
                 if rnd is not None:
                     rnd.closing = set(event.get("uploaded", []))
-                    rnd.held[(record.topic, record.partition)] = record
+                    rnd.held.append(record)
                     await self._maybe_finalize(state)
                     return
-        await self._commit_control(record)
-
-    async def _commit_control(self, record: Record) -> None:
-        """Commit a ``tsfl.rounds`` record, never past a CLOSING still being finalized
-        (of any job): after a restart that CLOSING must be read again."""
-        held = [r.offset for s in self.jobs.values() if s.round
-                for (t, p), r in s.round.held.items() if t == record.topic
-                and p == record.partition]
-        if not held or record.offset < min(held):
-            await self.consumer.commit(record)
+        self.settle(record)
 
     async def _job(self, job_id: str) -> _JobState | None:
         """The job's state, or None for an unknown job or one another role aggregates."""
@@ -191,14 +192,14 @@ class Aggregator(BusRole):
             v = events.parse_verdict(record.value)
         except (WireError, ValueError) as exc:
             self.log.warning("unreadable verdict at offset %d: %s", record.offset, exc)
-            await self.consumer.commit(record)
+            self.settle(record)
             return
         state = await self._job(v["job"])
         rnd = await self._round(state, v["round"]) if state else None
         if rnd is None:
-            await self.consumer.commit(record)
+            self.settle(record)
             return
-        rnd.held[(record.topic, record.partition)] = record
+        rnd.held.append(record)
         rnd.verdicts.setdefault(v["client"], (v["weight"], v["reason"], v["scale"]))
         await self._try_fold(state, rnd, v["client"])
 
@@ -207,14 +208,14 @@ class Aggregator(BusRole):
             meta = peek_update_meta(record.value, self.max_update_bytes)
         except WireError as exc:
             self.log.warning("unreadable update at %s@%d: %s", record.topic, record.offset, exc)
-            await self.consumer.commit(record)
+            self.settle(record)
             return
         state = await self._job(meta["job_id"])
         rnd = await self._round(state, meta["round"]) if state else None
         if rnd is None:
-            await self.consumer.commit(record)
+            self.settle(record)
             return
-        rnd.held[(record.topic, record.partition)] = record
+        rnd.held.append(record)
         client = meta["client_id"]
         if client in rnd.updates or rnd.settled(client):
             return  # duplicate delivery: counted once already
@@ -233,7 +234,7 @@ class Aggregator(BusRole):
             await self._maybe_finalize(state)
             return
         rnd.updates[client] = update
-        if state.he is not None:  # no update is readable here, so there is no verdict
+        if not state.screened:
             rnd.verdicts.setdefault(client, (1.0, "", 1.0))
         await self._try_fold(state, rnd, client)
 
@@ -311,8 +312,11 @@ class Aggregator(BusRole):
                 state.job_id, rnd.number, state.version, layout=state.layout.digest, ok=False,
                 accepted=[], rejected=dict(rnd.rejected), num_examples=0, train_loss=None,
                 reason=result.error or "no valid update to aggregate")
-        await self.bus.publish(topics.AGGREGATES, msg, key=key)
-        await self.consumer.commit_all(rnd.held.values())
+        # A failure is small and only the coordinator needs it: it travels on its own topic,
+        # so the coordinator never reads the (model-sized) aggregates.
+        await self.bus.publish(topics.AGGREGATES if result.mean is not None
+                               else topics.FAILURES, msg, key=key)
+        self.settle(*rnd.held)
         state.closed = rnd.number
         state.round = None
 

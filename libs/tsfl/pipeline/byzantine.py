@@ -2,9 +2,10 @@
 ``tsfl.verdicts`` (+ ``tsfl.alerts``).
 
 Decisions travel as small messages (a vote weight in [0, 1], a scale, the rule's scores,
-a reason); the payload stays on its topic. A job without a robust rule gets weight 1 for
-every update as it arrives. A job with one (``robust.aggregator``) has its round's
-updates held until the coordinator's CLOSING names the uploads; the rule
+a reason); the payload stays on its topic. A job without a robust rule gets no verdicts:
+the aggregator counts each of its updates with weight 1 as it arrives (they do not even
+pass here: they travel on ``tsfl.updates.direct``). A job with one (``robust.aggregator``)
+has its round's updates held until the coordinator's CLOSING names the uploads; the rule
 (:mod:`tsfl.robust`) then judges them together, and the verdicts, the per-client
 reputation and an alert when more than ``robust.alert_fraction`` of the round is flagged
 are persisted (participants table, audit trail, client history) before the verdicts are
@@ -98,19 +99,15 @@ class Byzantine(BusRole):
         try:
             meta = peek_update_meta(record.value, self.max_update_bytes)
         except WireError:
-            await self.consumer.commit(record)  # the aggregator refuses it and says why
+            self.settle(record)  # the aggregator refuses it and says why
             return
         job_id, number, client = meta["job_id"], meta["round"], meta["client_id"]
         job = await self._job(job_id)
-        if job is None:  # no robust rule: accept as it arrives
-            verdict = events.verdict_message(job_id, number, client, weight=1.0,
-                                             reason="accepted: no robust filter")
-            published = await self.bus.publish_nowait(
-                topics.VERDICTS, verdict, key=events.update_key(job_id, number, client))
-            await self.commit_when_published(record, published)
+        if job is None:  # no robust rule: the aggregator counts it as it arrives
+            self.settle(record)
             return
         if number < job.next_round - 1:
-            await self.consumer.commit(record)  # an old round's replay: judged already
+            self.settle(record)  # an old round's replay: judged already
             return
         pending = job.rounds.setdefault(number, _Pending())
         pending.held.append(record)
@@ -137,7 +134,7 @@ class Byzantine(BusRole):
                 pending.held.append(record)
                 await self._maybe_judge(job_id, job, event["round"])
                 return
-        await self.consumer.commit(record)
+        self.settle(record)
 
     # -- judging ---------------------------------------------------------------------------
     async def _maybe_judge(self, job_id: str, job: _Job, number: int) -> None:
@@ -186,7 +183,7 @@ class Byzantine(BusRole):
                 key=job_id.encode())
             self.log.warning("job %s round %d: %.0f%% of updates flagged", job_id, number,
                              100 * fraction)
-        await self.consumer.commit_all(pending.held)
+        self.settle(*pending.held)
         job.rounds.pop(number, None)
 
     async def _judge(self, job_id: str, job: _Job, number: int, clients: list[str],

@@ -1,8 +1,10 @@
 """The coordinator role: owns jobs and round state, and is what devices talk to.
 
 Consumes ``tsfl.cohorts`` (from the selector), ``tsfl.models`` (released by the privacy
-stage) and failed results on ``tsfl.aggregates``; produces ``tsfl.rounds``,
-``tsfl.updates.raw`` (central-DP jobs; ``tsfl.updates.clipped`` directly for the others)
+stage) and ``tsfl.failures`` (rounds that could not be aggregated or released); produces
+``tsfl.rounds``,
+``tsfl.updates.raw`` (central-DP jobs; for the others ``tsfl.updates.clipped`` directly,
+or ``tsfl.updates.direct`` when no robust rule judges them)
 and ``tsfl.devices``. Every round transition is persisted in the
 store before the event announcing it is published. Uploads are idempotent by
 (job, round, client).
@@ -110,10 +112,13 @@ class _Job:
 def ingest_topic(spec: JobSpec) -> str:
     """Where an accepted update goes: the he service for HE jobs; the privacy stage when
     the server clips (central DP); otherwise straight to the byzantine stage and the
-    aggregator (one broker hop fewer)."""
+    aggregator, or to the aggregator alone when no robust rule judges it (one broker hop
+    fewer, and one read of the payload fewer)."""
     if spec.crypto.mode == "he":
         return topics.UPDATES_ENCRYPTED
-    return topics.UPDATES_RAW if spec.privacy.mode == "central" else topics.UPDATES_CLIPPED
+    if spec.privacy.mode == "central":
+        return topics.UPDATES_RAW
+    return topics.screened_topic(spec.robust.aggregator)
 
 
 def uplink_config(spec: JobSpec) -> dict[str, Any] | None:
@@ -197,7 +202,7 @@ class Coordinator(BusRole):
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "coordinator",
                  max_update_bytes: int = 2 * 1024**3):
-        super().__init__(bus, store, [topics.COHORTS, topics.MODELS, topics.AGGREGATES],
+        super().__init__(bus, store, [topics.COHORTS, topics.MODELS, topics.FAILURES],
                          group_id)
         self.max_update_bytes = max_update_bytes
         self.jobs: dict[str, _Job] = {}
@@ -666,7 +671,7 @@ class Coordinator(BusRole):
             head, _ = events.parse_aggregate(record.value)
             if not head["ok"]:
                 await self._on_failed_aggregate(head)
-        await self.consumer.commit(record)
+        self.settle(record)
 
     async def _on_failed_aggregate(self, head: dict[str, Any]) -> None:
         job = self.jobs.get(head["job"])

@@ -1,10 +1,11 @@
-"""The privacy role: ``tsfl.updates.raw`` → ``tsfl.updates.clipped`` and
-``tsfl.aggregates`` → ``tsfl.models``; the release stage of every round.
+"""The privacy role: ``tsfl.updates.raw`` → ``tsfl.updates.clipped`` (or
+``tsfl.updates.direct`` for a job without a robust rule) and ``tsfl.aggregates`` →
+``tsfl.models``; the release stage of every round.
 
 - Raw updates of a central-DP job are clipped (in the mechanism's norm, with the round's
   clip norm) and re-encoded with their pre-clip norm in the metrics. The coordinator sends
-  other jobs' updates to ``tsfl.updates.clipped`` itself; one that arrives here anyway
-  (published by an older coordinator) passes through unchanged.
+  other jobs' updates past this stage itself; one that arrives here anyway (published by
+  an older coordinator) passes through unchanged.
 - An aggregate (the round's mean delta) is released: for a DP job the ledger is charged
   first — a round whose charge would exceed the budget is withheld and reported as
   ``BUDGET_EXHAUSTED`` — then central noise is added to the clipped sum, the server
@@ -87,12 +88,12 @@ class Privacy(BusRole):
             await self._on_update(record)
         elif record.topic == topics.AGGREGATES:
             await self._on_aggregate(record)
-            await self.consumer.commit(record)
+            self.settle(record)
         else:
             event = events.parse_round_event(record.value)
             if event["type"] == events.JOB_FINISHED:
                 self.jobs.pop(event["job"], None)
-            await self.consumer.commit(record)
+            self.settle(record)
 
     # -- jobs ------------------------------------------------------------------------------
     async def _job(self, job_id: str) -> _Release | None:
@@ -139,17 +140,19 @@ class Privacy(BusRole):
 
     # -- clipping --------------------------------------------------------------------------
     async def _on_update(self, record: Record) -> None:
-        out = record.value
+        out, topic = record.value, topics.UPDATES_CLIPPED
         try:
             meta = peek_update_meta(record.value, self.max_update_bytes)
             state = await self._job(meta["job_id"])
-            if state is not None and state.plan is not None and state.plan.mode == "central":
-                out = self._clip(state, record.value)
+            if state is not None:
+                topic = topics.screened_topic(state.spec.robust.aggregator)
+                if state.plan is not None and state.plan.mode == "central":
+                    out = self._clip(state, record.value)
         except WireError:
             pass  # unreadable here is unreadable downstream: the aggregator rejects it
-        published = await self.bus.publish_nowait(topics.UPDATES_CLIPPED, out, key=record.key,
+        published = await self.bus.publish_nowait(topic, out, key=record.key,
                                                    headers=record.headers)
-        await self.commit_when_published(record, published)
+        self.settle_when_published(record, published)
 
     def _clip(self, state: _Release, data: bytes) -> bytes:
         assert state.plan is not None and state.clip_norm is not None
@@ -165,7 +168,7 @@ class Privacy(BusRole):
     async def _on_aggregate(self, record: Record) -> None:
         head, payload = events.parse_aggregate(record.value)
         if not head["ok"]:
-            return  # a failed round (the coordinator reads these), or our own refusal
+            return  # a failed round from an older producer (failures have their topic)
         state = await self._job(head["job"])
         if state is None:
             return
@@ -294,7 +297,7 @@ class Privacy(BusRole):
         msg = events.aggregate_message(
             state.job_id, head["round"], state.version, layout=state.layout.digest, ok=False,
             accepted=[], rejected={}, num_examples=0, train_loss=None, reason=reason)
-        await self.bus.publish(topics.AGGREGATES, msg,
+        await self.bus.publish(topics.FAILURES, msg,
                                key=topics.round_key(state.job_id, head["round"]))
 
     async def _publish(self, state: _Release, head: dict[str, Any], number: int,

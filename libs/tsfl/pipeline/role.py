@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from tsfl.bus.base import Bus, Consumer, Record
+from tsfl.bus.offsets import OffsetTracker
 from tsfl.storage.store import Store
 
 
 class BusRole(ABC):
     """Consumes ``topics`` as member of ``group_id`` and hands each record to :meth:`handle`.
 
-    ``handle`` commits what it has made durable. A record that makes it raise is logged
-    and committed (skipped), so one bad message never stops the role.
+    ``handle`` :meth:`settle`\\ s each record once its effect is durable (at once, or later
+    for records a stage holds, like a round's updates). Offsets are committed in the
+    background, in one call for whatever settled meanwhile, and never past a record read
+    and not yet settled (:class:`~tsfl.bus.offsets.OffsetTracker`), so a restart reads
+    every held record again. A record that makes ``handle`` raise is logged and settled
+    (skipped), so one bad message never stops the role.
     """
 
     name: str = "role"
@@ -30,10 +34,10 @@ class BusRole(ABC):
         self.log = logging.getLogger(f"tsfl.{self.name}")
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._inflight: collections.deque[tuple[Record, asyncio.Future[None]]] = (
-            collections.deque())
+        self._offsets = OffsetTracker()
+        self._publishing: set[asyncio.Future[None]] = set()
+        self._to_commit = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
-        self._inflight_changed = asyncio.Event()
 
     @property
     def consumer(self) -> Consumer:
@@ -44,22 +48,25 @@ class BusRole(ABC):
     async def start(self) -> None:
         self._consumer = self.bus.consumer(self.topics, self.group_id)
         await self._consumer.start()
+        self._offsets = OffsetTracker()
+        self._committer = asyncio.create_task(self._commit_loop(),
+                                              name=f"tsfl-{self.name}-commits")
         self._task = asyncio.create_task(self._run(), name=f"tsfl-{self.name}")
 
     async def stop(self) -> None:
-        if self._inflight and self._committer:  # let what is in flight land and commit
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained(), 10)
-        if self._committer:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-            self._committer = None
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._publishing:  # let what is in flight land, and commit it
+            await asyncio.wait(list(self._publishing), timeout=10)
+        if self._committer:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+            await self._commit_now(everything=True)
         if self._consumer:
             await self._consumer.stop()
             self._consumer = None
@@ -70,6 +77,7 @@ class BusRole(ABC):
             record = await consumer.getone()
             if record is None:
                 continue
+            self._offsets.read(record.topic, record.partition, record.offset)
             try:
                 await self.handle(record)
             except asyncio.CancelledError:
@@ -77,45 +85,61 @@ class BusRole(ABC):
             except Exception:
                 self.log.exception("%s failed on %s@%d:%d; skipping it", self.name,
                                    record.topic, record.partition, record.offset)
-                await consumer.commit(record)
+                self.settle(record)
 
-    async def commit_when_published(self, record: Record, published: asyncio.Future[None]
-                                    ) -> None:
-        """Commit ``record`` once the output it produced is accepted by the bus.
+    # -- offsets ---------------------------------------------------------------------------
+    def settle(self, *records: Record) -> None:
+        """These records' effects are durable: their offsets may be committed once every
+        record read before them in their partition is settled too."""
+        moved = False
+        for r in records:
+            moved |= self._offsets.settle(r.topic, r.partition, r.offset)
+        if moved:
+            self._to_commit.set()
 
-        The stage goes on to the next record meanwhile (its outputs are batched by the
-        producer); commits keep the consumption order, and stop at the first failed
-        publish, so after a restart that record and everything after it are read again.
-        """
-        if not self._inflight and published.done() and published.exception() is None:
-            await self.consumer.commit(record)
+    def settle_when_published(self, record: Record, published: asyncio.Future[None]) -> None:
+        """Settle ``record`` once the output it produced is accepted by the bus; the
+        stage goes on to the next record meanwhile (its outputs are batched by the
+        producer). A failed publish leaves the record unsettled, so commits stop before
+        it and a restart reads it (and everything after it) again."""
+        if published.done() and not published.cancelled() and published.exception() is None:
+            self.settle(record)
             return
-        self._inflight.append((record, published))
-        self._inflight_changed.set()
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_in_order(),
-                                                  name=f"tsfl-{self.name}-commits")
+        self._publishing.add(published)
 
-    async def _commit_in_order(self) -> None:
+        def landed(fut: asyncio.Future[None]) -> None:
+            self._publishing.discard(fut)
+            if fut.cancelled() or fut.exception() is not None:
+                self.log.error("%s: publishing the output of %s@%d:%d failed (%s); not "
+                               "committing from there on", self.name, record.topic,
+                               record.partition, record.offset,
+                               "cancelled" if fut.cancelled() else fut.exception())
+            else:
+                self.settle(record)
+
+        published.add_done_callback(landed)
+
+    async def _commit_loop(self) -> None:
         while True:
-            while not self._inflight:
-                self._inflight_changed.clear()
-                await self._inflight_changed.wait()
-            record, published = self._inflight[0]
-            try:
-                await published
-            except Exception:
-                self.log.exception("%s: publishing the output of %s@%d:%d failed; not "
-                                   "committing from there on", self.name, record.topic,
-                                   record.partition, record.offset)
-                return
-            self._inflight.popleft()
-            await self.consumer.commit(record)
+            await self._to_commit.wait()
+            self._to_commit.clear()
+            await self._commit_now()
 
-    async def _drained(self) -> None:
-        while self._inflight:
-            await asyncio.sleep(0.01)
+    async def _commit_now(self, *, everything: bool = False) -> None:
+        positions = self._offsets.take(everything=everything)
+        if not positions or self._consumer is None:
+            return
+        try:
+            await self._consumer.commit_all(
+                Record(topic, partition, position - 1, None, b"")
+                for (topic, partition), position in positions.items())
+        except Exception as exc:  # a rebalance: the records are read again elsewhere
+            self.log.warning("%s: committing offsets failed: %s", self.name, exc)
+
+    async def flush_commits(self) -> None:
+        """Commit what is settled now (tests and shutdown)."""
+        await self._commit_now()
 
     @abstractmethod
     async def handle(self, record: Record) -> None:
-        """Process one record; commit it once its effect is durable."""
+        """Process one record; settle it once its effect is durable."""

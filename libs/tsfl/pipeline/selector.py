@@ -46,7 +46,7 @@ class Selector(BusRole):
                 self.registry.pop(event["job"], None)
                 for key in [k for k in self.links if k[0] == event["job"]]:
                     del self.links[key]
-        await self.consumer.commit(record)
+        self.settle(record)
 
     async def _devices(self, job_id: str) -> list[str]:
         devices = self.registry.get(job_id)
