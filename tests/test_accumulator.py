@@ -117,3 +117,50 @@ def test_round_fold_clean_path_and_empty_and_overflow():
     allbad.add("a", np.array([np.nan, 0], np.float32), 1)
     res = allbad.close()
     assert res.mean is None and list(res.rejected) == ["a"]
+
+
+@pytest.mark.parametrize("window", [1, 3, 4, 16])
+def test_round_fold_windows_equal_a_strict_fold_wherever_the_bad_updates_fall(window):
+    rng = np.random.default_rng(window)
+    items = [(f"c{i}", rng.normal(size=50).astype(np.float32), float(rng.integers(1, 9)))
+             for i in range(11)]
+    for i, bad in ((1, np.nan), (6, np.inf), (10, -np.inf)):
+        v = items[i][1].copy()
+        v[i] = bad
+        items[i] = (items[i][0], v, items[i][2])
+    fold = RoundFold(50, window=window)
+    for key, v, w in items:
+        fold.add(key, v, w)
+    result = fold.close()
+    assert sorted(result.rejected) == ["c1", "c10", "c6"]
+    assert result.accepted == [k for k, _, _ in items if k not in ("c1", "c6", "c10")]
+    np.testing.assert_array_equal(result.mean, _strict(items))  # bit-identical
+    assert result.total_weight == sum(w for k, _, w in items if k not in result.rejected)
+
+
+def test_round_fold_keeps_at_most_a_window_of_updates_alive():
+    import gc
+    import weakref
+
+    fold = RoundFold(1000, window=8)
+    refs = []
+    for i in range(100):
+        v = np.full(1000, float(i), np.float32)
+        refs.append(weakref.ref(v))
+        fold.add(i, v, 1.0)
+        del v
+    gc.collect()
+    assert sum(r() is not None for r in refs) <= 8
+    np.testing.assert_allclose(fold.close().mean, 49.5)
+
+
+def test_round_fold_overflow_across_windows_still_refuses_the_nonfinite():
+    fold = RoundFold(2, window=2)
+    fold.add("a", np.full(2, 3e38, np.float32), 1)
+    fold.add("b", np.full(2, 3e38, np.float32), 1)  # the sum overflows here
+    fold.add("c", np.full(2, np.nan, np.float32), 1)
+    fold.add("d", np.ones(2, np.float32), 1)
+    over = fold.close()
+    assert over.mean is None and "overflow" in over.error
+    assert over.rejected == {"c": "nonfinite: update contains NaN or Inf"}
+    assert over.accepted == ["a", "b", "d"] and over.total_weight == 3

@@ -30,6 +30,13 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = field(default=())
 
 
+def position_of(record: Record) -> Record:
+    """The record without its value and headers: what a stage keeps of a record it has
+    processed but not yet settled (a round's thousand 4 MB updates must not stay in
+    memory until the round closes just to be committed)."""
+    return Record(record.topic, record.partition, record.offset, None, b"")
+
+
 def latest_per_partition(records: Iterable[Record]) -> dict[tuple[str, int], Record]:
     latest: dict[tuple[str, int], Record] = {}
     for record in records:

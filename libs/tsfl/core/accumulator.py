@@ -46,6 +46,12 @@ class WeightedAccumulator:
         self.total_weight += float(weight)
         self.count += 1
 
+    def copy(self) -> WeightedAccumulator:
+        out = WeightedAccumulator(0)
+        out.size, out._acc = self.size, self._acc.copy()
+        out.total_weight, out.count = self.total_weight, self.count
+        return out
+
     def merge(self, other: WeightedAccumulator) -> None:
         """Add a partial sum (e.g. from another aggregator shard)."""
         if other.size != self.size:

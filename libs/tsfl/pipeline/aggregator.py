@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tsfl.bus import topics
-from tsfl.bus.base import Bus, Record
+from tsfl.bus.base import Bus, Record, position_of
 from tsfl.config import JobSpec
 from tsfl.core.fold import EstimatorFold, RoundFold
 from tsfl.core.layout import ParamLayout
@@ -118,7 +118,7 @@ class Aggregator(BusRole):
                 rnd = await self._round(state, event["round"])
                 if rnd is not None:
                     rnd.closing = set(event.get("uploaded", []))
-                    rnd.held.append(record)
+                    rnd.held.append(position_of(record))
                     await self._maybe_finalize(state)
                     return
         self.settle(record)
@@ -199,7 +199,7 @@ class Aggregator(BusRole):
         if rnd is None:
             self.settle(record)
             return
-        rnd.held.append(record)
+        rnd.held.append(position_of(record))
         rnd.verdicts.setdefault(v["client"], (v["weight"], v["reason"], v["scale"]))
         await self._try_fold(state, rnd, v["client"])
 
@@ -215,13 +215,13 @@ class Aggregator(BusRole):
         if rnd is None:
             self.settle(record)
             return
-        rnd.held.append(record)
+        rnd.held.append(position_of(record))
         client = meta["client_id"]
         if client in rnd.updates or rnd.settled(client):
             return  # duplicate delivery: counted once already
         try:
             # The coordinator verified the checksum at the edge (the bus hop is covered by
-            # Kafka's record CRC32C), and RoundFold checks finiteness at close, so decoding
+            # Kafka's record CRC32C), and RoundFold checks finiteness as it folds, so decoding
             # reads nothing but the header.
             update = decode_update(record.value, state.layout, max_bytes=self.max_update_bytes,
                                    verify_checksum=False, allow_nonfinite=True,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tsfl.bus import topics
-from tsfl.bus.base import Bus, Record
+from tsfl.bus.base import Bus, Record, position_of
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
@@ -110,7 +110,7 @@ class Byzantine(BusRole):
             self.settle(record)  # an old round's replay: judged already
             return
         pending = job.rounds.setdefault(number, _Pending())
-        pending.held.append(record)
+        pending.held.append(position_of(record))
         if client not in pending.updates and client not in pending.invalid:
             try:
                 update = decode_update(record.value, job.layout, max_bytes=self.max_update_bytes,
@@ -131,7 +131,7 @@ class Byzantine(BusRole):
             if job is not None and event["round"] >= job.next_round - 1:
                 pending = job.rounds.setdefault(event["round"], _Pending())
                 pending.closing = set(event.get("uploaded", []))
-                pending.held.append(record)
+                pending.held.append(position_of(record))
                 await self._maybe_judge(job_id, job, event["round"])
                 return
         self.settle(record)
