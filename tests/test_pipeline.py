@@ -206,3 +206,38 @@ async def test_a_closing_job_never_commits_past_another_jobs_held_updates(tmp_pa
         result = await asyncio.wait_for(h.coord.wait_round(other), 5)
         assert result.ok and sorted(result.accepted) == CLIENTS
         np.testing.assert_allclose(h.coord.model_vector(other), 2.5, rtol=1e-6)
+
+
+async def test_coordinator_dying_between_the_release_and_reading_the_model_resumes(tmp_path):
+    """The release stage checkpointed round 1's model (v1); the coordinator died before it
+    read the model back. The restarted coordinator resumes on v0 and completes round 1
+    from the model record, which was never committed, instead of waiting forever."""
+    from tsfl.pipeline.coordinator import Coordinator
+
+    async with Harness(tmp_path) as h:
+        old = h.coord
+        hang = asyncio.Event()
+
+        async def dies_on_the_model(data):
+            await hang.wait()  # the process is gone before it reads the model
+
+        old._on_model = dies_on_the_model
+        await old.open_round(JOB)
+        for i, c in enumerate(CLIENTS):
+            assert (await old.upload(c, h.update(c, float(i + 1)))).accepted
+        for _ in range(500):
+            meta = await h.store.latest_checkpoint_meta(JOB)
+            if meta and meta[0] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert meta == (1, 1)
+        await old.stop()
+        new = h.pipeline.roles["coordinator"] = Coordinator(h.bus, h.store)
+        await new.start()
+        await new.resume_job(JOB)
+        result = await asyncio.wait_for(new.wait_round(JOB), 5)
+        assert result.ok and result.version == 1 and sorted(result.accepted) == CLIENTS
+        np.testing.assert_allclose(new.model_vector(JOB), 2.5, rtol=1e-6)
+        assert (await h.store.get_round(JOB, 1))["state"] == "PUBLISHED"
+        await new.open_round(JOB)  # and the job goes on, on v1
+        assert (await new.upload("c0", h.update("c0", 1.0, rnd=2, version=1))).accepted

@@ -260,6 +260,16 @@ class Coordinator(BusRole):
             raise LookupError(f"job {job_id!r} has no checkpoint")
         rounds = await self.store.list_rounds(job_id)
         last = rounds[-1] if rounds else None
+        if (last is not None and last["state"] == "CLOSING" and ckpt["round"] == last["number"]
+                and ckpt["version"] > 0):
+            # The release stage checkpointed this round's model and the coordinator stopped
+            # before reading it back: resume on the model the round trained on. The model
+            # record was not committed, so it comes again and completes the round (and if
+            # the release stage stopped before publishing it, it publishes it again).
+            previous = await self.store.latest_checkpoint(job_id, ckpt["version"] - 1)
+            if previous is None:
+                raise LookupError(f"job {job_id!r} has no checkpoint v{ckpt['version'] - 1}")
+            ckpt = previous
         job = self._track(job_id, spec, layout, ckpt["version"],
                           encode_model(job_id, ckpt["version"], ckpt["vector"], layout,
                                        sealed=ckpt.get("sealed")),

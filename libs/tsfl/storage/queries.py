@@ -296,8 +296,14 @@ def save_checkpoint(conn: Connection, job_id: str, version: int, number: int,
         "created_at": now(), "sealed": sealed})
 
 
-def latest_checkpoint(conn: Connection, job_id: str) -> dict[str, Any] | None:
-    row = conn.execute(_LATEST_CHECKPOINT, {"c_job": job_id}).mappings().first()
+def latest_checkpoint(conn: Connection, job_id: str, version: int | None = None
+                      ) -> dict[str, Any] | None:
+    """The newest checkpoint, or the one of ``version``."""
+    if version is None:
+        row = conn.execute(_LATEST_CHECKPOINT, {"c_job": job_id}).mappings().first()
+    else:
+        row = conn.execute(select(checkpoints).where(
+            checkpoints.c.job_id == job_id, checkpoints.c.version == version)).mappings().first()
     if row is None:
         return None
     out = dict(row)

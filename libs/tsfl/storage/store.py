@@ -258,8 +258,10 @@ class Store:
         await self._tx(q.save_checkpoint, job_id, version, number, layout_digest, vector,
                        strategy_state)
 
-    async def latest_checkpoint(self, job_id: str) -> dict[str, Any] | None:
-        return await self._read(q.latest_checkpoint, job_id)
+    async def latest_checkpoint(self, job_id: str, version: int | None = None
+                                ) -> dict[str, Any] | None:
+        """The newest checkpoint (or the one of ``version``): vector, strategy state..."""
+        return await self._read(q.latest_checkpoint, job_id, version)
 
     async def latest_checkpoint_meta(self, job_id: str) -> tuple[int, int] | None:
         """(version, round) of the newest checkpoint."""
