@@ -33,3 +33,13 @@ def test_torch_is_pinned_in_constraints_not_required_exactly():
     assert "torch==2.13.0" in constraints
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert "torch==" not in pyproject
+
+
+def test_every_topic_is_documented_with_its_partitions():
+    """docs/topics.md is the contract for TrustStram consumers: each topic the pipeline
+    creates has its row, with the partition count it is created with."""
+    from tsfl.bus.topics import TOPICS
+
+    text = (ROOT / "docs" / "topics.md").read_text()
+    rows = dict(re.findall(r"^\| `(tsfl\.[\w.]+)` \| (\d+) \|", text, re.MULTILINE))
+    assert {name: int(n) for name, n in rows.items()} == TOPICS
