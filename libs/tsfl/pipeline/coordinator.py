@@ -2,12 +2,10 @@
 
 Consumes ``tsfl.cohorts`` (from the selector), ``tsfl.models`` (released by the privacy
 stage) and ``tsfl.failures`` (rounds that could not be aggregated or released); produces
-``tsfl.rounds``,
-``tsfl.updates.raw`` (central-DP jobs; for the others ``tsfl.updates.clipped`` directly,
-or ``tsfl.updates.direct`` when no robust rule judges them)
-and ``tsfl.devices``. Every round transition is persisted in the
-store before the event announcing it is published. Uploads are idempotent by
-(job, round, client).
+``tsfl.rounds``, ``tsfl.devices`` and the updates: ``tsfl.updates.raw`` for central-DP
+jobs, for the others ``tsfl.updates.clipped`` directly, or ``tsfl.updates.direct`` when no
+robust rule judges them. Every round transition is persisted in the store before the
+event announcing it is published. Uploads are idempotent by (job, round, client).
 """
 
 from __future__ import annotations
@@ -248,7 +246,8 @@ class Coordinator(BusRole):
         The latest checkpoint gives the model; the last round carries on where it was:
         OPEN asks the selector again, COLLECTING keeps its cohort and the uploads already
         recorded (a device whose update was on the bus but not recorded retries and the
-        aggregator counts it once), CLOSING announces the close again.
+        aggregator counts it once), CLOSING announces the close again — or, when the
+        release stage already checkpointed the round's model, waits for that model.
         """
         row = await self.store.get_job(job_id)
         if row is None or row["status"] != "RUNNING":
