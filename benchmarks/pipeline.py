@@ -36,9 +36,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.progress import Progress
 
 from benchmarks._common import console, print_table, write_results
-from tsfl.bus import TOPICS
+from tsfl.bus import TOPICS, topics
 from tsfl.bus.kafka import KafkaBus
-from tsfl.bus.topics import MODELS as TOPICS_MODELS
 from tsfl.config import parse_job
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
@@ -122,7 +121,7 @@ class _TimedBus(KafkaBus):
     async def publish(self, topic: str, value: bytes, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
         await super().publish(topic, value, key, headers)
-        if topic == TOPICS_MODELS:
+        if topic == topics.MODELS:
             self.model_acked.append(time.perf_counter())
 
 

@@ -65,23 +65,22 @@ class RoundFold:
         """Settle the updates folded since the last check (see the module docstring)."""
         if not self._recent:
             return
-        if self._overflow or not all_finite(self._acc.weighted_sum):
-            acc = (self._verified.copy() if self._verified is not None
-                   else WeightedAccumulator(self.size))
+        if not self._overflow and all_finite(self._acc.weighted_sum):
+            self._accepted.extend(key for key, _, _ in self._recent)
+            self._accepted_weight += sum(weight for _, _, weight in self._recent)
+        else:  # rebuild from the last finite sum (after an overflow: only sort the updates)
+            if not self._overflow:
+                self._acc = (self._verified.copy() if self._verified is not None
+                             else WeightedAccumulator(self.size))
             for key, vector, weight in self._recent:
                 if all_finite(vector):
                     if not self._overflow:
-                        acc.add(vector, weight)
+                        self._acc.add(vector, weight)
                     self._accepted.append(key)
                     self._accepted_weight += weight
                 else:
                     self._rejected[key] = NONFINITE
-            self._acc = acc
-            if not self._overflow and not all_finite(acc.weighted_sum):
-                self._overflow = True
-        else:
-            self._accepted.extend(key for key, _, _ in self._recent)
-            self._accepted_weight += sum(weight for _, _, weight in self._recent)
+            self._overflow = self._overflow or not all_finite(self._acc.weighted_sum)
         self._recent.clear()
         if not self._overflow:
             self._verified = self._acc.copy()

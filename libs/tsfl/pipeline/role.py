@@ -136,10 +136,6 @@ class BusRole(ABC):
         except Exception as exc:  # a rebalance: the records are read again elsewhere
             self.log.warning("%s: committing offsets failed: %s", self.name, exc)
 
-    async def flush_commits(self) -> None:
-        """Commit what is settled now (tests and shutdown)."""
-        await self._commit_now()
-
     @abstractmethod
     async def handle(self, record: Record) -> None:
         """Process one record; settle it once its effect is durable."""
