@@ -16,7 +16,9 @@ from tsfl.config import ConfigError, parse_job
 from tsfl.privacy.plan import BUDGET_EXHAUSTED, resolve_privacy
 from tsfl.runtime.embedded import run_embedded
 from tsfl.runtime.report import summarize, write_outputs
-from tsfl.sdk.local_dp import LocalDpError, apply_local_dp
+from tsfl.privacy.noise import SeededNoise
+from tsfl.sdk.local_dp import apply_local_dp
+from tsfl.sdk.privacy_guard import TaskRefused, parse_local_dp
 from tsfl.storage import Store
 from tsfl.wire.messages import decode_update
 
@@ -24,7 +26,7 @@ BASE = {"name": "dp", "seed": 3, "rounds": 6,
         "clients": {"count": 40, "per_round": 8},
         "model": {"kind": "logreg"},
         "training": {"lr": 0.1, "epochs": 1, "batch_size": 16}}
-CENTRAL = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.9}
+CENTRAL = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 0.9, "noise": "seeded"}
 
 
 def _job(**privacy):
@@ -74,11 +76,16 @@ def test_central_dp_job_charges_the_ledger_as_dp_accounting_does(tmp_path):
 
 
 def test_same_seed_same_dp_model_and_noise_really_moves_it(tmp_path):
+    """``noise: seeded`` (asked for explicitly) reproduces; the default never does."""
     a = _run(tmp_path, _job(**CENTRAL), "a")
     b = _run(tmp_path, _job(**CENTRAL), "b")
     np.testing.assert_array_equal(a.final_vector, b.final_vector)
     louder = _run(tmp_path, _job(**{**CENTRAL, "noise_multiplier": 3.0}), "c")
     assert np.abs(louder.final_vector - a.final_vector).max() > 1e-3
+    secure = {k: v for k, v in CENTRAL.items() if k != "noise"}
+    c = _run(tmp_path, _job(**secure), "d")
+    d = _run(tmp_path, _job(**secure), "e")
+    assert np.abs(c.final_vector - d.final_vector).max() > 1e-4
 
 
 def test_job_stops_at_its_budget_and_releases_nothing_beyond(tmp_path):
@@ -178,16 +185,18 @@ def test_local_dp_noises_on_the_device(tmp_path):
 
 
 def test_local_dp_clips_then_noises_and_refuses_bad_settings():
-    cfg = {"mechanism": "gaussian", "clip_norm": 1.0, "noise_multiplier": 1e-9,
-           "sensitivity_factor": 2.0, "noise": "seeded"}
-    out = apply_local_dp(np.full(100, 3.0, np.float32), cfg, seed=1)
+    cfg = {"mechanism": "gaussian", "clip_norm": 1.0, "noise_multiplier": 1e-9}
+    out = apply_local_dp(np.full(100, 3.0, np.float32), parse_local_dp(cfg), SeededNoise(1))
     assert np.linalg.norm(out) == pytest.approx(1.0, rel=1e-4)
-    noisy = apply_local_dp(np.zeros(10_000, np.float32), {**cfg, "noise_multiplier": 1.5}, 1)
+    # the sensitivity is the device's (2C), whatever the task claims
+    loud = parse_local_dp({**cfg, "noise_multiplier": 1.5, "sensitivity_factor": 1e-6})
+    noisy = apply_local_dp(np.zeros(10_000, np.float32), loud, SeededNoise(1))
     assert noisy.std() == pytest.approx(1.5 * 2.0, rel=0.03)
     for bad in ({**cfg, "clip_norm": -1}, {**cfg, "mechanism": "magic"},
-                {**cfg, "noise_multiplier": float("nan")}, "not a mapping"):
-        with pytest.raises(LocalDpError):
-            apply_local_dp(np.zeros(4, np.float32), bad, seed=1)
+                {**cfg, "noise_multiplier": float("nan")}, {**cfg, "delta": 2.0},
+                {**cfg, "noise_multiplier": True}, "not a mapping"):
+        with pytest.raises(TaskRefused):
+            parse_local_dp(bad)
 
 
 @pytest.mark.parametrize("privacy,message", [

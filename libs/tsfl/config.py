@@ -101,7 +101,9 @@ class DpSgdSpec(Spec):
     noise_multiplier: PositiveFloat = Field(description="noise std / max_grad_norm")
     max_grad_norm: PositiveFloat = Field(description="per-record gradient L2 bound")
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    noise: Literal["seeded", "secure"] = "seeded"
+    noise: Literal["seeded", "secure"] = Field(
+        "secure", description="secure: each device's CSPRNG draws its noise and batches; "
+                              "seeded: reproducible simulation, not private (tsfl run only)")
 
 
 class TrainingSpec(Spec):
@@ -190,7 +192,8 @@ class PrivacySpec(Spec):
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     sampling: Literal["poisson", "fixed"] = "poisson"
     noise: Literal["seeded", "secure"] = Field(
-        "seeded", description="seeded: reproducible simulation noise; secure: a CSPRNG")
+        "secure", description="secure: a CSPRNG (noise, cohorts, device sampling); seeded: "
+                              "reproducible simulation, not private (tsfl run only)")
     accounting_interval: Annotated[float, Field(ge=1e-6, le=1e-2)] = Field(
         1e-3, description="the PLD accountant's loss discretization: a pessimistic grid "
                           "(ε is an upper bound); 1e-4 is dp-accounting's default, ~20× "
@@ -445,6 +448,22 @@ class JobSpec(Spec):
     attacks: AttackSpec = AttackSpec()
     crypto: CryptoSpec = CryptoSpec()
     compression: CompressionSpec = CompressionSpec()
+
+    @property
+    def seeded_privacy(self) -> list[str]:
+        """The spec keys that ask for reproducible, server-predictable DP randomness
+        (``noise: seeded``): simulation only — the distributed coordinator refuses them."""
+        keys = []
+        if self.privacy.mode != "none" and self.privacy.noise == "seeded":
+            keys.append("privacy.noise")
+        if self.training.dp_sgd is not None and self.training.dp_sgd.noise == "seeded":
+            keys.append("training.dp_sgd.noise")
+        return keys
+
+    @property
+    def private(self) -> bool:
+        """Whether the job claims differential privacy (central, local or DP-SGD)."""
+        return self.privacy.mode != "none" or self.training.dp_sgd is not None
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:

@@ -24,31 +24,28 @@ from tsfl.wire.envelope import WireError, unpack, unpack_frame
 
 
 class RoundEvent(faust.Record, serializer="tsfl"):
-    """``tsfl.rounds``: a job's or round's state change (persisted before it is sent)."""
+    """``tsfl.rounds``: a job's or round's state change (persisted before it is sent).
+    The pipeline's own events name the cohort; this record leaves them out."""
 
     type: str          # job_started, open, collecting, closing, published, failed, job_finished
     job: str
     round: int
     model_version: int | None = None
-    cohort: list[str] | None = None
-    uploaded: list[str] | None = None
     status: str | None = None
     reason: str | None = None
 
 
 class ModelRelease(faust.Record, serializer="tsfl"):
-    """``tsfl.models``: a released global model (after the privacy stage)."""
+    """``tsfl.models``: a released global model (after the privacy stage). It names no
+    participant and carries no example count or loss (who took part stays with the
+    operator: AdminService.ListParticipants)."""
 
     job: str
     version: int
     round: int
     layout: str        # digest of the model's ParamLayout (see AdminService.GetJob)
-    accepted: list[str]
-    rejected: dict[str, str]
-    num_examples: int
     payload: bytes     # little-endian float32, the flat parameter vector
     epsilon: float | None = None  # DP jobs: ε spent once this model is out (at the job's δ)
-    record_epsilon: float | None = None  # DP-SGD jobs: the largest client's record-level ε
 
     def vector(self) -> np.ndarray:
         return np.frombuffer(self.payload, dtype=F32)
@@ -77,11 +74,7 @@ class TsflCodec(codecs.Codec):
             extra = head.get("extra", {})
             return {"job": head["job"], "version": head["version"],
                     "round": extra.get("round", 0), "layout": head["layout"],
-                    "accepted": extra.get("accepted", []),
-                    "rejected": extra.get("rejected", {}),
-                    "num_examples": extra.get("num_examples", 0), "payload": bytes(payload),
-                    "epsilon": extra.get("epsilon"),
-                    "record_epsilon": extra.get("record_epsilon")}
+                    "payload": bytes(payload), "epsilon": extra.get("epsilon")}
         try:
             obj = unpack(s, events.ROUND_EVENT)
         except WireError:

@@ -44,7 +44,6 @@ class _Round:
     rejected: dict[str, str] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
-    record_eps: dict[str, float] = field(default_factory=dict)  # clients' DP-SGD ε
     unclipped: set[str] = field(default_factory=set)  # norm was within the clip bound
     closing: set[str] | None = None
     held: list[Record] = field(default_factory=list)  # settled once the round is published
@@ -257,8 +256,6 @@ class Aggregator(BusRole):
             rnd.weights[client] = update.num_examples
             if "train_loss" in update.metrics:
                 rnd.losses[client] = update.metrics["train_loss"]
-            if "record_epsilon" in update.metrics:
-                rnd.record_eps[client] = float(update.metrics["record_epsilon"])
         await self._maybe_finalize(state)
 
     def _fold_sealed(self, state: _JobState, rnd: _Round, update: Update) -> bool:
@@ -303,8 +300,6 @@ class Aggregator(BusRole):
                 train_loss=train_loss, mean=result.mean, weight_total=result.total_weight,
                 weighting="uniform" if state.uniform_weights else "examples",
                 unclipped=sum(1 for c in accepted if c in rnd.unclipped),
-                record_epsilon=max((rnd.record_eps[c] for c in accepted
-                                    if c in rnd.record_eps), default=None),
                 sealed=(rnd.sealed.result().to_bytes(state.he.public.prime)
                         if state.he is not None and rnd.sealed is not None else None))
         else:

@@ -63,7 +63,6 @@ class RoundResult:
     bytes_down: int
     reason: str | None = None
     epsilon: float | None = None  # privacy spent after this round (DP jobs)
-    record_epsilon: float | None = None  # the largest client's record-level ε (DP-SGD)
     codecs: dict[str, dict[str, int]] = field(default_factory=dict)  # chain → updates, bytes
     slowest_upload_s: float | None = None  # the slowest timed upload (the round's straggler)
     sealed_bytes: int = 0  # HE: encrypted bytes received (all accepted uploads)
@@ -77,6 +76,7 @@ class _ActiveRound:
     cohort: list[str] = field(default_factory=list)
     seeds: dict[str, int] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
+    declined: set[str] = field(default_factory=set)  # refused the task (device's privacy)
     bytes_up: int = 0
     bytes_down: int = 0
     codec_stats: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -162,14 +162,22 @@ def poisson_rate(spec: JobSpec) -> float | None:
     return None
 
 
+def secret_cohorts(spec: JobSpec) -> bool:
+    """Whether the job's cohorts are drawn from a CSPRNG: every DP job but a seeded
+    (reproducible, not private) simulation."""
+    return spec.private and not spec.seeded_privacy
+
+
 def local_dp_config(spec: JobSpec, model_size: int) -> dict[str, Any] | None:
-    """What a device needs to clip and noise its own update (local DP), or None."""
+    """The job's local-DP settings as each task states them, or None. A device holds them
+    against its own floor and ledger, draws the noise itself and derives the sensitivity
+    itself: no seed, noise mode or sensitivity is sent."""
     plan = build_plan(spec, model_size)
     if plan is None or plan.mode != "local":
         return None
-    return {"mechanism": plan.mechanism, "norm": plan.norm, "clip_norm": plan.clip_norm,
+    return {"mechanism": plan.mechanism, "clip_norm": plan.clip_norm,
             "noise_multiplier": plan.noise_multiplier, "epsilon": plan.event.epsilon,
-            "sensitivity_factor": plan.sensitivity_factor, "noise": plan.noise}
+            "delta": plan.delta, "target_epsilon": plan.target_epsilon}
 
 
 def secagg_round_config(job_id: str, spec: JobSpec, number: int, cohort: list[str],
@@ -280,15 +288,13 @@ class Coordinator(BusRole):
                               selected=loop.create_future(), done=loop.create_future())
         job.round = active
         if active.state is RoundState.OPEN:
-            await self.bus.publish(topics.ROUNDS, events.round_event(
-                events.OPEN, job_id, active.number, model_version=job.version,
-                k=spec.clients.per_round, min=spec.round.min_updates, seed=spec.seed,
-                poisson_rate=poisson_rate(spec),
-                adaptive=adaptive_request(spec, layout.total_size)), key=job_id.encode())
+            await self._announce_open(job, active.number)
             return
         parts = await self.store.list_participants(job_id, active.number)
         active.cohort = [p["client_id"] for p in parts]
         active.uploaded = [p["client_id"] for p in parts if p["status"] == "uploaded"]
+        active.declined = {p["client_id"] for p in parts if p["status"] == "rejected"
+                           and (p["reason"] or "").startswith("declined by the device")}
         active.bytes_up = sum(p["bytes_up"] or 0 for p in parts if p["status"] == "uploaded")
         active.seeds = {c: client_seed(spec.seed, active.number, c) for c in active.cohort}
         assert active.selected is not None
@@ -354,14 +360,21 @@ class Coordinator(BusRole):
         await self.store.open_round(job_id, number, job.version)
         active = _ActiveRound(number, selected=loop.create_future(), done=loop.create_future())
         job.round, job.last_round = active, number
-        spec = job.spec
-        await self.bus.publish(topics.ROUNDS, events.round_event(
-            events.OPEN, job_id, number, model_version=job.version, k=spec.clients.per_round,
-            min=spec.round.min_updates, seed=spec.seed,
-            poisson_rate=poisson_rate(spec),
-            adaptive=adaptive_request(spec, job.layout.total_size)), key=job_id.encode())
+        await self._announce_open(job, number)
         assert active.selected is not None
         return await asyncio.wait_for(asyncio.shield(active.selected), timeout)
+
+    async def _announce_open(self, job: _Job, number: int) -> None:
+        """Ask the selector for round ``number``'s cohort. A DP job's cohort is drawn in
+        secret (a CSPRNG; the seed is not even sent), so no one can recompute it."""
+        spec = job.spec
+        secret = secret_cohorts(spec)
+        await self.bus.publish(topics.ROUNDS, events.round_event(
+            events.OPEN, job.job_id, number, model_version=job.version,
+            k=spec.clients.per_round, min=spec.round.min_updates,
+            seed=None if secret else spec.seed, secret=secret,
+            poisson_rate=poisson_rate(spec),
+            adaptive=adaptive_request(spec, job.layout.total_size)), key=job.job_id.encode())
 
     async def _on_cohort(self, msg: dict[str, Any]) -> None:
         job = self.jobs.get(msg["job"])
@@ -376,7 +389,10 @@ class Coordinator(BusRole):
             if active.selected and not active.selected.done():
                 active.selected.set_result([])
             return
-        await self.store.start_collecting(job.job_id, active.number, cohort)
+        population = msg.get("population")
+        await self.store.start_collecting(
+            job.job_id, active.number, cohort,
+            population if isinstance(population, int) and population >= len(cohort) else None)
         active.state = RoundState.COLLECTING
         active.cohort = cohort
         active.seeds = {c: client_seed(job.spec.seed, active.number, c) for c in cohort}
@@ -458,7 +474,8 @@ class Coordinator(BusRole):
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.ROUND_FAILED, job.job_id, active.number, reason=reason),
             key=job.job_id.encode())
-        dropped = [c for c in active.cohort if c not in active.uploaded]
+        dropped = [c for c in active.cohort
+                   if c not in active.uploaded and c not in active.declined]
         self._resolve(active, RoundResult(active.number, False, job.version, [],
                                           rejected or {}, dropped, 0, None, active.bytes_up,
                                           active.bytes_down, reason))
@@ -603,6 +620,31 @@ class Coordinator(BusRole):
             await self._close(job, active)
         return UploadReceipt(True)
 
+    async def decline_task(self, client_id: str, job_id: str, number: int, code: str,
+                           message: str) -> None:
+        """A selected device refuses its task (below its owner's privacy floor, or past its
+        own budget): recorded as a rejected participant and audited; the round stops
+        waiting for it. Anything else (not selected, already uploaded) is ignored."""
+        job = self.jobs.get(job_id)
+        active = job.round if job is not None else None
+        if (job is None or active is None or active.number != number
+                or active.state is not RoundState.COLLECTING or client_id not in active.seeds
+                or client_id in active.uploaded or client_id in active.declined):
+            return
+        code, message = code[:64], message[:512]
+        active.declined.add(client_id)
+        await self.store.reject_participant(job_id, number, client_id,
+                                            f"declined by the device ({code}): {message}",
+                                            actor=f"device:{client_id}")
+        self.log.info("%s declined round %d of %s: %s (%s)", client_id, number, job_id,
+                      code, message)
+        answered = len(active.uploaded) + len(active.declined)
+        if answered >= len(active.cohort) and len(active.uploaded) >= job.spec.round.min_updates:
+            await self._close(job, active)
+        elif answered >= len(active.cohort):
+            await self._fail(job, active, f"only {len(active.uploaded)} update(s): "
+                                          f"{len(active.declined)} device(s) declined")
+
     async def secagg(self, client_id: str, job_id: str, number: int, stage: str,
                      payload: dict[str, Any]) -> dict[str, Any]:
         """One SecAgg+ message of a device; returns, once the next stage has begun, what
@@ -704,9 +746,12 @@ class Coordinator(BusRole):
         if version != job.version + 1:
             raise StoreError(f"model of round {active.number} is v{version}, "
                              f"expected v{job.version + 1}")
-        accepted = [str(c) for c in extra.get("accepted", [])]
-        rejected = {str(k): str(v) for k, v in extra.get("rejected", {}).items()}
-        dropped = [c for c in active.cohort if c not in active.uploaded]
+        # who took part stays with the operator: the release names nobody
+        outcome = await self.store.checkpoint_outcome(job.job_id, version) or {}
+        accepted = [str(c) for c in outcome.get("accepted") or []]
+        rejected = {str(k): str(v) for k, v in (outcome.get("rejected") or {}).items()}
+        dropped = [c for c in active.cohort
+                   if c not in active.uploaded and c not in active.declined]
         await self.store.complete_round(job.job_id, active.number, accepted=accepted,
                                         rejected=rejected, dropped=dropped)
         active.state = RoundState.PUBLISHED
@@ -721,8 +766,7 @@ class Coordinator(BusRole):
             key=job.job_id.encode())
         self._resolve(active, RoundResult(
             active.number, True, version, accepted, rejected, dropped,
-            int(extra.get("num_examples") or 0), extra.get("train_loss"), active.bytes_up,
-            active.bytes_down, epsilon=extra.get("epsilon"),
-            record_epsilon=extra.get("record_epsilon"), codecs=dict(active.codec_stats),
+            int(outcome.get("num_examples") or 0), outcome.get("train_loss"), active.bytes_up,
+            active.bytes_down, epsilon=extra.get("epsilon"), codecs=dict(active.codec_stats),
             slowest_upload_s=active.slowest_upload_s, sealed_bytes=active.sealed_bytes,
             sealed_values=active.sealed_values))

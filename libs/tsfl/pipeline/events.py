@@ -44,7 +44,7 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
                       train_loss: float | None, mean: np.ndarray | None = None,
                       weight_total: float = 0.0, weighting: str = "examples",
                       unclipped: int | None = None, reason: str | None = None,
-                      record_epsilon: float | None = None, sealed: bytes | None = None) -> bytes:
+                      sealed: bytes | None = None) -> bytes:
     """The aggregator's result: a frame whose payload is the round's weighted mean delta
     (float32) over the model of ``version``; a failed round has an empty payload.
 
@@ -52,8 +52,7 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
     has central DP, then the server optimizer. ``weighting`` is ``examples`` (FedAvg's
     n_k weights) or ``uniform`` (DP: one vote per client, so one client's influence is
     bounded by the clip norm); ``unclipped`` counts accepted updates whose norm was
-    within the clip bound (adaptive clipping); ``record_epsilon`` is the largest
-    record-level ε (DP-SGD) that an accepted client reported. An HE job's aggregate
+    within the clip bound (adaptive clipping). An HE job's aggregate
     carries the encrypted coordinates' sum (``sealed``) after the mean; its length is
     ``he.sb`` in the header.
     """
@@ -62,7 +61,7 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
         "job": job_id, "round": round_number, "version": version, "layout": layout, "ok": ok,
         "accepted": accepted, "rejected": rejected, "num_examples": num_examples,
         "train_loss": train_loss, "reason": reason, "weight_total": float(weight_total),
-        "weighting": weighting, "unclipped": unclipped, "record_epsilon": record_epsilon,
+        "weighting": weighting, "unclipped": unclipped,
     }
     from tsfl.wire.messages import append_sealed
 
@@ -87,11 +86,15 @@ def aggregate_parts(head: dict[str, Any], payload: memoryview
 
 def cohort_message(job_id: str, round_number: int, cohort: list[str],
                    reason: str | None = None,
-                   codecs: dict[str, dict[str, Any]] | None = None) -> bytes:
+                   codecs: dict[str, dict[str, Any]] | None = None,
+                   population: int | None = None) -> bytes:
     """The selector's choice for a round (empty, with a reason, when it cannot choose),
-    and, for adaptive compression, each chosen device's codec chain and ratio."""
+    the number of registered devices it was drawn from, and, for adaptive compression,
+    each chosen device's codec chain and ratio."""
     body: dict[str, Any] = {"job": job_id, "round": round_number, "cohort": cohort,
                             "reason": reason}
+    if population is not None:
+        body["population"] = population
     if codecs:
         body["codecs"] = codecs
     return pack(COHORT, body)

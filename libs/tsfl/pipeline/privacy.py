@@ -14,6 +14,14 @@
 
 A round is released once: a redelivered aggregate of a released round re-publishes the
 stored model (no second draw of noise, no second charge).
+
+What is released names nobody: the ``tsfl.models`` frame carries the model, its round and
+ε — never the cohort, example counts or losses, which would reveal who took part and void
+the amplification by sampling the ledger credits. The round's outcome is stored with the
+checkpoint for operators (:meth:`Store.checkpoint_outcome`). Each ledger row states the
+neighbouring relation, whether amplification was credited and the population the cohort
+was drawn from (the registered devices, not ``clients.count``). Local DP is charged for
+every device that uploaded, released or not: the server saw those noised updates.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from tsfl.core.layout import ParamLayout
 from tsfl.he import HeJob
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
-from tsfl.privacy.accounting import Epsilons, PrivacyAccountant
+from tsfl.privacy.accounting import Epsilons, PrivacyAccountant, RoundEvent
 from tsfl.privacy.clipping import AdaptiveClipper, clip
 from tsfl.privacy.noise import NoiseSource, noise_source
 from tsfl.privacy.plan import BUDGET_EXHAUSTED, DpPlan, build_plan
@@ -121,7 +129,7 @@ class Privacy(BusRole):
             return state
         # Resume the accounting from the ledger (what was charged is what was released).
         ledger = [r for r in await self.store.privacy_ledger(job_id)
-                  if r["round"] <= state.released]
+                  if r["round"] <= state.released or (r["details"] or {}).get("withheld")]
         state.accountant = plan.accountant()
         state.clipper = plan.new_clipper()
         if ledger:
@@ -130,11 +138,12 @@ class Privacy(BusRole):
             if state.clipper is not None and "next_clip_norm" in details:
                 state.clipper.clip_norm = float(details["next_clip_norm"])
         if plan.mode == "central":
-            state.accountant.compose(plan.event, len(ledger))
+            for row in ledger:
+                state.accountant.compose(_charged_event(plan, row))
         else:
-            released = {r["round"] for r in ledger}
+            charged = {r["round"] for r in ledger}
             for p in await self.store.list_participants(job_id):
-                if p["round"] in released and p["status"] == "accepted":
+                if p["round"] in charged and p["bytes_up"] is not None:
                     state.participation[p["client_id"]] += 1
         return state
 
@@ -202,26 +211,28 @@ class Privacy(BusRole):
         if plan is not None:
             if state.prefetch is not None:  # computed while the round trained
                 await asyncio.shield(state.prefetch)
-            eps = await asyncio.to_thread(self._epsilon_after, state, plan, head["accepted"])
+            event, population = plan.event, None
+            if plan.mode == "central":
+                row = await self.store.get_round(state.job_id, number)
+                population = (row or {}).get("population")
+                event = plan.event_for_population(population)
+            uploaders = [*map(str, head["accepted"]), *map(str, head["rejected"])]
+            eps = await asyncio.to_thread(self._epsilon_after, state, plan, event, uploaders)
             if plan.target_epsilon is not None and eps.epsilon > plan.target_epsilon:
                 reason = (f"{BUDGET_EXHAUSTED}: releasing round {number} would spend "
                           f"ε={eps.epsilon:.4g} > target {plan.target_epsilon:g} "
                           f"(δ={plan.delta:g}); spent ε={state.epsilon:.4g}")
                 state.exhausted = reason
+                if plan.mode == "local":  # the server saw those noised updates all the same
+                    await self._charge_local(state, plan, number, uploaders, eps)
                 await self._withhold(state, head, reason, audit=True)
                 return
             clip_norm = state.clip_norm
             if plan.mode == "central":
                 mean = self._noise(state, plan, head, mean)
             epsilon = eps.epsilon
-            ledger = {"epsilon": epsilon, "delta": plan.delta, "mechanism": plan.mechanism,
-                      "noise_multiplier": plan.noise_multiplier,
-                      "sampling_rate": plan.sampling_rate, "clip_norm": clip_norm,
-                      "accountant": eps.accountant,
-                      "details": {"pld": eps.pld, "rdp": eps.rdp, "amplified": eps.amplified,
-                                  "mode": plan.mode, "sampling": plan.sampling,
-                                  "next_clip_norm": state.clip_norm,
-                                  "clients": len(head["accepted"])}}
+            ledger = _ledger_row(plan, event, eps, clip_norm, state.clip_norm,
+                                 len(head["accepted"]), population)
             audits.append(("privacy.charged", "privacy", {
                 "round": number, "epsilon": epsilon, "delta": plan.delta,
                 "mechanism": plan.mechanism, "noise_multiplier": plan.noise_multiplier,
@@ -231,18 +242,20 @@ class Privacy(BusRole):
         if state.he is not None:  # those coordinates exist only in the encrypted sum
             new_vector[state.he.selected] = 0.0
         version = state.version + 1
+        outcome = {key: head.get(key) for key in ("accepted", "rejected", "num_examples",
+                                                  "train_loss")}
         await self.store.release_model(state.job_id, version, number, state.layout.digest,
                                        new_vector, state.strategy.state(), ledger=ledger,
-                                       audits=audits, sealed=sealed_bytes)
+                                       audits=audits, sealed=sealed_bytes, outcome=outcome)
         state.vector, state.version, state.released = new_vector, version, number
         state.sealed = sealed_bytes
         if plan is not None:
             state.epsilon = epsilon
             if plan.mode == "central":
                 assert state.accountant is not None
-                state.accountant.compose(plan.event)
+                state.accountant.compose(event)
             else:
-                state.participation.update(str(c) for c in head["accepted"])
+                state.participation.update(uploaders)
             state.prefetch = asyncio.ensure_future(asyncio.to_thread(self._prefetch, state, plan))
         await self._publish(state, head, number, epsilon if plan else None)
 
@@ -259,16 +272,28 @@ class Privacy(BusRole):
             for m in (worst, worst + 1):
                 plan.accountant().epsilon_after(plan.event, m)
 
-    def _epsilon_after(self, state: _Release, plan: DpPlan, accepted: list[str]) -> Epsilons:
+    def _epsilon_after(self, state: _Release, plan: DpPlan, event: RoundEvent,
+                       uploaders: list[str]) -> Epsilons:
         """ε once this round is released: the cohort's event composed once more (central),
-        or the most-participating device's rounds (local, no amplification)."""
+        or the uploads of the device that uploaded most (local, no amplification)."""
         assert state.accountant is not None
         if plan.mode == "central":
-            return state.accountant.epsilon_after(plan.event, 1)
+            return state.accountant.epsilon_after(event, 1)
         counts = state.participation.copy()
-        counts.update(str(c) for c in accepted)
+        counts.update(uploaders)
         worst = max(counts.values(), default=0)
         return plan.accountant().epsilon_after(plan.event, worst)
+
+    async def _charge_local(self, state: _Release, plan: DpPlan, number: int,
+                            uploaders: list[str], eps: Epsilons) -> None:
+        """A withheld local-DP round still costs its uploaders their noised updates."""
+        row = _ledger_row(plan, plan.event, eps, state.clip_norm, state.clip_norm, 0, None)
+        row["details"]["withheld"] = True
+        await self.store.charge_ledger(state.job_id, number, row, [(
+            "privacy.charged", "privacy", {"round": number, "epsilon": eps.epsilon,
+                                           "delta": plan.delta, "withheld": True})])
+        state.participation.update(uploaders)
+        state.epsilon = eps.epsilon
 
     def _noise_source(self, state: _Release, number: int) -> NoiseSource:
         assert state.plan is not None
@@ -307,16 +332,36 @@ class Privacy(BusRole):
         await self.bus.publish(topics.MODELS, msg, key=state.job_id.encode())
 
 
+def _charged_event(plan: DpPlan, row: dict[str, Any]) -> RoundEvent:
+    """The event a ledger row charged (its population, where the row records one)."""
+    population = ((row.get("details") or {}).get("population"))
+    return plan.event_for_population(population if isinstance(population, int) else None)
+
+
+def _ledger_row(plan: DpPlan, event: RoundEvent, eps: Epsilons, clip_norm: float | None,
+                next_clip_norm: float | None, clients: int,
+                population: int | None) -> dict[str, Any]:
+    """A privacy-ledger row: what was charged, and under which assumptions."""
+    return {"epsilon": eps.epsilon, "delta": plan.delta, "mechanism": plan.mechanism,
+            "noise_multiplier": plan.noise_multiplier,
+            "sampling_rate": event.sampling_rate, "clip_norm": clip_norm,
+            "accountant": eps.accountant,
+            "details": {"pld": eps.pld, "rdp": eps.rdp, "amplified": eps.amplified,
+                        "mode": plan.mode, "sampling": event.sampling,
+                        "neighboring": ("replace_one" if event.sampling == "fixed"
+                                        else "add_remove"),
+                        "unit": "client", "population": population,
+                        "next_clip_norm": next_clip_norm, "clients": clients}}
+
+
 def release_model(job_id: str, version: int, layout_digest: str, vector: np.ndarray,
                   head: dict[str, Any], number: int, epsilon: float | None,
                   sealed: bytes | None = None) -> bytes:
-    """The ``tsfl.models`` frame: the released model plus the round's outcome (``head``
-    is the aggregate's); an HE job's encrypted sum follows the vector."""
+    """The ``tsfl.models`` frame: the released model, its round and ε — nothing about who
+    took part (``head`` is the aggregate's; the outcome stays in the store); an HE job's
+    encrypted sum follows the vector."""
     header: dict[str, Any] = {
         "job": job_id, "version": version, "layout": layout_digest, "codecs": ["f32"],
-        "extra": {"round": number, "accepted": head["accepted"],
-                  "rejected": head["rejected"], "num_examples": head["num_examples"],
-                  "train_loss": head["train_loss"], "epsilon": epsilon,
-                  "record_epsilon": head.get("record_epsilon")},
+        "extra": {"round": number, "epsilon": epsilon},
     }
     return pack_frame("model", header, append_sealed(header, encode_f32(vector), sealed))

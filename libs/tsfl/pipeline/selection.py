@@ -1,24 +1,42 @@
-"""Cohort selection."""
+"""Cohort selection.
+
+Amplification by sampling (what DP-FedAvg's accounting credits) holds only while the
+sample is secret from the adversary. A DP job's cohorts are therefore drawn from a
+CSPRNG (``secure=True``: :class:`~tsfl.privacy.noise.SecureNoise` for Poisson sampling,
+the OS's ``secrets.SystemRandom`` for k-of-n), and nothing released names them. The
+seeded draw makes simulations and non-DP jobs reproducible; anyone with the job seed can
+recompute it.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
 import xxhash
 
+from tsfl.privacy.noise import SecureNoise
+
 
 class UniformSelector:
-    """Each round, k clients drawn uniformly without replacement (seeded per round)."""
+    """Each round, k clients drawn uniformly without replacement — seeded per round, or
+    from a CSPRNG when ``secure`` (then ``seed`` is unused)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int | None, *, secure: bool = False):
+        if seed is None and not secure:
+            raise ValueError("a seeded selector needs a seed")
         self.seed = seed
+        self.secure = secure
 
     def select(self, round_number: int, available: Sequence[str], k: int) -> list[str]:
         if k > len(available):
             raise ValueError(f"cannot select {k} of {len(available)} available clients")
-        rng = np.random.default_rng([self.seed, round_number, 0x5E1EC7])
-        picks = rng.choice(len(available), size=k, replace=False)
+        if self.secure:
+            picks = secrets.SystemRandom().sample(range(len(available)), k)
+        else:
+            rng = np.random.default_rng([self.seed, round_number, 0x5E1EC7])
+            picks = rng.choice(len(available), size=k, replace=False).tolist()
         return [available[i] for i in picks]
 
     def poisson(self, round_number: int, available: Sequence[str], rate: float) -> list[str]:
@@ -26,8 +44,11 @@ class UniformSelector:
         sampling that DP-FedAvg's amplification bound assumes)."""
         if not 0.0 < rate <= 1.0:
             raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
-        rng = np.random.default_rng([self.seed, round_number, 0x9015])
-        keep = rng.random(len(available)) < rate
+        if self.secure:
+            u = SecureNoise().uniform(len(available)) if available else np.zeros(0)
+        else:
+            u = np.random.default_rng([self.seed, round_number, 0x9015]).random(len(available))
+        keep = u < rate
         return [c for c, k in zip(available, keep, strict=True) if k]
 
 

@@ -1,7 +1,10 @@
 """The selector role: ``tsfl.rounds`` (OPEN) + ``tsfl.devices`` → ``tsfl.cohorts``.
 
 Chooses each round's cohort from the job's registered devices, ordered by id, so both
-deployments draw the same cohort for the same seed. With adaptive compression it also
+deployments draw the same cohort for the same seed — or, for a DP job (``secret`` in the
+OPEN event), from a CSPRNG, so that nobody can recompute who took part. The cohort
+message says how many devices it was drawn from (the round's true sampling population,
+which the privacy ledger charges for). With adaptive compression it also
 keeps a link estimate per device (from the coordinator's timed transfers) and assigns
 each chosen device the gentlest codec whose upload fits the round's time budget. The
 registry is kept in memory from ``tsfl.devices`` events and loaded from the store when
@@ -56,13 +59,15 @@ class Selector(BusRole):
 
     async def _select(self, event: dict) -> None:
         job_id, number = event["job"], event["round"]
-        k, minimum, seed = int(event["k"]), int(event["min"]), int(event["seed"])
+        k, minimum = int(event["k"]), int(event["min"])
+        secret = bool(event.get("secret"))
+        seed = None if secret else int(event["seed"])
         available = await self._devices(job_id)
         if len(available) < minimum:
             msg = events.cohort_message(job_id, number, [], reason=(
                 f"only {len(available)} registered device(s), the round needs {minimum}"))
         else:
-            selector = UniformSelector(seed)
+            selector = UniformSelector(seed, secure=secret)
             rate = event.get("poisson_rate")
             if rate is not None:  # DP accounting assumes exactly this sampling
                 cohort = selector.poisson(number, available, float(rate))
@@ -70,7 +75,8 @@ class Selector(BusRole):
                 cohort = selector.select(number, available, min(k, len(available)))
             msg = events.cohort_message(job_id, number, cohort, reason=(
                 None if cohort else "Poisson sampling drew no client this round"),
-                codecs=self._plan(job_id, cohort, event.get("adaptive")))
+                codecs=self._plan(job_id, cohort, event.get("adaptive")),
+                population=len(available))
         await self.bus.publish(topics.COHORTS, msg, key=job_id.encode())
 
     def _observe(self, job_id: str, device: str, event: dict) -> None:

@@ -55,12 +55,34 @@ class DpPlan:
     def sampling_rate(self) -> float:
         return self.event.sampling_rate
 
+    @property
+    def count_sensitivity(self) -> float:
+        """How far one client moves adaptive clipping's centred count Σ(1[‖Δ‖≤C] − ½):
+        ½ when a client is added or removed, 1 when one replaces another (fixed-size
+        sampling: a −½ becomes a +½)."""
+        return 1.0 if self.sampling == "fixed" else 0.5
+
     def update_noise_multiplier(self) -> float | None:
         """z for the update sum (less than the total when adaptive clipping takes a share)."""
         if self.noise_multiplier is None or self.adaptive is None:
             return self.noise_multiplier
-        return AdaptiveClipper.update_noise_multiplier(self.noise_multiplier,
-                                                       self.adaptive.count_stddev)
+        return split_noise_multiplier(self.noise_multiplier, self.adaptive.count_stddev,
+                                      self.count_sensitivity)
+
+    def event_for_population(self, population: int | None) -> RoundEvent:
+        """The round's event when its cohort was drawn from ``population`` registered
+        devices (None: as planned). Fixed-size sampling draws k of the devices actually
+        there, so fewer devices mean a higher rate; Poisson sampling includes each device
+        at the planned rate whatever their number (a smaller population only shrinks the
+        cohort)."""
+        ev = self.event
+        if population is None or ev.sampling != "fixed" or population == ev.population:
+            return ev
+        if population < 1:
+            raise ValueError("a cohort needs a population of at least one device")
+        k = min(ev.sample_size or 1, population)
+        return RoundEvent(ev.mechanism, "fixed", k / population, ev.noise_multiplier,
+                          population=population, sample_size=k)
 
     def mechanism_for(self, clip_norm: float) -> Mechanism:
         return build_mechanism(self.mechanism, noise_multiplier=self.update_noise_multiplier(),
@@ -73,6 +95,21 @@ class DpPlan:
         a = self.adaptive
         return AdaptiveClipper(self.clip_norm, a.target_quantile, a.learning_rate,
                                a.count_stddev)
+
+
+def split_noise_multiplier(total: float, count_stddev: float,
+                           count_sensitivity: float) -> float:
+    """z_Δ of the update sum when the clipped count (noise σ_b, sensitivity s) takes its
+    share of the round's total multiplier z (Andrew et al. 2021, Theorem 1): the two
+    Gaussian releases compose as one of multiplier (z_Δ⁻² + (σ_b/s)⁻²)^(−1/2) = z, so
+    z_Δ = (z⁻² − (σ_b/s)⁻²)^(−1/2). Add/remove adjacency has s = ½ (the paper's
+    (2σ_b)⁻²); replace-one has s = 1."""
+    count_multiplier = count_stddev / count_sensitivity
+    if count_multiplier <= total:
+        raise ValueError(f"clipped-count stddev {count_stddev} must exceed "
+                         f"{count_sensitivity:g} × the noise multiplier "
+                         f"({count_sensitivity * total:g}) to leave budget for the updates")
+    return (total ** -2 - count_multiplier ** -2) ** -0.5
 
 
 def _norm(mechanism: str) -> str:
@@ -105,8 +142,10 @@ def build_plan(spec: JobSpec, model_size: int, noise_multiplier: float | None = 
     if p.adaptive_clipping is not None:
         a = p.adaptive_clipping
         # σ_b defaults to the paper's expected-cohort/20, raised where the noise multiplier
-        # would otherwise leave the update sum no budget (σ_b must exceed z/2).
-        default_sb = max(k / 20, (z or 0.0))
+        # would otherwise leave the update sum no budget (σ_b must exceed z·s, with the
+        # count's sensitivity s = ½ under add/remove and 1 under replace-one).
+        s = 1.0 if event.sampling == "fixed" else 0.5
+        default_sb = max(k / 20, 2 * s * (z or 0.0))
         adaptive = AdaptiveClipper(p.clip_norm, a.target_quantile, a.learning_rate,
                                    a.count_stddev or default_sb)
     return DpPlan(p.mode, p.mechanism, _norm(p.mechanism), p.clip_norm,
@@ -147,10 +186,12 @@ def resolve_privacy(spec: JobSpec, model_size: int) -> JobSpec:
         plan = build_plan(spec, model_size)
         assert plan is not None
     if (plan.adaptive is not None and plan.noise_multiplier is not None
-            and plan.adaptive.count_stddev <= plan.noise_multiplier / 2):
+            and plan.adaptive.count_stddev <= plan.noise_multiplier * plan.count_sensitivity):
+        bound = plan.noise_multiplier * plan.count_sensitivity
         problems.append(f"privacy.adaptive_clipping.count_stddev "
-                        f"({plan.adaptive.count_stddev:g}) must exceed half the noise "
-                        f"multiplier ({plan.noise_multiplier / 2:g})")
+                        f"({plan.adaptive.count_stddev:g}) must exceed "
+                        f"{plan.count_sensitivity:g} × the noise multiplier ({bound:g}) "
+                        f"under {plan.sampling} sampling")
     if p.target_epsilon is not None and not problems:
         acc = plan.accountant()
         first = acc.epsilon_after(plan.event, 1).epsilon

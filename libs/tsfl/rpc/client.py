@@ -99,6 +99,12 @@ class GrpcTransport:
                 self._ring_bits = {(task.job_id, task.round): ring.ring_bits}
         return task
 
+    async def decline(self, client_id: str, job_id: str, round_number: int, code: str,
+                      message: str) -> None:
+        await self.stub.DeclineTask(device_pb2.DeclineRequest(
+            job_id=job_id, round=round_number, code=code[:64], message=message[:512]),
+            metadata=self._md())
+
     async def secagg(self, client_id: str, job_id: str, round_number: int, stage: str,
                      payload: dict[str, Any]) -> dict[str, Any]:
         """One SecAgg+ stage: waits (server-side) until the next stage begins. A refused

@@ -221,6 +221,16 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.Ack()
 
 
+    async def DeclineTask(self, request: device_pb2.DeclineRequest,
+                          context: grpc.aio.ServicerContext) -> device_pb2.Ack:
+        device = await self._device(context, request.job_id)
+        if len(request.code) > 64 or len(request.message) > 512:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "decline code ≤ 64 and message ≤ 512 characters")
+        await self.coordinator.decline_task(device, request.job_id, request.round,
+                                            request.code, request.message)
+        return device_pb2.Ack()
+
     async def SecAggStage(self, request: device_pb2.SecAggRequest,
                           context: grpc.aio.ServicerContext) -> device_pb2.SecAggReply:
         device = await self._device(context, request.job_id)

@@ -61,6 +61,17 @@ def _evaluate(fed: Federation, vector: np.ndarray, batch_size: int) -> tuple[flo
     return evaluate(fed.evaluator.module, fed.x_test, fed.y_test, batch_size)
 
 
+def record_epsilon(fed: Federation, result: RoundResult) -> float | None:
+    """The largest record-level ε (DP-SGD) on the round's devices, read from their own
+    ledgers — simulation sees both sides; a real device never uploads it."""
+    cohort = [*result.accepted, *result.rejected, *result.dropped]
+    spent = [e for c in cohort if c in fed.clients
+             and (e := getattr(fed.clients[c], "record_epsilon", None)) is not None]
+    if spent:
+        fed.record_epsilon = max([*spent, fed.record_epsilon or 0.0])
+    return fed.record_epsilon
+
+
 def he_key_set(spec: JobSpec, layout: ParamLayout, out_dir: Path,
                given: SecretKeySet | None) -> tuple[JobSpec, SecretKeySet | None]:
     """The job's HE key set: ``given``, or a fresh one (a new key per job), written to
@@ -88,8 +99,12 @@ def he_key_set(spec: JobSpec, layout: ParamLayout, out_dir: Path,
 async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback | None = None,
                        federation: Federation | None = None,
                        database_url: str | None = None,
-                       he_keys: SecretKeySet | None = None) -> RunResult:
-    """Run ``spec`` to completion in this process; return per-round metrics."""
+                       he_keys: SecretKeySet | None = None,
+                       wrap_transport: Callable[[Any], Any] | None = None) -> RunResult:
+    """Run ``spec`` to completion in this process; return per-round metrics.
+
+    ``wrap_transport`` wraps the devices' in-process transport (the privacy audit taps
+    what the server receives: :mod:`tsfl.runtime.canaries`)."""
     started = time.perf_counter()
     fed = federation or build_federation(spec)
     layout = fed.workspace.layout
@@ -118,6 +133,8 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         links = (SimulatedLinks(spec.simulation.network, spec.seed)
                  if spec.simulation.network is not None else None)
         transport = InProcessTransport(coordinator, links)
+        if wrap_transport is not None:
+            transport = wrap_transport(transport)
         runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout, he=he_device)
                    for cid in fed.client_ids}
         clock = {"t0": time.perf_counter()}
@@ -169,7 +186,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 "slowest_upload_s": result.slowest_upload_s,
                 "model_version": result.version,
                 "epsilon": result.epsilon,
-                "record_epsilon": result.record_epsilon,
+                "record_epsilon": record_epsilon(fed, result),
             }
             if he_job is not None:
                 record["sealed_bytes"] = result.sealed_bytes

@@ -27,6 +27,18 @@ class Submitted:
     enrollment_token: str
 
 
+def refuse_seeded_privacy(spec: JobSpec) -> None:
+    """A deployment never runs DP on server-predictable randomness: ``noise: seeded``
+    exists for reproducible simulation (``tsfl run``) only."""
+    keys = spec.seeded_privacy
+    if keys:
+        from tsfl.config import ConfigError
+
+        raise ConfigError([f"{k}: 'seeded' is reproducible simulation noise that anyone "
+                           "with the job seed can regenerate and subtract; a deployment "
+                           "uses 'secure' (the default)" for k in keys])
+
+
 class JobManager:
     """Owns the coordinator's round loops: one task per running job."""
 
@@ -49,6 +61,7 @@ class JobManager:
 
             raise ConfigError([f"invalid YAML: {exc}"]) from None
         spec = parse_job(data)
+        refuse_seeded_privacy(spec)
         layout, initial = await asyncio.to_thread(initial_model, spec)
         # calibrate the noise / refuse an unreachable budget before anything is stored
         spec = await asyncio.to_thread(resolve_privacy, spec, layout.total_size)

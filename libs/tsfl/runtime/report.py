@@ -47,13 +47,16 @@ def robustness_summary(spec: JobSpec, participants: list[dict[str, Any]],
 
 def record_level_summary(spec: JobSpec, metrics: list[dict[str, Any]]
                          ) -> dict[str, Any] | None:
-    """Record-level DP-SGD: the settings and the largest ε any client reported."""
+    """Record-level DP-SGD: the settings and the largest ε any simulated device's own
+    ledger holds (a device never uploads it: in simulation the harness reads them)."""
     d = spec.training.dp_sgd
     if d is None:
         return None
     spent = [m["record_epsilon"] for m in metrics if m.get("record_epsilon") is not None]
     return {"noise_multiplier": d.noise_multiplier, "max_grad_norm": d.max_grad_norm,
-            "delta": d.delta, "epsilon_max": max(spent, default=0.0), "accountant": "pld"}
+            "delta": d.delta, "epsilon_max": max(spent, default=0.0), "accountant": "pld",
+            "noise": d.noise, "guarantee": guarantee(spec),
+            "source": "the devices' own ledgers (never uploaded)"}
 
 
 def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]],
@@ -88,8 +91,27 @@ def privacy_summary(spec: JobSpec, ledger: list[dict[str, Any]],
         "accounting_interval": p.accounting_interval,
         "amplified": details.get("amplified"),
         "noise": p.noise,
+        "guarantee": guarantee(spec),
+        "neighboring": details.get("neighboring", "replace_one" if sampling == "fixed"
+                                   else "add_remove"),
+        "population": details.get("population"),
         "record_level": record,
     }
+
+
+def guarantee(spec: JobSpec) -> str:
+    """What the run's ε means, in one phrase (docs/privacy.md has the long form)."""
+    if spec.seeded_privacy:
+        return ("reproducible, not private: noise and cohorts come from the job seed "
+                f"({', '.join(spec.seeded_privacy)} is 'seeded'); anyone with the seed can "
+                "regenerate and subtract them")
+    if spec.privacy.mode == "central":
+        return ("client-level (ε, δ) against everyone who sees released models; the "
+                "server is trusted with clipped updates; cohorts secret (CSPRNG)")
+    if spec.privacy.mode == "local":
+        return ("client-level (ε, δ) per device against the server and every reader of "
+                "its uploads; noise drawn on the device; no amplification")
+    return "record-level (ε, δ) per silo against the server (DP-SGD on the device)"
 
 
 def summarize(spec: JobSpec, metrics: list[dict[str, Any]], *, wall_s: float, job_id: str,

@@ -20,6 +20,7 @@ from tsfl.robust.attacks import (
 from tsfl.sdk.client import TorchClient
 from tsfl.sdk.dp_sgd import DpSgdSettings
 from tsfl.sdk.flat import FlatModule
+from tsfl.sdk.privacy_guard import DevicePrivacy
 from tsfl.sdk.training import TrainSettings
 from tsfl.sim import partition as parts
 from tsfl.sim.datasets import FederatedData, load_dataset
@@ -39,6 +40,7 @@ class Federation:
     y_test: torch.Tensor
     malicious: frozenset[str] = frozenset()  # simulated attackers (spec.attacks)
     attack_target: int = 0  # the backdoor's target label
+    record_epsilon: float | None = None  # the largest DP-SGD ε any device's ledger holds
 
 
 class MaliciousClient:
@@ -51,6 +53,9 @@ class MaliciousClient:
     @property
     def layout(self) -> ParamLayout:
         return self.inner.layout
+
+    def __getattr__(self, name: str) -> Any:  # privacy, dp_sgd, record_epsilon, ...
+        return getattr(self.inner, name)
 
     def fit_vector(self, vector: np.ndarray, config: dict[str, Any]
                    ) -> tuple[np.ndarray, int, dict[str, float]]:
@@ -80,6 +85,16 @@ def partition_data(spec: JobSpec, data: FederatedData) -> list[np.ndarray]:
     return parts.dirichlet(data.y_train, n_clients, p.alpha, rng, p.min_examples)
 
 
+def device_privacy(spec: JobSpec, index: int) -> DevicePrivacy:
+    """A simulated device's own privacy state: a CSPRNG, or — only when the spec asks for
+    ``noise: seeded`` — a seed of the simulation's (never the server's: devices do not
+    use a task's seed for DP), which makes the run reproducible and not private."""
+    if not spec.seeded_privacy:
+        return DevicePrivacy()
+    seed = int(np.random.default_rng([spec.seed, index, 0xDE7]).integers(2**63))
+    return DevicePrivacy(simulation_seed=seed)
+
+
 def build_federation(spec: JobSpec) -> Federation:
     torch.set_num_threads(spec.simulation.torch_threads)
     data = load_dataset(spec.data, spec.clients.count)
@@ -94,20 +109,21 @@ def build_federation(spec: JobSpec) -> Federation:
                              weight_decay=t.weight_decay, epochs=t.epochs,
                              batch_size=t.batch_size)
     ids = [client_name(i) for i in range(len(partitions))]
-    dp_sgd = DpSgdSettings(**t.dp_sgd.model_dump()) if t.dp_sgd is not None else None
+    dp_sgd = (DpSgdSettings(t.dp_sgd.noise_multiplier, t.dp_sgd.max_grad_norm, t.dp_sgd.delta)
+              if t.dp_sgd is not None else None)
     a = spec.attacks
     malicious = malicious_clients(ids, a.fraction, spec.seed) if a.kind != "none" else set()
     clients: dict[str, Any] = {}
     rng = np.random.default_rng([spec.seed, 0xD0D0])
     image_shape = data.input_shape if len(data.input_shape) >= 2 else None
-    for cid, part in zip(ids, partitions, strict=True):
+    for index, (cid, part) in enumerate(zip(ids, partitions, strict=True)):
         xs, ys = data.x_train[part], data.y_train[part]
         if cid in malicious and a.kind in DATA_ATTACKS:
             xs, ys = poison_data(a.kind, xs, ys, data.num_classes, image_shape,
                                  a.target_label, rng)
         clients[cid] = TorchClient(workspace, torch.from_numpy(np.ascontiguousarray(xs)),
                                    torch.from_numpy(np.ascontiguousarray(ys)), settings,
-                                   dp_sgd)
+                                   dp_sgd, device_privacy(spec, index))
     if a.kind in UPDATE_ATTACKS:
         attack = UpdateAttack(a, spec.clients.per_round, spec.robust.num_malicious or
                               round(a.fraction * spec.clients.per_round), spec.seed)

@@ -62,6 +62,10 @@ class InProcessTransport:
                      payload: dict[str, Any]) -> dict[str, Any]:
         return await self.coordinator.secagg(client_id, job_id, round_number, stage, payload)
 
+    async def decline(self, client_id: str, job_id: str, round_number: int, code: str,
+                      message: str) -> None:
+        await self.coordinator.decline_task(client_id, job_id, round_number, code, message)
+
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
         if self.links is not None:
             try:

@@ -13,8 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsfl.sdk.dp_sgd import DpSgdSettings, RecordAccountant, check_model, dp_sgd_epochs
+from tsfl.sdk.dp_sgd import (
+    DpSgdSettings,
+    RecordAccountant,
+    check_model,
+    dp_sgd_epochs,
+    dp_sgd_schedule,
+)
 from tsfl.sdk.flat import FlatModule
+from tsfl.sdk.privacy_guard import DevicePrivacy, TaskRefused
 from tsfl.sdk.training import TrainSettings, evaluate, train_epochs
 
 NDArrays = list[np.ndarray]
@@ -45,9 +52,11 @@ class TorchClient(NumPyClient):
 
     def __init__(self, model: nn.Module | FlatModule, x: np.ndarray | torch.Tensor,
                  y: np.ndarray | torch.Tensor, settings: TrainSettings | None = None,
-                 dp_sgd: DpSgdSettings | None = None):
-        """``dp_sgd`` trains with record-level DP-SGD (:mod:`tsfl.sdk.dp_sgd`); the
-        client's ε so far is reported as ``record_epsilon`` with each update."""
+                 dp_sgd: DpSgdSettings | None = None, privacy: DevicePrivacy | None = None):
+        """``dp_sgd`` trains with record-level DP-SGD (:mod:`tsfl.sdk.dp_sgd`) on the
+        device's own randomness (``privacy``, a CSPRNG by default); the client's ε so far
+        is :attr:`record_epsilon`, kept on the device — never uploaded. A round that
+        would take it past ``privacy.floor.max_epsilon`` is refused before training."""
         self.flat = model if isinstance(model, FlatModule) else FlatModule(model)
         self.x = torch.as_tensor(x)
         self.y = torch.as_tensor(y, dtype=torch.long)
@@ -55,6 +64,12 @@ class TorchClient(NumPyClient):
             raise ValueError("a TorchClient needs the same, non-zero number of inputs and labels")
         self.settings = settings or TrainSettings()
         self.dp_sgd = dp_sgd
+        self.privacy = privacy or DevicePrivacy()
+        if dp_sgd is not None:
+            floor = self.privacy.floor.min_noise_multiplier
+            if floor is not None and dp_sgd.noise_multiplier < floor:
+                raise ValueError(f"dp_sgd.noise_multiplier {dp_sgd.noise_multiplier:g} is "
+                                 f"below this device's floor {floor:g}")
         self.record_accountant = RecordAccountant(dp_sgd) if dp_sgd is not None else None
         if dp_sgd is not None:
             check_model(self.flat.module)
@@ -80,12 +95,24 @@ class TorchClient(NumPyClient):
                                 self._settings(config), rng)
             return self.flat.vector, len(self.y), {"train_loss": loss}
         assert self.record_accountant is not None
+        settings = self._settings(config)
+        cap = self.privacy.floor.max_epsilon
+        if cap is not None:
+            after = self.record_accountant.epsilon_after(*dp_sgd_schedule(len(self.y),
+                                                                          settings))
+            if after > cap:
+                raise TaskRefused("budget", f"this round's DP-SGD would spend record-level "
+                                  f"ε={after:.4g} on this device, above its cap {cap:g}")
         out = dp_sgd_epochs(self.flat.module, self.flat.params, self.x, self.y,
-                            self._settings(config), self.dp_sgd, rng)
+                            settings, self.dp_sgd, self.privacy.source("dp-sgd"))
         self.record_accountant.charge(out["sampling_rate"], out["steps"])
-        return self.flat.vector, len(self.y), {
-            "train_loss": out["train_loss"], "record_epsilon": self.record_accountant.epsilon,
-            "record_unclipped": out["unclipped_fraction"]}
+        self.last_dp_sgd = out  # the device's own view of the round (not uploaded)
+        return self.flat.vector, len(self.y), {}
+
+    @property
+    def record_epsilon(self) -> float | None:
+        """This device's record-level ε so far (DP-SGD), or None without DP-SGD."""
+        return self.record_accountant.epsilon if self.record_accountant is not None else None
 
     def get_parameters(self, config: dict[str, Any]) -> NDArrays:
         return self.flat.layout.unflatten_list(self.flat.vector)

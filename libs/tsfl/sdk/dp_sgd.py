@@ -11,7 +11,11 @@ steps, in every round it took part in, comes from the same dp-accounting PLD acc
 the server uses (:class:`~tsfl.privacy.accounting.PrivacyAccountant`).
 
 This protects each record of a silo against everyone who sees its updates, the server
-included; it composes with (and does not replace) client-level DP on the server.
+included; it composes with (and does not replace) client-level DP on the server. Both
+the batches and the noise come from the device's own randomness
+(:meth:`~tsfl.sdk.privacy_guard.DevicePrivacy.source`, a CSPRNG), never from the task:
+a server that knew the batches could tell which steps a record was in, and the
+amplification by sampling that the accountant credits would not hold.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from tsfl.privacy.accounting import PrivacyAccountant, RoundEvent
-from tsfl.privacy.noise import NoiseSource, noise_source
+from tsfl.privacy.noise import NoiseSource
 from tsfl.sdk.training import TrainSettings, make_optimizer
 
 _BATCH_COUPLING = (nn.modules.batchnorm._BatchNorm,)
@@ -42,7 +46,6 @@ class DpSgdSettings:
     noise_multiplier: float  # σ: noise std over the per-record clip norm
     max_grad_norm: float  # C: each record's gradient is clipped to this L2 norm
     delta: float = 1e-5
-    noise: str = "seeded"  # seeded (simulation) | secure (deployment)
 
     def __post_init__(self) -> None:
         for name in ("noise_multiplier", "max_grad_norm"):
@@ -51,8 +54,6 @@ class DpSgdSettings:
                 raise DpSgdError(f"dp_sgd.{name} must be a finite number > 0, got {value!r}")
         if not 0.0 < self.delta < 1.0:
             raise DpSgdError(f"dp_sgd.delta must be in (0, 1), got {self.delta!r}")
-        if self.noise not in ("seeded", "secure"):
-            raise DpSgdError(f"dp_sgd.noise must be 'seeded' or 'secure', got {self.noise!r}")
 
 
 class RecordAccountant:
@@ -62,10 +63,16 @@ class RecordAccountant:
         self.settings = settings
         self.accountant = PrivacyAccountant(settings.delta, 1e-3)
 
+    def _event(self, sampling_rate: float) -> RoundEvent:
+        return RoundEvent("gaussian", "poisson" if sampling_rate < 1 else "none",
+                          sampling_rate, self.settings.noise_multiplier)
+
     def charge(self, sampling_rate: float, steps: int) -> None:
-        event = RoundEvent("gaussian", "poisson" if sampling_rate < 1 else "none",
-                           sampling_rate, self.settings.noise_multiplier)
-        self.accountant.compose(event, steps)
+        self.accountant.compose(self._event(sampling_rate), steps)
+
+    def epsilon_after(self, sampling_rate: float, steps: int) -> float:
+        """ε once ``steps`` more steps at ``sampling_rate`` are taken (nothing recorded)."""
+        return self.accountant.epsilon_after(self._event(sampling_rate), steps).epsilon
 
     @property
     def steps(self) -> int:
@@ -108,22 +115,24 @@ def clipped_sum(per_sample: torch.Tensor, max_norm: float) -> tuple[torch.Tensor
     return per_sample.T @ factors, int((norms <= max_norm).sum())
 
 
+def dp_sgd_schedule(n: int, settings: TrainSettings) -> tuple[float, int]:
+    """(sampling rate q = B/n, steps = epochs · ⌈n/B⌉) of one round of local DP-SGD."""
+    return min(1.0, settings.batch_size / n), settings.epochs * math.ceil(n / settings.batch_size)
+
+
 def dp_sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor,
                   y: torch.Tensor, settings: TrainSettings, dp: DpSgdSettings,
-                  rng: np.random.Generator, noise: NoiseSource | None = None
-                  ) -> dict[str, Any]:
+                  source: NoiseSource) -> dict[str, Any]:
     """``settings.epochs`` passes of DP-SGD (⌈n/B⌉ Poisson-sampled steps each).
 
-    ``noise`` defaults to the setting's source (seeded from ``rng``, or a CSPRNG).
+    ``source`` is the device's randomness: it draws both the batches and the noise.
     Returns the mean training loss, the steps taken and the sampling rate (to charge).
     """
     check_model(module)
     module.train()
     n = len(y)
-    q = min(1.0, settings.batch_size / n)
-    steps = settings.epochs * math.ceil(n / settings.batch_size)
-    if noise is None:
-        noise = noise_source(dp.noise, [int(s) for s in rng.integers(0, 2**32, 2)])
+    q, steps = dp_sgd_schedule(n, settings)
+    noise = source
     opt = make_optimizer(params, settings)
     named = [p for _, p in module.named_parameters()]
     sizes = [p.numel() for p in named]
@@ -132,7 +141,7 @@ def dp_sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor
     sigma = dp.noise_multiplier * dp.max_grad_norm
     loss_sum, seen, within = 0.0, 0, 0
     for _ in range(steps):
-        idx = torch.from_numpy(np.flatnonzero(rng.random(n) < q))
+        idx = torch.from_numpy(np.flatnonzero(source.uniform(n) < q))
         total = torch.zeros(dim)
         if len(idx):
             xb, yb = x[idx], y[idx]

@@ -19,6 +19,7 @@ from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.compression import UplinkConfig, UplinkEncoder
 from tsfl.sdk.he import HeDevice
 from tsfl.sdk.local_dp import apply_local_dp
+from tsfl.sdk.privacy_guard import DevicePrivacy, LocalDpSettings, TaskRefused
 from tsfl.sdk.secagg import secure_upload
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_model, encode_update
@@ -56,6 +57,11 @@ class Transport(Protocol):
         """One SecAgg+ stage message; returns when the server starts the next stage."""
         ...
 
+    async def decline(self, client_id: str, job_id: str, round_number: int, code: str,
+                      message: str) -> None:
+        """Tell the coordinator this device refuses the round's task (and why)."""
+        ...
+
 
 @dataclass
 class RoundOutcome:
@@ -80,11 +86,19 @@ class TrainedUpdate:
 
 
 class ClientRunner:
-    """Runs one client's participation in rounds over a transport."""
+    """Runs one client's participation in rounds over a transport.
+
+    ``privacy`` is the device owner's (:class:`~tsfl.sdk.privacy_guard.DevicePrivacy`:
+    CSPRNG, floor, ledger); by default the client's own (a ``TorchClient`` has one), else
+    a fresh one. Under DP (local DP or the client's DP-SGD) an update travels alone: no
+    metrics, and one example (so no silo size leaks and every vote weighs the same).
+    """
 
     def __init__(self, client_id: str, client: NumPyClient, transport: Transport,
-                 layout: ParamLayout, *, offload: bool = False, he: HeDevice | None = None):
+                 layout: ParamLayout, *, offload: bool = False, he: HeDevice | None = None,
+                 privacy: DevicePrivacy | None = None):
         self.client_id = client_id
+        self.privacy = privacy or getattr(client, "privacy", None) or DevicePrivacy()
         self.he = he or HeDevice()  # secret key sets of HE jobs
         self.client = client
         self.transport = transport
@@ -102,10 +116,26 @@ class ClientRunner:
         return self.layout.flatten_list(params), n, metrics
 
     async def run_task(self, task: RoundTask) -> RoundOutcome:
-        return await self.send(await self.train(task))
+        """Train and send; a task this device refuses (privacy floor, budget, malformed
+        settings) is declined to the coordinator instead."""
+        try:
+            trained = await self.train(task)
+        except TaskRefused as exc:
+            await self.transport.decline(self.client_id, task.job_id, task.round, exc.code,
+                                         exc.message)
+            return RoundOutcome(task, UploadReceipt(False, "refused", exc.message), 0, 0, {})
+        return await self.send(trained)
+
+    def _private(self, task: RoundTask) -> bool:
+        return "local_dp" in task.config or getattr(self.client, "dp_sgd", None) is not None
 
     async def train(self, task: RoundTask) -> TrainedUpdate:
-        """Download the model and train: the update, not yet sent."""
+        """Download the model and train: the update, not yet sent (local DP: clipped,
+        noised and charged to the device's ledger). Raises :class:`TaskRefused`."""
+        local: LocalDpSettings | None = None
+        if "local_dp" in task.config:  # checked before any work is done
+            local = self.privacy.check_local_dp(task.job_id, task.config["local_dp"],
+                                                self.layout.total_size)
         delta_ok = task.config.get("downlink") == "delta"
         have = self.held[0] if delta_ok and self.held is not None else None
         model_bytes = await self.transport.download_model(task.job_id, task.model_version,
@@ -130,8 +160,11 @@ class ClientRunner:
         else:
             new_vec, n, metrics = self._fit(global_vec, task.config)
         delta = np.subtract(new_vec, global_vec, dtype=np.float32)
-        if "local_dp" in task.config:  # clip and noise before anything leaves the device
-            delta = apply_local_dp(delta, task.config["local_dp"], task.config.get("seed"))
+        if local is not None:  # clip, noise and charge before anything leaves the device
+            delta = apply_local_dp(delta, local, self.privacy.source(task.job_id))
+            self.privacy.charge_local(task.job_id, local, self.layout.total_size)
+        if self._private(task):  # the update travels alone
+            n, metrics = 1, {}
         return TrainedUpdate(task, global_vec, delta, int(n), metrics, len(model_bytes), he)
 
     async def send(self, trained: TrainedUpdate) -> RoundOutcome:

@@ -172,15 +172,20 @@ def open_round(conn: Connection, job_id: str, number: int, model_version: int) -
                                   {"round": number, "model_version": model_version})])
 
 
-def start_collecting(conn: Connection, job_id: str, number: int, cohort: Sequence[str]) -> None:
-    """Record the selected cohort and move the round OPEN -> COLLECTING."""
+def start_collecting(conn: Connection, job_id: str, number: int, cohort: Sequence[str],
+                     population: int | None = None) -> None:
+    """Record the selected cohort (and the population it was drawn from) and move the
+    round OPEN -> COLLECTING."""
     ts = now()
-    entry = _set_state(conn, job_id, number, RoundState.COLLECTING, cohort_size=len(cohort))
+    entry = _set_state(conn, job_id, number, RoundState.COLLECTING, cohort_size=len(cohort),
+                       population=population)
     if cohort:
         conn.execute(_PARTICIPANT_INSERT, [
             {"job_id": job_id, "round": number, "client_id": c, "status": "selected",
              "updated_at": ts} for c in cohort])
     entry[2]["cohort_size"] = len(cohort)
+    if population is not None:
+        entry[2]["population"] = population
     append_audits(conn, job_id, [entry])
 
 
@@ -288,12 +293,20 @@ def list_participants(conn: Connection, job_id: str, number: int | None
 # -- checkpoints -----------------------------------------------------------------------------
 def save_checkpoint(conn: Connection, job_id: str, version: int, number: int,
                     layout_digest: str, vector: np.ndarray,
-                    strategy_state: dict[str, Any] | None, sealed: bytes | None = None) -> None:
+                    strategy_state: dict[str, Any] | None, sealed: bytes | None = None,
+                    outcome: dict[str, Any] | None = None) -> None:
     conn.execute(_CHECKPOINT_INSERT, {
         "job_id": job_id, "version": version, "round": number, "layout_digest": layout_digest,
         "vector": np.ascontiguousarray(vector, "<f4").tobytes(),
         "strategy_state": pack_state(strategy_state) if strategy_state else None,
-        "created_at": now(), "sealed": sealed})
+        "created_at": now(), "sealed": sealed, "outcome": outcome})
+
+
+def checkpoint_outcome(conn: Connection, job_id: str, version: int) -> dict[str, Any] | None:
+    """The round outcome stored with the checkpoint of ``version`` (operators' view)."""
+    row = conn.execute(select(checkpoints.c.outcome).where(
+        checkpoints.c.job_id == job_id, checkpoints.c.version == version)).first()
+    return dict(row[0]) if row is not None and row[0] is not None else None
 
 
 def latest_checkpoint(conn: Connection, job_id: str, version: int | None = None
@@ -327,17 +340,29 @@ def release_model(conn: Connection, job_id: str, version: int, number: int,
                   layout_digest: str, vector: np.ndarray, strategy_state: dict[str, Any] | None,
                   ledger: dict[str, Any] | None,
                   audits: Sequence[tuple[str, str, dict[str, Any]]],
-                  sealed: bytes | None = None) -> None:
+                  sealed: bytes | None = None, outcome: dict[str, Any] | None = None) -> None:
     """Charge the privacy ledger (if any), checkpoint the released model and audit both,
     in one transaction: a model is never stored as released without its charge."""
     if ledger is not None:
-        exists = conn.execute(select(privacy_ledger.c.id).where(
-            privacy_ledger.c.job_id == job_id, privacy_ledger.c.round == number)).first()
-        if exists is None:
-            conn.execute(insert(privacy_ledger).values(job_id=job_id, round=number,
-                                                       created_at=now(), **ledger))
+        _charge(conn, job_id, number, ledger)
     save_checkpoint(conn, job_id, version, number, layout_digest, vector, strategy_state,
-                    sealed)
+                    sealed, outcome)
+    if audits:
+        append_audits(conn, job_id, audits)
+
+
+def _charge(conn: Connection, job_id: str, number: int, ledger: dict[str, Any]) -> None:
+    exists = conn.execute(select(privacy_ledger.c.id).where(
+        privacy_ledger.c.job_id == job_id, privacy_ledger.c.round == number)).first()
+    if exists is None:
+        conn.execute(insert(privacy_ledger).values(job_id=job_id, round=number,
+                                                   created_at=now(), **ledger))
+
+
+def charge_ledger(conn: Connection, job_id: str, number: int, ledger: dict[str, Any],
+                  audits: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    """A charge without a release (a withheld round whose inputs the server saw)."""
+    _charge(conn, job_id, number, ledger)
     if audits:
         append_audits(conn, job_id, audits)
 

@@ -45,6 +45,7 @@ rounds = Table(
     Column("accepted", Integer, nullable=False, server_default="0"),
     Column("rejected", Integer, nullable=False, server_default="0"),
     Column("metrics", JSON),
+    Column("population", Integer),  # devices the cohort was sampled from (0006)
     Column("opened_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
     UniqueConstraint("job_id", "number", name="uq_rounds_job_number"),
@@ -77,6 +78,7 @@ checkpoints = Table(
     Column("strategy_state", LargeBinary),
     Column("created_at", String(40), nullable=False),
     Column("sealed", LargeBinary),  # HE: the encrypted coordinates' sum (0005)
+    Column("outcome", JSON),  # accepted / rejected / examples / loss: operators only (0006)
     UniqueConstraint("job_id", "version", name="uq_checkpoints_job_version"),
 )
 

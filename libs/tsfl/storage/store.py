@@ -164,9 +164,10 @@ class Store:
         """Create round ``number`` in state OPEN (before it is announced)."""
         await self._tx(q.open_round, job_id, number, model_version)
 
-    async def start_collecting(self, job_id: str, number: int, cohort: Sequence[str]) -> None:
+    async def start_collecting(self, job_id: str, number: int, cohort: Sequence[str],
+                               population: int | None = None) -> None:
         """Record the cohort and move the round OPEN -> COLLECTING (one transaction)."""
-        await self._tx(q.start_collecting, job_id, number, list(cohort))
+        await self._tx(q.start_collecting, job_id, number, list(cohort), population)
 
     async def transition_round(self, job_id: str, number: int, new: RoundState, *,
                                reason: str | None = None) -> None:
@@ -271,11 +272,20 @@ class Store:
                             vector: np.ndarray, strategy_state: dict[str, Any] | None, *,
                             ledger: dict[str, Any] | None = None,
                             audits: Sequence[tuple[str, str, dict[str, Any]]] = (),
-                            sealed: bytes | None = None) -> None:
-        """Ledger charge + checkpoint (with an HE job's encrypted part) + audit events,
-        atomically."""
+                            sealed: bytes | None = None,
+                            outcome: dict[str, Any] | None = None) -> None:
+        """Ledger charge + checkpoint (with an HE job's encrypted part and the round's
+        outcome, which is never released) + audit events, atomically."""
         await self._tx(q.release_model, job_id, version, number, layout_digest, vector,
-                       strategy_state, ledger, list(audits), sealed)
+                       strategy_state, ledger, list(audits), sealed, outcome)
+
+    async def charge_ledger(self, job_id: str, number: int, ledger: dict[str, Any],
+                            audits: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
+        """Charge round ``number`` without releasing anything (idempotent by round)."""
+        await self._tx(q.charge_ledger, job_id, number, ledger, list(audits))
+
+    async def checkpoint_outcome(self, job_id: str, version: int) -> dict[str, Any] | None:
+        return await self._read(q.checkpoint_outcome, job_id, version)
 
     async def privacy_ledger(self, job_id: str) -> list[dict[str, Any]]:
         return await self._read(q.privacy_ledger_rows, job_id)

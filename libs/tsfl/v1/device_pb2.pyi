@@ -6,6 +6,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DeclineRequest(_message.Message):
+    __slots__ = ("job_id", "round", "code", "message")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    code: str
+    message: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
 class SecAggRequest(_message.Message):
     __slots__ = ("job_id", "round", "stage", "payload")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class DeviceServiceStub(object):
                 request_serializer=tsfl_dot_v1_dot_device__pb2.SecAggRequest.SerializeToString,
                 response_deserializer=tsfl_dot_v1_dot_device__pb2.SecAggReply.FromString,
                 _registered_method=True)
+        self.DeclineTask = channel.unary_unary(
+                '/tsfl.v1.DeviceService/DeclineTask',
+                request_serializer=tsfl_dot_v1_dot_device__pb2.DeclineRequest.SerializeToString,
+                response_deserializer=tsfl_dot_v1_dot_device__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer(object):
@@ -140,6 +145,15 @@ class DeviceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclineTask(self, request, context):
+        """The device refuses its task in the open round: the job's privacy settings are below
+        its owner's floor, or the round would spend past the device's own budget. Recorded
+        as a rejected participant and audited; the round stops waiting for the device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +196,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.SecAggStage,
                     request_deserializer=tsfl_dot_v1_dot_device__pb2.SecAggRequest.FromString,
                     response_serializer=tsfl_dot_v1_dot_device__pb2.SecAggReply.SerializeToString,
+            ),
+            'DeclineTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineTask,
+                    request_deserializer=tsfl_dot_v1_dot_device__pb2.DeclineRequest.FromString,
+                    response_serializer=tsfl_dot_v1_dot_device__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +419,33 @@ class DeviceService(object):
             '/tsfl.v1.DeviceService/SecAggStage',
             tsfl_dot_v1_dot_device__pb2.SecAggRequest.SerializeToString,
             tsfl_dot_v1_dot_device__pb2.SecAggReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsfl.v1.DeviceService/DeclineTask',
+            tsfl_dot_v1_dot_device__pb2.DeclineRequest.SerializeToString,
+            tsfl_dot_v1_dot_device__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
