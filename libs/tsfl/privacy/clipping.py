@@ -14,7 +14,10 @@ where n is the expected cohort size; centring the indicators at ½ halves the co
 sensitivity to ½. The clipped count is itself a Gaussian query, so
 its noise comes out of the round's budget (Theorem 1): with total noise multiplier z,
 the update sum gets z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2), and the two releases together are
-accounted as one Gaussian with multiplier z.
+accounted as one Gaussian with multiplier z. The count's noise is discrete Gaussian on the
+grid 2^-20·Z (:mod:`tsfl.privacy.discrete`): γ·N_Z(0, (σ_b/γ)²) with γ = 2^-20. The centred
+count is a multiple of ½, so it lies on the grid and rounding adds no sensitivity; the
+noisy count is exact in float64, so its low bits say nothing about the count.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg.blas import snrm2
 
+from tsfl.privacy.discrete import discrete_gaussian
 from tsfl.privacy.noise import NoiseSource
+
+COUNT_GRID = 2.0 ** -20  # the clipped count's noise lives on COUNT_GRID·Z
 
 
 def l2_norm(vector: np.ndarray) -> float:
@@ -89,7 +95,10 @@ class AdaptiveClipper:
         """Apply one round: ``unclipped`` of ``participants`` updates had norm ≤ C.
 
         Returns the new C."""
-        noise = self.count_stddev * float(source.normal(1)[0]) if self.count_stddev else 0.0
+        noise = 0.0
+        if self.count_stddev:
+            k = discrete_gaussian(self.count_stddev / COUNT_GRID, 1, source)
+            noise = float(k[0]) * COUNT_GRID
         b = (unclipped - participants / 2 + noise) / expected_clients + 0.5
         self.clip_norm *= math.exp(-self.learning_rate * (b - self.target_quantile))
         return self.clip_norm

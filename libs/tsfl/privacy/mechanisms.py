@@ -3,6 +3,31 @@
 Each mechanism is calibrated to a sensitivity in one norm: the Gaussian to L2, the
 Laplace to L1, the staircase per coordinate (L∞). Clipping in the same norm
 (:mod:`tsfl.privacy.clipping`) is what bounds that sensitivity.
+
+The Gaussian and Laplace mechanisms work on a grid γ·Z, with integer noise from
+:mod:`tsfl.privacy.discrete`, against Mironov's least-significant-bit attack (CCS 2012):
+
+1. γ = the largest power of two with γ·√d ≤ 2^-20·Δ (Gaussian, L2) or γ·d ≤ 2^-20·Δ
+   (Laplace, L1), d the number of coordinates (:func:`grid_step`);
+2. q = round(x/γ) in float64 (x/γ is exact: γ is a power of two), as int64; refused with
+   ValueError if |x/γ| > 2^52 anywhere (or x is not finite): not exactly representable;
+3. k = integer noise: N_Z(0, σ²) with σ = z·(Δ/γ + √d) (Gaussian) or Lap_Z(b) with
+   b = z·(Δ/γ + d) (Laplace), both rounded up by a factor 1 + 2^-50;
+4. release (q + k)·γ as float32.
+
+Rounding moves each coordinate by at most γ/2, so two inputs at distance ‖x − x'‖ ≤ Δ give
+grid points at distance ‖q − q'‖₂ ≤ Δ/γ + √d (‖q − q'‖₁ ≤ Δ/γ + d): the noise is z times
+the sensitivity *after* rounding, so the accounted noise multiplier z holds unchanged —
+pure ε = 1/z for the discrete Laplace; for the discrete Gaussian, Canonne, Kamath &
+Steinke (NeurIPS 2020) show the same ½(Δ/σ)²-concentrated DP as the continuous one and
+(ε, δ) guarantees that match it for σ this large (σ ≥ 2^20·z, as Δ/γ ≥ 2^20·√d). The PLD
+accountant keeps the continuous Gaussian's and Laplace's privacy loss distributions.
+Rounding inflates the noise by a factor 1 + γ√d/Δ ≤ 1 + 2^-20 (1 + γd/Δ for the Laplace).
+Every output is a multiple of γ whatever the input, and so is its float32 rounding (exact,
+or a multiple of a float32 ulp, a power of two above γ): the set of values an output can
+take no longer depends on the input. What is left of floating point in the
+samplers, and its total-variation bound, is in :mod:`tsfl.privacy.discrete`
+(:func:`~tsfl.privacy.discrete.float_residual_delta`).
 """
 
 from __future__ import annotations
@@ -14,7 +39,52 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from tsfl.privacy.discrete import discrete_gaussian, discrete_laplace
 from tsfl.privacy.noise import NoiseSource
+
+GRID_INFLATION = 2.0 ** -20  # rounding may add at most this fraction of Δ to the sensitivity
+MAX_GRID_UNITS = 2.0 ** 52  # |x/γ| above this cannot be rounded exactly in float64
+_ROUND_UP = 1.0 + 2.0 ** -50  # covers the float rounding of the noise scale
+
+
+def grid_step(sensitivity: float, size: int, norm: str) -> float:
+    """γ: the largest power of two with γ·√d ≤ 2^-20·Δ (``norm`` "l2") or γ·d ≤ 2^-20·Δ
+    ("l1"), d = max(``size``, 1)."""
+    if not (math.isfinite(sensitivity) and sensitivity > 0):
+        raise ValueError(f"the grid needs a finite sensitivity > 0, got {sensitivity!r}")
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"grid step for l1 or l2, not {norm!r}")
+    d = max(int(size), 1)
+    spread = math.sqrt(d) if norm == "l2" else float(d)
+    bound = GRID_INFLATION * sensitivity
+    gamma = math.ldexp(1.0, math.frexp(bound / spread)[1] - 1)  # ≤ bound/spread < 2γ
+    while gamma * spread > bound:  # guard the rounding of bound/spread
+        gamma /= 2
+    if gamma < 2.0 ** -1000:
+        raise ValueError(f"sensitivity {sensitivity!r} too small for a grid over {d} "
+                         "coordinates")
+    return gamma
+
+
+def to_grid(vector: np.ndarray, gamma: float) -> np.ndarray:
+    """round(vector/γ) as int64; ValueError where |vector/γ| > 2^52 or not finite."""
+    scaled = np.asarray(vector, dtype=np.float64) / gamma  # exact: γ is a power of two
+    if scaled.size:
+        top = float(np.max(np.abs(scaled)))
+        if not top <= MAX_GRID_UNITS:  # also NaN
+            raise ValueError(
+                f"cannot put the update on the noise grid: |value| up to "
+                f"{top * gamma:.6g} exceeds 2^52·γ = {MAX_GRID_UNITS * gamma:.6g} (γ = "
+                f"{gamma:.6g}), or is not finite; clip it first")
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int64)
+
+
+def from_grid(points: np.ndarray, gamma: float) -> np.ndarray:
+    """points·γ as float32 (float64 first: exact while |points| ≤ 2^53)."""
+    out = points.astype(np.float64)
+    out *= gamma
+    return out.astype(np.float32)
 
 
 class Mechanism(ABC):
@@ -34,9 +104,43 @@ class Mechanism(ABC):
     def cdf(self, x: np.ndarray) -> np.ndarray: ...
 
 
+class _GridMechanism(Mechanism):
+    """Noise on the grid γ·Z (module docstring); subclasses give the grid and the noise."""
+
+    @abstractmethod
+    def grid(self, size: int) -> tuple[float, float]:
+        """(γ, the noise scale in grid units) for a release of ``size`` coordinates."""
+
+    @abstractmethod
+    def _integer_noise(self, scale: float, size: int, source: NoiseSource) -> np.ndarray: ...
+
+    def _noise(self, size: int, source: NoiseSource) -> tuple[float, np.ndarray]:
+        gamma, scale = self.grid(size)
+        if not scale <= MAX_GRID_UNITS:
+            raise ValueError(f"{self.name} noise of {scale:.4g} grid steps exceeds 2^52: the "
+                             f"noise multiplier is too large for {size} coordinates")
+        return gamma, self._integer_noise(scale, size, source)
+
+    def sample(self, size: int, source: NoiseSource) -> np.ndarray:
+        """``size`` noise values γ·k (float64), γ as :meth:`add_noise` takes it for a
+        vector of ``size`` coordinates."""
+        gamma, k = self._noise(size, source)
+        out = k.astype(np.float64)
+        out *= gamma
+        return out
+
+    def add_noise(self, vector: np.ndarray, source: NoiseSource) -> np.ndarray:
+        """(round(vector/γ) + k)·γ as a new float32 array of ``vector``'s shape."""
+        gamma, _ = self.grid(vector.size)
+        q = to_grid(vector, gamma)
+        q += self._noise(q.size, source)[1].reshape(q.shape)
+        return from_grid(q, gamma)
+
+
 @dataclass(frozen=True)
-class GaussianMechanism(Mechanism):
-    """N(0, (z·Δ)²) per coordinate; Δ is the L2 sensitivity, z the noise multiplier."""
+class GaussianMechanism(_GridMechanism):
+    """Discrete Gaussian noise γ·N_Z(0, σ²) per coordinate, σ = z·(Δ/γ + √d) ≈ z·Δ/γ; Δ is
+    the L2 sensitivity, z the noise multiplier (module docstring)."""
 
     noise_multiplier: float
     sensitivity: float
@@ -45,19 +149,27 @@ class GaussianMechanism(Mechanism):
 
     @property
     def std(self) -> float:
+        """z·Δ: the accounted standard deviation (the grid's is within a factor 1 + 2^-20)."""
         return self.noise_multiplier * self.sensitivity
 
-    def sample(self, size: int, source: NoiseSource) -> np.ndarray:
-        return self.std * source.normal(size)
+    def grid(self, size: int) -> tuple[float, float]:
+        gamma = grid_step(self.sensitivity, size, "l2")
+        sigma = self.noise_multiplier * (self.sensitivity / gamma + math.sqrt(max(size, 1)))
+        return gamma, sigma * _ROUND_UP
+
+    def _integer_noise(self, scale: float, size: int, source: NoiseSource) -> np.ndarray:
+        return discrete_gaussian(scale, size, source)
 
     def cdf(self, x: np.ndarray) -> np.ndarray:
+        """N(0, (z·Δ)²)'s, which the grid noise follows within its step γ."""
         return stats.norm.cdf(x, scale=self.std)
 
 
 @dataclass(frozen=True)
-class LaplaceMechanism(Mechanism):
-    """Lap(b) per coordinate with b = z·Δ, Δ the L1 sensitivity: (1/z)-DP (Dwork et al.
-    2006), with the PLD accountant's tighter (ε, δ) under composition."""
+class LaplaceMechanism(_GridMechanism):
+    """Discrete Laplace noise γ·Lap_Z(b) per coordinate, b = z·(Δ/γ + d) ≈ z·Δ/γ, Δ the L1
+    sensitivity: (1/z)-DP (Dwork et al. 2006), with the PLD accountant's tighter (ε, δ)
+    under composition."""
 
     noise_multiplier: float
     sensitivity: float
@@ -66,12 +178,19 @@ class LaplaceMechanism(Mechanism):
 
     @property
     def scale(self) -> float:
+        """z·Δ: the accounted scale (the grid's is within a factor 1 + 2^-20)."""
         return self.noise_multiplier * self.sensitivity
 
-    def sample(self, size: int, source: NoiseSource) -> np.ndarray:
-        return self.scale * source.laplace(size)
+    def grid(self, size: int) -> tuple[float, float]:
+        gamma = grid_step(self.sensitivity, size, "l1")
+        b = self.noise_multiplier * (self.sensitivity / gamma + max(size, 1))
+        return gamma, b * _ROUND_UP
+
+    def _integer_noise(self, scale: float, size: int, source: NoiseSource) -> np.ndarray:
+        return discrete_laplace(scale, size, source)
 
     def cdf(self, x: np.ndarray) -> np.ndarray:
+        """Lap(z·Δ)'s, which the grid noise follows within its step γ."""
         return stats.laplace.cdf(x, scale=self.scale)
 
 
@@ -85,6 +204,15 @@ class StaircaseMechanism(Mechanism):
     Sampling (Algorithm 1): X = S·((1 − B)(G + γU) + B(G + γ + (1 − γ)U))·Δ with a fair
     sign S, G ~ Geometric(1 − b) on {0, 1, …}, B ~ Bernoulli(1 − γ/(γ + (1 − γ)b)),
     U ~ Uniform(0, 1). ``gamma=None`` takes the γ* that minimises E|X| (Theorem 3).
+
+    Float-based, unlike the Gaussian and Laplace mechanisms: G, B and U come from float64
+    logarithms and uniforms with 53 random bits (G by inversion, ⌊ln u / ln b⌋), and the
+    noise is added to the float64 input and rounded to float32. So it is open to Mironov's
+    least-significant-bit attack (CCS 2012): which float32 values an output can take
+    depends on the input, and no total-variation bound against the exact density exists
+    (a float sample is a point mass); :func:`~tsfl.privacy.discrete.float_residual_delta`
+    refuses it. Beyond that, u ≥ 2^-53 caps G at ⌊53·ln 2/ε⌋, dropping a tail of mass about
+    2^-53, and every float probability carries a relative error of about 2^-52.
     """
 
     epsilon: float

@@ -5,10 +5,13 @@ give the same noise in the embedded and the distributed deployment. It is predic
 to anyone who knows the seed, so it is never used for a real release.
 
 ``SecureNoise`` draws its uniforms from AES-256 in counter mode keyed from the
-operating system's CSPRNG (``os.urandom``) and turns them into Gaussian (Box–Muller),
-Laplace (inverse CDF) and geometric (inverse CDF) variates. Like every floating-point
-sampler it is subject to Mironov's least-significant-bit attack (CCS 2012); uniforms
-here carry 53 random bits, and releases are float32, which rounds the low bits away.
+operating system's CSPRNG (``os.urandom``). The Gaussian and Laplace mechanisms draw
+their noise on a fixed-point grid from these bits (:mod:`tsfl.privacy.discrete`: the
+discrete Gaussian and Laplace, exact up to a documented 2^-256 per comparison), which
+Mironov's least-significant-bit attack (CCS 2012) cannot exploit. ``normal`` and
+``laplace`` here are floating-point (Box–Muller, inverse CDF; uniforms of 52 random
+bits) and serve the staircase mechanism and DP-SGD's per-step noise, whose releases are
+float32 model updates.
 
 The switch is ``privacy.noise: seeded | secure`` in the job spec (see README).
 """
@@ -22,6 +25,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 _TWO_M53 = 1.0 / (1 << 53)
+_TWO_M52 = 1.0 / (1 << 52)
+_ONE_BITS = np.uint64(0x3FF0000000000000)  # the float64 exponent field of [1, 2)
 
 
 class NoiseSource(Protocol):
@@ -57,6 +62,10 @@ class SeededNoise:
     def laplace(self, size: int) -> np.ndarray:
         return self._rng.laplace(0.0, 1.0, size)
 
+    def cells(self, size: int) -> tuple[np.ndarray, int]:
+        """(k·2^-53, 53): PCG64's ``random`` is exactly (x >> 11)·2^-53."""
+        return self._rng.random(size), 53
+
 
 class SecureNoise:
     """Noise from AES-256-CTR keyed by ``os.urandom`` (deployment)."""
@@ -74,8 +83,14 @@ class SecureNoise:
         return np.frombuffer(raw, dtype=np.uint64)
 
     def uniform(self, size: int) -> np.ndarray:
-        # 53 random bits → (k + 0.5) / 2^53, never exactly 0 or 1
-        return ((self._bits(size) >> np.uint64(11)).astype(np.float64) + 0.5) * _TWO_M53
+        # 52 random bits → (k + ½)·2^-52, exact in float64: never 0 or 1
+        return ((self._bits(size) >> np.uint64(12)).astype(np.float64) + 0.5) * _TWO_M52
+
+    def cells(self, size: int) -> tuple[np.ndarray, int]:
+        """(k·2^-52, 52): the top 52 bits of each keystream word under 1.0's exponent."""
+        a = ((self._bits(size) >> np.uint64(12)) | _ONE_BITS).view(np.float64)
+        a -= 1.0
+        return a, 52
 
     def normal(self, size: int) -> np.ndarray:
         half = (size + 1) // 2
