@@ -133,7 +133,8 @@ def test_bundled_example_meets_the_uplink_target_shape():
 
 @pytest.mark.parametrize("extra", [
     {"robust": {"aggregator": "median", "num_malicious": 1}},
-    {"privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 0.1}},
+    {"privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 0.1,
+                 "noise": "seeded"}},
     {"privacy": {"mode": "local", "clip_norm": 1.0, "noise_multiplier": 0.05}},
 ])
 def test_compressed_updates_pass_every_stage(tmp_path, extra):

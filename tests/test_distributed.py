@@ -129,9 +129,16 @@ DP_JOB = {**JOB, "name": "dist-dp", "rounds": 3,
                       "target_epsilon": 50.0}}
 
 
-def test_distributed_dp_job_equals_the_embedded_run(services, database, tmp_path):
-    """Same seed: same Poisson cohorts, same clipping, same seeded noise, same ledger."""
+def test_distributed_dp_job_is_private_and_charged_as_the_embedded_run(services, database,
+                                                                       tmp_path):
+    """A deployment refuses reproducible (seeded) noise; with the default CSPRNG its
+    cohorts and noise cannot be replayed, yet it charges exactly what the seeded embedded
+    simulation of the same job charges, and its model differs from it by the noise."""
     state, _ = services
+    with pytest.raises(grpc.RpcError) as refused:
+        _submit(state.grpc, {**DP_JOB, "privacy": {**DP_JOB["privacy"], "noise": "seeded"}})
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "seeded" in refused.value.details()
     job_id = _submit(state.grpc, DP_JOB)
     _fleet(state.grpc, job_id, DP_JOB)
     assert _job(state.grpc, job_id).status == "COMPLETED"
@@ -145,10 +152,14 @@ def test_distributed_dp_job_equals_the_embedded_run(services, database, tmp_path
         finally:
             await store.close()
 
-    dist_eps = [r["epsilon"] for r in asyncio.run(ledger())]
-    embedded = asyncio.run(run_embedded(parse_job(DP_JOB), tmp_path / "embedded-dp"))
-    assert np.max(np.abs(final - embedded.final_vector)) <= 1e-5
-    assert dist_eps == pytest.approx([m["epsilon"] for m in embedded.metrics], rel=1e-9)
+    rows = asyncio.run(ledger())
+    seeded = {**DP_JOB, "privacy": {**DP_JOB["privacy"], "noise": "seeded"}}
+    embedded = asyncio.run(run_embedded(parse_job(seeded), tmp_path / "embedded-dp"))
+    assert [r["epsilon"] for r in rows] == pytest.approx(
+        [m["epsilon"] for m in embedded.metrics], rel=1e-9)
+    assert all(r["details"]["population"] == DP_JOB["clients"]["count"] for r in rows)
+    assert np.all(np.isfinite(final))
+    assert np.max(np.abs(final - embedded.final_vector)) > 1e-3
 
 
 def _kill_when_collecting(state: stack.StackState, database: str, name: str,

@@ -35,5 +35,6 @@ async def on_model(stream):
     async for model in stream:
         vec = model.vector()
         print(f"{model.job} model v{model.version} (round {model.round}): {vec.size} params, "
-              f"norm {float(np.linalg.norm(vec)):.4f}, {len(model.accepted)} updates")
+              f"norm {float(np.linalg.norm(vec)):.4f}"
+              + (f", ε {model.epsilon:.3g}" if model.epsilon is not None else ""))
         yield model

@@ -492,7 +492,7 @@ class Coordinator(BusRole):
         for job in jobs:
             active = job.round
             if (active and active.state is RoundState.COLLECTING and client_id in active.seeds
-                    and client_id not in active.uploaded):
+                    and client_id not in active.uploaded and client_id not in active.declined):
                 config = {"seed": active.seeds[client_id], "round": active.number,
                           **job.client_config(active.number)}
                 if job.local_dp is not None:

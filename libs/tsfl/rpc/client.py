@@ -20,6 +20,7 @@ from tsfl.he import SecretKeySet
 from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, MAX_UNARY_BYTES, grpc_options
 from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.he import HeDevice
+from tsfl.sdk.privacy_guard import DevicePrivacy
 from tsfl.sdk.runner import ClientRunner, RoundTask, UploadReceipt
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.secagg.ring import RingSpec
@@ -215,10 +216,13 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                        token: str, layout: ParamLayout, tls: TLSConfig | None = None,
                        poll_s: float = 0.2, max_backoff_s: float = 10.0,
                        stop: asyncio.Event | None = None, offload: bool = True,
-                       he_keys: Sequence[SecretKeySet] = ()) -> int:
+                       he_keys: Sequence[SecretKeySet] = (),
+                       privacy: DevicePrivacy | None = None) -> int:
     """Take part in a job until it finishes; returns the number of rounds contributed.
 
     ``he_keys``: the secret key sets of HE jobs (``tsfl keys init``) this device may join.
+    ``privacy``: the device owner's floor and ledger (default: the client's own, e.g. a
+    ``TorchClient``'s, else a fresh one); a task below it is declined to the coordinator.
 
     Connection failures (coordinator restarts, network drops) are retried with
     exponential backoff and jitter; an upload interrupted half-way resumes where the
@@ -228,7 +232,7 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
     """
     transport = GrpcTransport(address, job_id, device_id, tls=tls)
     runner = ClientRunner(device_id, client, transport, layout, offload=offload,
-                          he=HeDevice(he_keys))
+                          he=HeDevice(he_keys), privacy=privacy)
     backoff, contributed = 0.1, 0
     sat_out: tuple[str, int] | None = None  # a SecAgg+ round this device dropped out of
     try:
@@ -251,6 +255,9 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                     continue
                 if outcome.receipt.accepted:
                     contributed += 1
+                elif outcome.receipt.code == "refused":
+                    log.info("%s: declined round %d: %s", device_id, task.round,
+                             outcome.receipt.message)
                 elif outcome.receipt.code not in ("duplicate", "round_closed", "wrong_round",
                                                   "stale_model"):
                     log.warning("%s: update refused: %s %s", device_id, outcome.receipt.code,

@@ -1,10 +1,12 @@
 """The client SDK: what devices and silos embed to take part in federated jobs."""
 
 from tsfl.sdk.client import NumPyClient, TorchClient
+from tsfl.sdk.privacy_guard import DevicePrivacy, PrivacyFloor, TaskRefused
 from tsfl.sdk.runner import ClientRunner, RoundTask, Transport, UploadReceipt
 
-__all__ = ["ClientRunner", "GrpcTransport", "NumPyClient", "RoundTask", "TLSConfig",
-           "TorchClient", "Transport", "UploadReceipt", "start_client"]
+__all__ = ["ClientRunner", "DevicePrivacy", "GrpcTransport", "NumPyClient", "PrivacyFloor",
+           "RoundTask", "TLSConfig", "TaskRefused", "TorchClient", "Transport",
+           "UploadReceipt", "start_client"]
 
 
 def __getattr__(name: str) -> object:  # the gRPC side loads on first use
