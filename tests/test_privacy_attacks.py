@@ -27,7 +27,7 @@ from tsfl.privacy.plan import build_plan, resolve_privacy
 from tsfl.runtime.jobs import JobManager
 from tsfl.runtime.simulation import build_federation
 from tsfl.runtime.transport import InProcessTransport
-from tsfl.sdk.privacy_guard import DevicePrivacy, PrivacyFloor
+from tsfl.sdk.privacy_guard import DevicePrivacy, PrivacyFloor, TaskRefused
 from tsfl.sdk.runner import ClientRunner
 from tsfl.storage import Store
 from tsfl.wire.messages import decode_model, decode_update
@@ -283,9 +283,9 @@ def test_deployment_refuses_seeded_noise_at_submission(tmp_path):
             await pipeline.stop()
             await store.close()
 
-    with pytest.raises(ConfigError, match="privacy.noise: 'seeded'"):
+    with pytest.raises(ConfigError, match=r"privacy\.noise: 'seeded'"):
         asyncio.run(submit({**CENTRAL, "noise": "seeded"}))
-    with pytest.raises(ConfigError, match="training.dp_sgd.noise"):
+    with pytest.raises(ConfigError, match=r"training\.dp_sgd\.noise"):
         asyncio.run(submit({"mode": "none"}, {**BASE["training"], "dp_sgd": {
             "noise_multiplier": 1.0, "max_grad_norm": 1.0, "noise": "seeded"}}))
     assert parse_job({**BASE, "privacy": CENTRAL}).privacy.noise == "secure"
@@ -349,3 +349,104 @@ def test_adaptive_clipping_split_under_replace_one():
         resolve_privacy(parse_job({**BASE, "privacy": {
             **CENTRAL, "sampling": "fixed", "adaptive_clipping": {"count_stddev": 0.9}}}),
             650)
+
+
+# -- a malicious server's task settings (the device's floor holds) --------------------------
+GAUSS = {"mechanism": "gaussian", "clip_norm": 0.2, "noise_multiplier": 2.0}
+
+
+def test_a_task_that_leaves_local_dp_out_is_refused_by_a_device_with_a_floor():
+    guard = DevicePrivacy(PrivacyFloor(min_noise_multiplier=1.0))
+    with pytest.raises(TaskRefused, match="only under local DP"):
+        guard.check_task("j", {"seed": 1}, 100)
+    assert guard.check_task("j", {"local_dp": GAUSS}, 100) is not None
+    # a DP-SGD silo protects its records itself; a device without a floor takes any task
+    assert guard.check_task("j", {}, 100, trains_with_dp_sgd=True) is None
+    assert DevicePrivacy().check_task("j", {}, 100) is None
+
+
+def test_a_servers_delta_does_not_stretch_the_devices_budget():
+    guard = DevicePrivacy(PrivacyFloor(max_epsilon=3.0))
+    loose = {**GAUSS, "noise_multiplier": 1.0, "delta": 0.99}
+    uploads = 0
+    with pytest.raises(TaskRefused, match="above its cap"):
+        for _ in range(50):
+            s = guard.check_local_dp("j", loose, 100)
+            guard.charge_local("j", s, 100)
+            uploads += 1
+    assert uploads <= 2  # at δ = 1e-5 (the owner's), z = 1 affords two uploads under ε = 3
+    assert guard.epsilon("j") <= 3.0
+
+
+def test_switching_mechanism_does_not_get_past_the_floor():
+    guard = DevicePrivacy(PrivacyFloor(min_noise_multiplier=5.0, max_clip_norm=1.0))
+    with pytest.raises(TaskRefused, match="staircase"):
+        guard.check_local_dp("j", {"mechanism": "staircase", "clip_norm": 1.0,
+                                   "epsilon": 50.0}, 216)
+    opted_in = DevicePrivacy(PrivacyFloor(max_clip_norm=1.0,
+                                          mechanisms=("gaussian", "staircase")))
+    with pytest.raises(TaskRefused, match="in L2"):  # an L∞ ball of 1.0 reaches √216 in L2
+        opted_in.check_local_dp("j", {"mechanism": "staircase", "clip_norm": 1.0,
+                                      "epsilon": 1.0}, 216)
+
+
+def test_the_device_ledger_survives_a_restart_and_caps_all_jobs(tmp_path):
+    path = tmp_path / "ledger.json"
+    floor = PrivacyFloor(max_epsilon=2.0, max_total_epsilon=4.0)
+    first = DevicePrivacy(floor, ledger_path=path)
+    s = first.check_local_dp("j", {**GAUSS, "noise_multiplier": 3.0}, 100)
+    first.charge_local("j", s, 100)
+    spent = first.epsilon("j")
+    again = DevicePrivacy(floor, ledger_path=path)  # the server made the device restart
+    assert again.uploads("j") == 1 and again.epsilon("j") == pytest.approx(spent)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    refused, charged = 0, 0
+    for job in (f"job-{i}" for i in range(10)):  # a fresh job id buys no fresh budget
+        try:
+            s = again.check_local_dp(job, {**GAUSS, "noise_multiplier": 3.0}, 100)
+            again.charge_local(job, s, 100)
+            charged += 1
+        except TaskRefused:
+            refused += 1
+    total = sum(again.epsilon(j) for j in ["j", *(f"job-{i}" for i in range(10))])
+    assert refused and total <= 4.0
+
+
+def test_dp_sgd_steps_and_batches_are_the_devices_not_the_tasks():
+    spec = parse_job({**BASE, "training": {**BASE["training"], "dp_sgd": {
+        "noise_multiplier": 1.0, "max_grad_norm": 1.0}}})
+    client = build_federation(spec).clients["client-00000"]
+    start = client.flat.vector.copy()
+    client.fit_vector(start.copy(), {"epochs": 30, "batch_size": 10_000})
+    honest = build_federation(spec).clients["client-00000"]
+    honest.fit_vector(start.copy(), {})
+    assert client.record_accountant.steps == honest.record_accountant.steps
+    assert client.record_epsilon == pytest.approx(honest.record_epsilon)
+
+
+def test_central_dp_refuses_filters_that_judge_one_update_by_the_others():
+    robust = {"aggregator": "norm_bounding", "max_norm": 1.0}
+    with pytest.raises(ConfigError, match="min_cosine"):
+        parse_job({**BASE, "privacy": CENTRAL, "robust": robust})
+    parse_job({**BASE, "privacy": CENTRAL, "robust": {
+        **robust, "min_cosine": None, "max_norm_ratio": None, "reputation_threshold": 0}})
+
+
+def test_failed_and_late_local_dp_uploads_are_charged(tmp_path):
+    """Rounds that fail (too few updates) still delivered noised updates to the server: its
+    ledger charges them, so it never reports less than a device spent."""
+    spec = {**BASE, "rounds": 3, "clients": {"count": 4, "per_round": 4},
+            "round": {"min_updates": 4, "deadline_s": 0.5},
+            "privacy": {**LOCAL, "noise_multiplier": 3.0}}
+    offline = {"client-00003"}
+
+    def privacy_for(c: str) -> DevicePrivacy:
+        if c in offline:  # declines everything: the round cannot reach min_updates
+            return DevicePrivacy(PrivacyFloor(min_noise_multiplier=100.0))
+        return DevicePrivacy()
+
+    seen = asyncio.run(_run(tmp_path, spec, privacy_for=privacy_for, rounds=1))
+    spent = [r.privacy.epsilon("j") for c, r in seen.runners.items() if c not in offline]
+    assert max(spent) > 0
+    assert seen.ledger and seen.ledger[-1]["details"].get("withheld")
+    assert seen.ledger[-1]["epsilon"] >= max(spent) - 1e-9

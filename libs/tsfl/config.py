@@ -502,6 +502,18 @@ class JobSpec(Spec):
         if r.aggregator == "bulyan" and n < 4 * r.num_malicious + 3:
             raise ValueError(f"bulyan needs clients.per_round ≥ 4·num_malicious + 3 "
                              f"({4 * r.num_malicious + 3}), got {n}")
+        if r.aggregator == "norm_bounding" and self.privacy.mode == "central":
+            crossing = [k for k, off in (("min_cosine", None), ("max_norm_ratio", None),
+                                         ("reputation_threshold", 0.0))
+                        if getattr(r, k) != off]
+            if crossing:
+                raise ValueError(
+                    f"robust.{', robust.'.join(crossing)} with central DP: these filters "
+                    "judge an update against the round's others (or its past), so one "
+                    "client's presence can refuse several and the released sum moves by "
+                    "more than the clip norm the ledger charges; set min_cosine: null, "
+                    "max_norm_ratio: null, reputation_threshold: 0 (norm_bounding alone is "
+                    "per-update)")
         if (r.aggregator not in ("none", "norm_bounding")
                 and self.privacy.mode == "central"):
             raise ValueError(

@@ -581,15 +581,18 @@ class Coordinator(BusRole):
             return await self._refuse(job, active, client_id, "identity",
                                       "update names another client")
         if active is None or meta["round"] != active.number:
+            await self._seen_late(job, meta["round"], client_id, len(data))
             return await self._refuse(job, active, client_id, "wrong_round",
                                       f"round {meta['round']} is not open")
         if client_id not in active.seeds:
             return await self._refuse(job, active, client_id, "not_selected",
                                       f"not selected for round {active.number}")
         if active.state is not RoundState.COLLECTING:
+            await self._seen_late(job, active.number, client_id, len(data))
             return await self._refuse(job, active, client_id, "round_closed",
                                       f"round {active.number} no longer takes updates")
         if meta["model_version"] != job.version:
+            await self._seen_late(job, active.number, client_id, len(data))
             return await self._refuse(job, active, client_id, "stale_model",
                                       f"trained on v{meta['model_version']}, current "
                                       f"v{job.version}")
@@ -619,6 +622,13 @@ class Coordinator(BusRole):
         if len(active.uploaded) >= self._quorum(job, active):
             await self._close(job, active)
         return UploadReceipt(True)
+
+    async def _seen_late(self, job: _Job, number: int, client_id: str, nbytes: int) -> None:
+        """Local DP: a selected device's noised update that arrives too late still reached
+        the server, so the privacy ledger must charge it (its participant row keeps the
+        size; the status stays)."""
+        if job.local_dp is not None and isinstance(number, int):
+            await self.store.note_upload_seen(job.job_id, number, client_id, nbytes)
 
     async def decline_task(self, client_id: str, job_id: str, number: int, code: str,
                            message: str) -> None:

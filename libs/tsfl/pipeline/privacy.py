@@ -101,6 +101,8 @@ class Privacy(BusRole):
             event = events.parse_round_event(record.value)
             if event["type"] == events.JOB_FINISHED:
                 self.jobs.pop(event["job"], None)
+            elif event["type"] == events.ROUND_FAILED:
+                await self._on_failed_round(event["job"], event["round"])
             self.settle(record)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -140,11 +142,9 @@ class Privacy(BusRole):
         if plan.mode == "central":
             for row in ledger:
                 state.accountant.compose(_charged_event(plan, row))
-        else:
-            charged = {r["round"] for r in ledger}
-            for p in await self.store.list_participants(job_id):
-                if p["round"] in charged and p["bytes_up"] is not None:
-                    state.participation[p["client_id"]] += 1
+        else:  # what the server saw, from the store (every upload, released or not)
+            state.participation = collections.Counter(
+                await self.store.uploads_seen(job_id, state.released))
         return state
 
     # -- clipping --------------------------------------------------------------------------
@@ -216,15 +216,17 @@ class Privacy(BusRole):
                 row = await self.store.get_round(state.job_id, number)
                 population = (row or {}).get("population")
                 event = plan.event_for_population(population)
-            uploaders = [*map(str, head["accepted"]), *map(str, head["rejected"])]
-            eps = await asyncio.to_thread(self._epsilon_after, state, plan, event, uploaders)
+            if plan.mode == "local":  # every update the server saw so far, failed rounds too
+                state.participation = collections.Counter(
+                    await self.store.uploads_seen(state.job_id, number))
+            eps = await asyncio.to_thread(self._epsilon_after, state, plan, event)
             if plan.target_epsilon is not None and eps.epsilon > plan.target_epsilon:
                 reason = (f"{BUDGET_EXHAUSTED}: releasing round {number} would spend "
                           f"ε={eps.epsilon:.4g} > target {plan.target_epsilon:g} "
                           f"(δ={plan.delta:g}); spent ε={state.epsilon:.4g}")
                 state.exhausted = reason
                 if plan.mode == "local":  # the server saw those noised updates all the same
-                    await self._charge_local(state, plan, number, uploaders, eps)
+                    await self._charge_local(state, plan, number, eps)
                 await self._withhold(state, head, reason, audit=True)
                 return
             clip_norm = state.clip_norm
@@ -254,8 +256,6 @@ class Privacy(BusRole):
             if plan.mode == "central":
                 assert state.accountant is not None
                 state.accountant.compose(event)
-            else:
-                state.participation.update(uploaders)
             state.prefetch = asyncio.ensure_future(asyncio.to_thread(self._prefetch, state, plan))
         await self._publish(state, head, number, epsilon if plan else None)
 
@@ -272,28 +272,44 @@ class Privacy(BusRole):
             for m in (worst, worst + 1):
                 plan.accountant().epsilon_after(plan.event, m)
 
-    def _epsilon_after(self, state: _Release, plan: DpPlan, event: RoundEvent,
-                       uploaders: list[str]) -> Epsilons:
+    def _epsilon_after(self, state: _Release, plan: DpPlan, event: RoundEvent) -> Epsilons:
         """ε once this round is released: the cohort's event composed once more (central),
-        or the uploads of the device that uploaded most (local, no amplification)."""
+        or the uploads the server has seen of the device it saw most (local, no
+        amplification; ``state.participation`` counts them, this round's included)."""
         assert state.accountant is not None
         if plan.mode == "central":
             return state.accountant.epsilon_after(event, 1)
-        counts = state.participation.copy()
-        counts.update(uploaders)
-        worst = max(counts.values(), default=0)
+        worst = max(state.participation.values(), default=0)
         return plan.accountant().epsilon_after(plan.event, worst)
 
     async def _charge_local(self, state: _Release, plan: DpPlan, number: int,
-                            uploaders: list[str], eps: Epsilons) -> None:
-        """A withheld local-DP round still costs its uploaders their noised updates."""
+                            eps: Epsilons) -> None:
+        """A local-DP round that releases nothing still cost its uploaders their noised
+        updates: charged, marked ``withheld`` (idempotent by round)."""
         row = _ledger_row(plan, plan.event, eps, state.clip_norm, state.clip_norm, 0, None)
         row["details"]["withheld"] = True
         await self.store.charge_ledger(state.job_id, number, row, [(
             "privacy.charged", "privacy", {"round": number, "epsilon": eps.epsilon,
                                            "delta": plan.delta, "withheld": True})])
-        state.participation.update(uploaders)
-        state.epsilon = eps.epsilon
+        state.epsilon = max(state.epsilon, eps.epsilon)
+
+    async def _on_failed_round(self, job_id: str, number: int) -> None:
+        """A failed round of a local-DP job: whatever its devices uploaded reached the
+        server, so the ledger charges it now rather than at the next release."""
+        state = self.jobs.get(job_id)
+        if state is None:
+            row = await self.store.get_job(job_id)
+            if row is None or (row["spec"].get("privacy") or {}).get("mode") != "local":
+                return  # only local DP charges what devices send
+            state = await self._job(job_id)
+        if state is None or state.plan is None or state.plan.mode != "local":
+            return
+        plan = state.plan
+        state.participation = collections.Counter(
+            await self.store.uploads_seen(state.job_id, number))
+        eps = await asyncio.to_thread(self._epsilon_after, state, plan, plan.event)
+        if eps.epsilon > state.epsilon:
+            await self._charge_local(state, plan, number, eps)
 
     def _noise_source(self, state: _Release, number: int) -> NoiseSource:
         assert state.plan is not None

@@ -79,9 +79,13 @@ class TorchClient(NumPyClient):
         return self.flat.layout
 
     def _settings(self, config: dict[str, Any]) -> TrainSettings:
+        """The task's training settings over this client's. Under DP-SGD the sampling
+        rate and the step count are privacy parameters, so epochs and batch size stay the
+        device's: a server cannot spend more of its records' budget by asking."""
         s = self.settings
-        overrides = {k: config[k] for k in ("lr", "epochs", "batch_size", "proximal_mu")
-                     if k in config}
+        keys = ("lr", "proximal_mu") if self.dp_sgd is not None else (
+            "lr", "epochs", "batch_size", "proximal_mu")
+        overrides = {k: config[k] for k in keys if k in config}
         return TrainSettings(**{**s.__dict__, **overrides}) if overrides else s
 
     def fit_vector(self, vector: np.ndarray, config: dict[str, Any]

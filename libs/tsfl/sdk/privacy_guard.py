@@ -23,8 +23,11 @@ privacy may come from it:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import xxhash
@@ -49,17 +52,41 @@ class TaskRefused(Exception):
 
 @dataclass(frozen=True)
 class PrivacyFloor:
-    """What the device owner accepts, whatever the server asks (None: no bound)."""
+    """What the device owner accepts, whatever the server asks (None: no bound).
+
+    ``require_local_dp``: refuse any task that does not ask for local DP (a server could
+    otherwise switch DP off by leaving it out of the task); ``None`` means "yes, as soon
+    as any bound is set". ``mechanisms``: the local-DP mechanisms the device runs (the
+    float-based staircase only if the owner opts in). ``delta``: the δ the device accounts
+    at (it never takes a larger one from a task). ``max_total_epsilon``: a cap across all
+    jobs on the same data (basic composition of the per-job ε)."""
 
     min_noise_multiplier: float | None = None
-    max_clip_norm: float | None = None
+    max_clip_norm: float | None = None  # in L2, whatever the mechanism's norm
     max_epsilon: float | None = None  # per job, for the device's local-DP or DP-SGD ε
+    max_total_epsilon: float | None = None  # across jobs
+    delta: float = 1e-5
+    mechanisms: tuple[str, ...] = ("gaussian", "laplace")
+    require_local_dp: bool | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_noise_multiplier", "max_clip_norm", "max_epsilon"):
+        for name in ("min_noise_multiplier", "max_clip_norm", "max_epsilon",
+                     "max_total_epsilon"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"PrivacyFloor.{name} must be a finite number > 0")
+        if not 0 < self.delta < 1:
+            raise ValueError("PrivacyFloor.delta must be in (0, 1)")
+        unknown = set(self.mechanisms) - set(_NORMS)
+        if unknown:
+            raise ValueError(f"PrivacyFloor.mechanisms: unknown {sorted(unknown)}")
+
+    @property
+    def local_dp_required(self) -> bool:
+        if self.require_local_dp is not None:
+            return self.require_local_dp
+        return any(v is not None for v in (self.min_noise_multiplier, self.max_clip_norm,
+                                           self.max_epsilon, self.max_total_epsilon))
 
 
 @dataclass(frozen=True)
@@ -120,14 +147,23 @@ def parse_local_dp(cfg: Any) -> LocalDpSettings:
 class DevicePrivacy:
     """One device's privacy state: its randomness, its owner's floor, its ledgers.
 
+    ``ledger_path``: a JSON file where the device keeps every charge it made (per job),
+    so a restarted device — or one a server makes restart — does not start from zero.
     ``simulation_seed`` makes the device's DP randomness reproducible — for simulation
     only (``tsfl run`` with ``noise: seeded``); such a device is not private.
     """
 
     floor: PrivacyFloor = field(default_factory=PrivacyFloor)
     simulation_seed: int | None = None
+    ledger_path: Path | None = None
     _sources: dict[str, NoiseSource] = field(default_factory=dict, repr=False)
-    _ledgers: dict[str, PrivacyAccountant] = field(default_factory=dict, repr=False)
+    _charges: dict[str, list[list[Any]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ledger_path is not None:
+            self.ledger_path = Path(self.ledger_path)
+            if self.ledger_path.exists():
+                self._charges = _load_ledger(self.ledger_path)
 
     @property
     def secure(self) -> bool:
@@ -145,44 +181,91 @@ class DevicePrivacy:
             self._sources[job_id] = src
         return src
 
+    # -- local DP --------------------------------------------------------------------------
+    def check_task(self, job_id: str, config: dict[str, Any], dims: int,
+                   trains_with_dp_sgd: bool = False) -> LocalDpSettings | None:
+        """The task's local-DP settings, checked against the floor and the ledger (None
+        when the task asks for none and the floor allows that); raises :class:`TaskRefused`."""
+        if "local_dp" not in config:
+            if self.floor.local_dp_required and not trains_with_dp_sgd:
+                raise TaskRefused("privacy_floor", "the task asks for no local DP, and this "
+                                  "device takes part only under local DP")
+            return None
+        return self.check_local_dp(job_id, config["local_dp"], dims)
+
     def check_local_dp(self, job_id: str, cfg: Any, dims: int) -> LocalDpSettings:
         """Parse a task's local-DP settings and hold them against the floor and the
         ledger; raises :class:`TaskRefused`."""
         s = parse_local_dp(cfg)
         f = self.floor
+        if s.mechanism not in f.mechanisms:
+            raise TaskRefused("privacy_floor", f"mechanism {s.mechanism!r} is not one this "
+                              f"device runs ({', '.join(f.mechanisms)})")
         if (f.min_noise_multiplier is not None and s.noise_multiplier is not None
                 and s.noise_multiplier < f.min_noise_multiplier):
             raise TaskRefused("privacy_floor", f"noise multiplier {s.noise_multiplier:g} is "
                               f"below this device's floor {f.min_noise_multiplier:g}")
-        if f.max_clip_norm is not None and s.clip_norm > f.max_clip_norm:
-            raise TaskRefused("privacy_floor", f"clip norm {s.clip_norm:g} is above this "
-                              f"device's cap {f.max_clip_norm:g}")
+        # the clip bound in L2: an L∞ ball of radius C reaches C·√d, an L1 ball C
+        l2_clip = s.clip_norm * (math.sqrt(dims) if s.norm == "linf" else 1.0)
+        if f.max_clip_norm is not None and l2_clip > f.max_clip_norm:
+            raise TaskRefused("privacy_floor", f"clip norm {s.clip_norm:g} ({s.norm}; "
+                              f"{l2_clip:.4g} in L2) is above this device's cap "
+                              f"{f.max_clip_norm:g}")
+        delta = min(s.delta, f.delta)  # never account at a larger δ than the owner's
+        try:
+            after = self._epsilon(job_id, delta, s.event(dims))
+            total = sum(self._epsilon(j, f.delta) for j in self._charges if j != job_id)
+            total += self._epsilon(job_id, f.delta, s.event(dims))
+        except (ValueError, ArithmeticError, IndexError) as exc:
+            raise TaskRefused("bad_privacy", f"cannot account this task's privacy: "
+                              f"{exc}") from None
         caps = [c for c in (f.max_epsilon, s.target_epsilon) if c is not None]
-        if caps:
-            after = self.epsilon_after(job_id, s, dims)
-            if after > min(caps):
-                raise TaskRefused("budget", f"one more upload would spend ε={after:.4g} on "
-                                  f"this device, above its cap {min(caps):g}")
+        if caps and after > min(caps):
+            raise TaskRefused("budget", f"one more upload would spend ε={after:.4g} on "
+                              f"this device, above its cap {min(caps):g}")
+        if f.max_total_epsilon is not None and total > f.max_total_epsilon:
+            raise TaskRefused("budget", f"one more upload would take this device's ε over "
+                              f"all jobs to {total:.4g}, above its cap "
+                              f"{f.max_total_epsilon:g}")
         return s
-
-    def _ledger(self, job_id: str, delta: float) -> PrivacyAccountant:
-        acc = self._ledgers.get(job_id)
-        if acc is None:
-            acc = self._ledgers[job_id] = PrivacyAccountant(delta, 1e-3)
-        return acc
-
-    def epsilon_after(self, job_id: str, s: LocalDpSettings, dims: int) -> float:
-        return self._ledger(job_id, s.delta).epsilon_after(s.event(dims)).epsilon
 
     def charge_local(self, job_id: str, s: LocalDpSettings, dims: int) -> None:
         """Record one noised upload (done before it leaves the device)."""
-        self._ledger(job_id, s.delta).compose(s.event(dims))
+        ev = s.event(dims)
+        self._charges.setdefault(job_id, []).append(
+            [ev.mechanism, ev.noise_multiplier, ev.epsilon, ev.dims])
+        if self.ledger_path is not None:
+            _save_ledger(self.ledger_path, self._charges)
+
+    def _epsilon(self, job_id: str, delta: float, extra: RoundEvent | None = None) -> float:
+        acc = PrivacyAccountant(delta, 1e-3)
+        for mechanism, z, eps, dims in self._charges.get(job_id, []):
+            acc.compose(RoundEvent(mechanism, "none", 1.0, z, epsilon=eps, dims=dims))
+        if extra is not None:
+            acc.compose(extra)
+        return acc.epsilons().epsilon if acc.rounds else 0.0
 
     def epsilon(self, job_id: str) -> float:
-        """The local-DP ε this device has spent on ``job_id``."""
-        acc = self._ledgers.get(job_id)
-        return acc.epsilons().epsilon if acc is not None and acc.rounds else 0.0
+        """The local-DP ε this device has spent on ``job_id`` (at its owner's δ)."""
+        return self._epsilon(job_id, self.floor.delta)
 
     def uploads(self, job_id: str) -> int:
-        acc = self._ledgers.get(job_id)
-        return acc.rounds if acc is not None else 0
+        return len(self._charges.get(job_id, []))
+
+
+def _load_ledger(path: Path) -> dict[str, list[list[Any]]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"device privacy ledger {path} is unreadable: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"device privacy ledger {path} is malformed")
+    return {str(k): [list(c) for c in v] for k, v in data.items()}
+
+
+def _save_ledger(path: Path, charges: dict[str, list[list[Any]]]) -> None:
+    """Write the ledger atomically (a crash leaves the old or the new file, never half)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(charges))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

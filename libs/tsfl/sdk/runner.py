@@ -132,10 +132,10 @@ class ClientRunner:
     async def train(self, task: RoundTask) -> TrainedUpdate:
         """Download the model and train: the update, not yet sent (local DP: clipped,
         noised and charged to the device's ledger). Raises :class:`TaskRefused`."""
-        local: LocalDpSettings | None = None
-        if "local_dp" in task.config:  # checked before any work is done
-            local = self.privacy.check_local_dp(task.job_id, task.config["local_dp"],
-                                                self.layout.total_size)
+        # checked before any work is done
+        local: LocalDpSettings | None = self.privacy.check_task(
+            task.job_id, task.config, self.layout.total_size,
+            trains_with_dp_sgd=getattr(self.client, "dp_sgd", None) is not None)
         delta_ok = task.config.get("downlink") == "delta"
         have = self.held[0] if delta_ok and self.held is not None else None
         model_bytes = await self.transport.download_model(task.job_id, task.model_version,

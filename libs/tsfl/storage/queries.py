@@ -270,6 +270,28 @@ def record_upload(conn: Connection, job_id: str, number: int, client_id: str,
     return False
 
 
+def note_upload_seen(conn: Connection, job_id: str, number: int, client_id: str,
+                     bytes_up: int) -> None:
+    """A selected participant's update reached the server but was refused late (the round
+    had closed, or moved on): its size is recorded, its status kept — under local DP the
+    server saw a noised update all the same, and the ledger charges for it."""
+    conn.execute(update(participants).where(
+        participants.c.job_id == job_id, participants.c.round == number,
+        participants.c.client_id == client_id, participants.c.bytes_up.is_(None),
+    ).values(bytes_up=bytes_up, updated_at=now()))
+
+
+def uploads_seen(conn: Connection, job_id: str, up_to: int) -> dict[str, int]:
+    """Per client, the rounds ≤ ``up_to`` whose update of it reached the server."""
+    rows = conn.execute(select(participants.c.client_id).where(
+        participants.c.job_id == job_id, participants.c.round <= up_to,
+        participants.c.bytes_up.is_not(None))).all()
+    counts: dict[str, int] = {}
+    for (client,) in rows:
+        counts[client] = counts.get(client, 0) + 1
+    return counts
+
+
 def reject_participant(conn: Connection, job_id: str, number: int, client_id: str,
                        reason: str, actor: str) -> None:
     conn.execute(update(participants).where(

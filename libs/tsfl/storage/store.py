@@ -244,6 +244,14 @@ class Store:
             raise StoreError(f"client {client_id!r} was not selected for round {number}")
         return fresh
 
+    async def note_upload_seen(self, job_id: str, number: int, client_id: str,
+                               bytes_up: int) -> None:
+        await self._tx(q.note_upload_seen, job_id, number, client_id, bytes_up)
+
+    async def uploads_seen(self, job_id: str, up_to: int) -> dict[str, int]:
+        """Per client, how many rounds ≤ ``up_to`` delivered its update to the server."""
+        return await self._read(q.uploads_seen, job_id, up_to)
+
     async def reject_participant(self, job_id: str, number: int, client_id: str, reason: str,
                                  actor: str = "coordinator") -> None:
         await self._tx(q.reject_participant, job_id, number, client_id, reason, actor)
