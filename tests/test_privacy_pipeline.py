@@ -13,10 +13,10 @@ from test_cli import tsfl, write_job
 
 from tsfl.bus import topics
 from tsfl.config import ConfigError, parse_job
+from tsfl.privacy.noise import SeededNoise
 from tsfl.privacy.plan import BUDGET_EXHAUSTED, resolve_privacy
 from tsfl.runtime.embedded import run_embedded
 from tsfl.runtime.report import summarize, write_outputs
-from tsfl.privacy.noise import SeededNoise
 from tsfl.sdk.local_dp import apply_local_dp
 from tsfl.sdk.privacy_guard import TaskRefused, parse_local_dp
 from tsfl.storage import Store
