@@ -13,8 +13,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tsfl.spec_yaml import MAX_SPEC_BYTES, SpecYamlError, load_spec_text
+
+#: bounds checked before anything is built or stored (a spec is untrusted input)
+MAX_CLIENTS = 1_000_000
+MAX_ROUNDS = 1_000_000
+MAX_SPEC_FILE_BYTES = MAX_SPEC_BYTES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -39,13 +45,13 @@ class SyntheticSpec(Spec):
 
     alpha: Annotated[float, Field(ge=0)] = 1.0
     beta: Annotated[float, Field(ge=0)] = 1.0
-    dim: PositiveInt = 60
-    classes: Annotated[int, Field(ge=2)] = 10
+    dim: Annotated[int, Field(gt=0, le=100_000)] = 60
+    classes: Annotated[int, Field(ge=2, le=10_000)] = 10
     iid: bool = False
     mean_samples: PositiveFloat = Field(4.0, description="log-normal mean of samples/client")
     sigma_samples: Annotated[float, Field(ge=0)] = 2.0
-    min_samples: PositiveInt = 50
-    max_samples: PositiveInt = 2000
+    min_samples: Annotated[int, Field(gt=0, le=1_000_000)] = 50
+    max_samples: Annotated[int, Field(gt=0, le=1_000_000)] = 2000
 
 
 class DataSpec(Spec):
@@ -69,8 +75,8 @@ class DataSpec(Spec):
 
 
 class ClientsSpec(Spec):
-    count: PositiveInt = 100
-    per_round: PositiveInt = 10
+    count: Annotated[int, Field(gt=0, le=MAX_CLIENTS)] = 100
+    per_round: Annotated[int, Field(gt=0, le=MAX_CLIENTS)] = 10
 
     @model_validator(mode="after")
     def _check(self) -> ClientsSpec:
@@ -81,17 +87,25 @@ class ClientsSpec(Spec):
 
 class ModelSpec(Spec):
     kind: Literal["mlp", "cnn", "logreg", "custom"] = "mlp"
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
-    factory: str | None = Field(None, description="'package.module:function' for kind=custom")
+    hidden: Annotated[list[Annotated[int, Field(gt=0, le=65_536)]], Field(max_length=64)] = (
+        Field(default_factory=lambda: [64, 64]))
+    builder: str | None = Field(None, description="kind=custom: a model builder the operator "
+                                "installed (entry point group tsfl.models; `tsfl models`)")
+    factory: str | None = Field(None, description="kind=custom, tsfl run only: "
+                                "'package.module:function' (an import: never on a server)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if self.kind == "custom":
-            if not self.factory or ":" not in self.factory:
-                raise ValueError("model.kind=custom needs model.factory as 'package.module:func'")
-        elif self.factory:
-            raise ValueError("model.factory is only for model.kind=custom")
+            if (self.builder is None) == (self.factory is None):
+                raise ValueError("model.kind=custom needs model.builder (an installed model "
+                                 "builder: `tsfl models`) or, for tsfl run only, "
+                                 "model.factory as 'package.module:func'")
+            if self.factory is not None and ":" not in self.factory:
+                raise ValueError("model.factory must look like 'package.module:func'")
+        elif self.factory or self.builder:
+            raise ValueError("model.builder and model.factory are only for model.kind=custom")
         return self
 
 
@@ -430,8 +444,8 @@ class CryptoSpec(Spec):
 
 class JobSpec(Spec):
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
-    seed: Annotated[int, Field(ge=0)] = 0
-    rounds: PositiveInt = 50
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    rounds: Annotated[int, Field(gt=0, le=MAX_ROUNDS)] = 50
     target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = Field(
         None, description="stop early once central test accuracy reaches this"
     )
@@ -606,17 +620,24 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSp
     """Read and validate a YAML job spec file."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_SPEC_FILE_BYTES:
+            raise ConfigError([f"the file is larger than {MAX_SPEC_FILE_BYTES} bytes: not a "
+                               "job spec"], str(path))
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(["the file is not UTF-8 text"], str(path)) from None
     except OSError as exc:
         raise ConfigError([f"cannot read file: {exc.strerror or exc}"], str(path)) from None
+    return parse_job(parse_spec_text(text, str(path)), str(path), overrides)
+
+
+def parse_spec_text(text: str | bytes, source: str | None = None) -> Any:
+    """The YAML of a spec, read within :mod:`tsfl.spec_yaml`'s bounds (size, aliases,
+    depth); :class:`ConfigError` otherwise."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}invalid YAML: {problem}"], str(path)) from None
-    return parse_job(data, str(path), overrides)
+        return load_spec_text(text)
+    except SpecYamlError as exc:
+        raise ConfigError([str(exc)], source) from None
 
 
 def bundled_example(name: str = "digits-fedavg") -> Path:

@@ -60,7 +60,8 @@ def cmd_service(args: argparse.Namespace) -> int:
                         grpc=args.grpc, health=args.health,
                         registration_timeout_s=args.registration_timeout,
                         tls_cert=args.tls_cert, tls_key=args.tls_key,
-                        tls_client_ca=args.tls_client_ca)
+                        tls_client_ca=args.tls_client_ca, data_dir=args.data_dir,
+                        max_parameters=args.max_parameters)
     try:
         asyncio.run(run_service(cfg))
     except (ValueError, OSError) as exc:
@@ -290,6 +291,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     svc.add_argument("--tls-key", default=env("TSFL_TLS_KEY"), help="its private key (PEM)")
     svc.add_argument("--tls-client-ca", default=env("TSFL_TLS_CLIENT_CA"),
                      help="require device certificates signed by this CA (mTLS)")
+    svc.add_argument("--data-dir", default=env("TSFL_DATA_DIR"),
+                     help="coordinator: the only directory npz/csv datasets are read from "
+                          "(env TSFL_DATA_DIR; default: none are read)")
+    svc.add_argument("--max-parameters", type=int, default=1 << 29,
+                     help="coordinator: refuse jobs whose model has more parameters")
     svc.add_argument("--registration-timeout", type=float, default=600.0,
                      help="coordinator: seconds a new job waits for its devices to enrol")
     svc.add_argument("--log-level", default="INFO")

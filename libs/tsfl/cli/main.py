@@ -239,6 +239,21 @@ def cmd_bench_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """The model kinds a spec may name: built-in kinds and installed builders."""
+    from tsfl.sim.models import BUILDER_GROUP, model_builders
+
+    out.print("built-in (model.kind): mlp, cnn, logreg", highlight=False)
+    builders = model_builders()
+    out.print(f"installed builders (model.kind: custom, model.builder: NAME; entry points "
+              f"of group {BUILDER_GROUP}):", highlight=False)
+    for name, ep in sorted(builders.items()):
+        out.print(f"  {name}  ({ep.value})", highlight=False)
+    if not builders:
+        out.print("  none", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsfl", description="TrustStram FL")
     parser.add_argument("--version", action="version", version=f"tsfl {__version__}")
@@ -257,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a job spec and exit")
     val.add_argument("job", nargs="?")
     val.set_defaults(func=cmd_validate)
+
+    models = sub.add_parser("models", help="model kinds and installed model builders a "
+                                           "spec may name")
+    models.set_defaults(func=cmd_models)
 
     bench = sub.add_parser("bench", help="built-in benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

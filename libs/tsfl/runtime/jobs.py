@@ -9,13 +9,11 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-import yaml
-
-from tsfl.config import JobSpec, parse_job
+from tsfl.config import JobSpec, parse_job, parse_spec_text
 from tsfl.pipeline.coordinator import Coordinator, token_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
 from tsfl.privacy.plan import resolve_privacy
-from tsfl.runtime.simulation import initial_model
+from tsfl.runtime.admission import AdmissionPolicy, admit
 
 log = logging.getLogger("tsfl.jobs")
 
@@ -27,46 +25,31 @@ class Submitted:
     enrollment_token: str
 
 
-def refuse_seeded_privacy(spec: JobSpec) -> None:
-    """A deployment never runs DP on server-predictable randomness: ``noise: seeded``
-    exists for reproducible simulation (``tsfl run``) only."""
-    keys = spec.seeded_privacy
-    if keys:
-        from tsfl.config import ConfigError
-
-        raise ConfigError([f"{k}: 'seeded' is reproducible simulation noise that anyone "
-                           "with the job seed can regenerate and subtract; a deployment "
-                           "uses 'secure' (the default)" for k in keys])
-
-
 class JobManager:
     """Owns the coordinator's round loops: one task per running job."""
 
     def __init__(self, coordinator: Coordinator, *, registration_timeout_s: float = 600.0,
-                 poll_s: float = 0.2):
+                 poll_s: float = 0.2, policy: AdmissionPolicy | None = None):
         self.coordinator = coordinator
+        self.policy = policy or AdmissionPolicy()
         self.store = coordinator.store
         self.registration_timeout_s = registration_timeout_s
         self.poll_s = poll_s
         self.tasks: dict[str, asyncio.Task[JobOutcome | None]] = {}
 
     async def submit(self, spec_yaml: str, enrollment_token: str = "") -> Submitted:
-        """Validate a YAML spec, build its initial model, persist and start it.
+        """Validate a YAML spec (bounded: :mod:`tsfl.spec_yaml`), admit it
+        (:func:`tsfl.runtime.admission.admit`: no code, no file outside the data
+        directory, a bounded model), build its initial model, persist and start it.
+        Nothing is stored for a spec that fails any of that.
 
         Raises :class:`tsfl.config.ConfigError` for a bad spec."""
-        try:
-            data = yaml.safe_load(spec_yaml)
-        except yaml.YAMLError as exc:
-            from tsfl.config import ConfigError
-
-            raise ConfigError([f"invalid YAML: {exc}"]) from None
-        spec = parse_job(data)
-        refuse_seeded_privacy(spec)
-        layout, initial = await asyncio.to_thread(initial_model, spec)
+        spec = parse_job(parse_spec_text(spec_yaml))
+        spec, layout, initial = await asyncio.to_thread(admit, spec, self.policy)
         # calibrate the noise / refuse an unreachable budget before anything is stored
         spec = await asyncio.to_thread(resolve_privacy, spec, layout.total_size)
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        token = enrollment_token or secrets.token_urlsafe(24)
+        token = enrollment_token or secrets.token_hex(24)  # never starts with '-'
         await self.coordinator.submit_job(job_id, spec, layout, initial, token)
         self._start(job_id, spec)
         return Submitted(job_id, spec, token)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -22,6 +23,7 @@ from tsfl.pipeline.coordinator import Coordinator
 from tsfl.pipeline.roles import ROLES
 from tsfl.rpc.common import SERVER_OPTIONS
 from tsfl.rpc.server import health_servicer, set_serving, start_coordinator_server
+from tsfl.runtime.admission import AdmissionPolicy
 from tsfl.runtime.jobs import JobManager
 from tsfl.storage.store import Store
 
@@ -40,6 +42,8 @@ class ServiceConfig:
     tls_cert: str | None = None        # coordinator: server certificate (PEM file)
     tls_key: str | None = None         # coordinator: its private key
     tls_client_ca: str | None = None   # coordinator: require client certificates (mTLS)
+    data_dir: str | None = None        # coordinator: npz/csv datasets are read from here only
+    max_parameters: int = 1 << 29      # coordinator: the largest model a job may have
 
 
 def server_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
@@ -86,7 +90,10 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     # before the resume would otherwise be picked up twice.
     await role.start()
     if isinstance(role, Coordinator):
-        jobs = JobManager(role, registration_timeout_s=cfg.registration_timeout_s)
+        jobs = JobManager(role, registration_timeout_s=cfg.registration_timeout_s,
+                          policy=AdmissionPolicy(
+                              Path(cfg.data_dir) if cfg.data_dir else None,
+                              max_parameters=cfg.max_parameters))
         resumed = await jobs.resume_all()
         if resumed:
             log.info("resumed jobs: %s", ", ".join(resumed))

@@ -99,12 +99,14 @@ def load_npz(spec: DataSpec) -> FederatedData:
             xk = next((k for k in ("x", "X", "features") if k in keys), None)
             yk = next((k for k in ("y", "Y", "labels") if k in keys), None)
             if xk is None or yk is None:
-                raise DatasetError(f"{path}: needs arrays 'x' and 'y', found {sorted(keys)}")
+                raise DatasetError(f"{path}: needs arrays 'x' and 'y' (found {len(keys)} "
+                                   "others)")
             x, y = npz[xk], npz[yk]
     except (OSError, ValueError) as exc:
         if isinstance(exc, DatasetError):
             raise
-        raise DatasetError(f"{path}: cannot read npz: {exc}") from None
+        raise DatasetError(f"{path}: cannot read it as an npz archive of numeric arrays "
+                           f"({type(exc).__name__})") from None
     if not np.issubdtype(x.dtype, np.number):
         raise DatasetError(f"{path}: features must be numeric, got {x.dtype}")
     shape = tuple(x.shape[1:])
@@ -112,26 +114,41 @@ def load_npz(spec: DataSpec) -> FederatedData:
                    standardize=True)
 
 
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def load_csv(spec: DataSpec) -> FederatedData:
     import csv
 
     path = Path(spec.path or "")
+    # Errors name rows and columns, never a value: the file's content is not echoed.
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read csv: {exc.strerror or exc}") from None
+        raise DatasetError(f"{path}: cannot read csv: {exc.strerror or type(exc).__name__}"
+                           ) from None
+    except (UnicodeDecodeError, csv.Error):
+        raise DatasetError(f"{path}: not a UTF-8 csv file") from None
     if len(rows) < 3:
         raise DatasetError(f"{path}: needs a header row and at least two data rows")
     header, body = rows[0], rows[1:]
     label_col = spec.label_column or header[-1]
     if label_col not in header:
-        raise DatasetError(f"{path}: label column {label_col!r} not in header {header}")
+        raise DatasetError(f"{path}: label column {label_col!r} is not in its header row "
+                           f"({len(header)} columns)")
     li = header.index(label_col)
     try:
         x = np.array([[float(v) for j, v in enumerate(r) if j != li] for r in body], np.float64)
-    except ValueError as exc:
-        raise DatasetError(f"{path}: non-numeric feature value ({exc})") from None
+    except ValueError:
+        bad = next(i for i, r in enumerate(body, 2)
+                   if not all(_is_float(v) for j, v in enumerate(r) if j != li))
+        raise DatasetError(f"{path}: row {bad} has a non-numeric feature value") from None
     if any(len(r) != len(header) for r in body):
         raise DatasetError(f"{path}: rows have differing numbers of columns")
     y = np.array([r[li] for r in body])

@@ -1,0 +1,123 @@
+"""What a coordinator admits: a submitted job spec is data — bounded, confined, checked
+before anything is built or stored.
+
+Adversary: any network peer that can call ``SubmitJob`` (and, until it is authenticated,
+anyone). A spec can name no code (``model.factory`` import paths are refused: custom
+models are builders the operator installed, :func:`tsfl.sim.models.model_builders`), read
+no file outside the operator's data directory (``data.path`` is resolved, links followed,
+and must stay inside it; errors never echo a file's content), and cost bounded memory
+and time: the YAML is bounded before it is parsed (:mod:`tsfl.spec_yaml`), the fields are
+bounded by the spec's types, and the model's parameter count is measured on torch's
+``meta`` device (no memory) before a single weight is allocated. Built-in datasets give
+their shape without being loaded: the coordinator never touches simulation data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tsfl.config import ConfigError, JobSpec
+from tsfl.core.layout import ParamLayout
+from tsfl.sdk.flat import FlatModule
+from tsfl.sim.datasets import DatasetError, load_dataset
+from tsfl.sim.models import ModelError, build_model
+
+#: shapes of the built-in datasets, known without loading them
+BUILTIN_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "breast_cancer": ((30,), 2),
+}
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """The operator's bounds for submitted jobs."""
+
+    data_dir: Path | None = None  # npz/csv files are read from here only
+    max_parameters: int = 1 << 29  # 2 GiB of float32
+    max_data_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.max_parameters < 1 or self.max_data_bytes < 1:
+            raise ValueError("admission bounds must be positive")
+
+
+def refuse_seeded_privacy(spec: JobSpec) -> None:
+    """A deployment never runs DP on server-predictable randomness: ``noise: seeded``
+    exists for reproducible simulation (``tsfl run``) only."""
+    keys = spec.seeded_privacy
+    if keys:
+        raise ConfigError([f"{k}: 'seeded' is reproducible simulation noise that anyone "
+                           "with the job seed can regenerate and subtract; a deployment "
+                           "uses 'secure' (the default)" for k in keys])
+
+
+def confine(path: str, policy: AdmissionPolicy) -> Path:
+    """``path`` resolved inside the operator's data directory (links followed: a link out
+    of it is refused), as an existing regular file within the size bound."""
+    if policy.data_dir is None:
+        raise ConfigError(["data.path: this coordinator reads no data files (start it with "
+                           "--data-dir DIR to serve npz/csv datasets from DIR)"])
+    root = Path(policy.data_dir).resolve(strict=True)
+    resolved = (root / path).resolve(strict=False)
+    if not resolved.is_relative_to(root):
+        raise ConfigError(["data.path: outside the coordinator's data directory"])
+    if not resolved.is_file():
+        raise ConfigError(["data.path: no such file in the coordinator's data directory"])
+    if os.stat(resolved).st_size > policy.max_data_bytes:
+        raise ConfigError([f"data.path: larger than {policy.max_data_bytes} bytes"])
+    return resolved
+
+
+def data_shape(spec: JobSpec, policy: AdmissionPolicy
+               ) -> tuple[JobSpec, tuple[int, ...], int]:
+    """(the spec with its data path confined, input shape, classes)."""
+    d = spec.data
+    if d.dataset in BUILTIN_SHAPES:
+        shape, classes = BUILTIN_SHAPES[d.dataset]
+        return spec, shape, classes
+    if d.dataset == "synthetic":
+        return spec, (d.synthetic.dim,), d.synthetic.classes
+    assert d.path is not None
+    path = confine(d.path, policy)
+    spec = spec.model_copy(update={"data": d.model_copy(update={"path": str(path)})})
+    try:
+        data = load_dataset(spec.data, spec.clients.count)
+    except (DatasetError, ValueError) as exc:
+        raise ConfigError([f"data: {exc}"]) from None
+    return spec, data.input_shape, data.num_classes
+
+
+def parameter_count(spec: JobSpec, shape: tuple[int, ...], classes: int) -> int:
+    """The model's parameter count, measured on the ``meta`` device (nothing allocated)."""
+    with torch.device("meta"):
+        model = build_model(spec.model, shape, classes, spec.seed, allow_import=False)
+    return sum(p.numel() for p in model.parameters())
+
+
+def admit(spec: JobSpec, policy: AdmissionPolicy
+          ) -> tuple[JobSpec, ParamLayout, np.ndarray]:
+    """Check ``spec`` against the policy and build its initial model; raises
+    :class:`ConfigError` naming the field. Blocking: run it in a worker thread."""
+    refuse_seeded_privacy(spec)
+    if spec.model.factory is not None:
+        raise ConfigError(["model.factory: an import path, which a coordinator never "
+                           "follows; name an installed model builder (model.builder; "
+                           "`tsfl models` lists them)"])
+    spec, shape, classes = data_shape(spec, policy)
+    try:
+        count = parameter_count(spec, shape, classes)
+        if count > policy.max_parameters:
+            raise ConfigError([f"model: {count:,} parameters, above this coordinator's "
+                               f"bound of {policy.max_parameters:,}"])
+        torch.set_num_threads(spec.simulation.torch_threads)
+        flat = FlatModule(build_model(spec.model, shape, classes, spec.seed,
+                                      allow_import=False))
+    except ModelError as exc:
+        raise ConfigError([f"model: {exc}"]) from None
+    return spec, flat.layout, flat.vector.copy()
