@@ -62,9 +62,11 @@ def database(pg_available):
 
 
 @pytest.fixture
-def services(broker, database, tmp_path):
+def services(broker, database, tmp_path, monkeypatch):
     state = stack.up(tmp_path / "stack", kafka=broker.address, database=database,
                      grpc_port=free_port())
+    # the stack's operator token, for these helpers and the CLI's subprocesses
+    monkeypatch.setenv("TSFL_ADMIN_TOKEN", state.admin_token)
     yield state, tmp_path / "stack"
     if (tmp_path / "stack" / "stack.json").exists():
         stack.down(tmp_path / "stack")
@@ -73,14 +75,19 @@ def services(broker, database, tmp_path):
 def _submit(address: str, job: dict, token: str = "enrol-me") -> str:
     with grpc.insecure_channel(address) as ch:
         info = admin_pb2_grpc.AdminServiceStub(ch).SubmitJob(admin_pb2.SubmitJobRequest(
-            spec_yaml=yaml.safe_dump(job), enrollment_token=token), timeout=120)
+            spec_yaml=yaml.safe_dump(job), enrollment_token=token), timeout=120,
+            metadata=_admin_md())
     return info.job_id
+
+
+def _admin_md() -> tuple:
+    return (("authorization", f"Bearer {os.environ['TSFL_ADMIN_TOKEN']}"),)
 
 
 def _job(address: str, job_id: str) -> admin_pb2.JobInfo:
     with grpc.insecure_channel(address) as ch:
         return admin_pb2_grpc.AdminServiceStub(ch).GetJob(admin_pb2.JobRef(job_id=job_id),
-                                                          timeout=10)
+                                                          timeout=10, metadata=_admin_md())
 
 
 async def _final_model(database: str, job_id: str) -> tuple[np.ndarray, list, list]:
@@ -356,6 +363,17 @@ def test_admin_cli_status_cancel_and_graceful_stop(services):
     audit = tsfl("audit", job_id, "--coordinator", state.grpc)
     assert audit.returncode == 0 and "job.cancelled" in audit.stdout
     assert "hash chain intact" in audit.stderr
+    assert "admin:stack-operator" in audit.stdout  # the canceller, by name
+    anonymous = {k: v for k, v in os.environ.items() if k != "TSFL_ADMIN_TOKEN"}
+    base = [sys.executable, "-m", "tsfl.cli.main", "job", "status", job_id,
+            "--coordinator", state.grpc, "--stack-dir"]
+    refused_anon = subprocess.run([*base, str(directory / "none")], env=anonymous,
+                                  capture_output=True, text=True, timeout=60)
+    assert refused_anon.returncode == 1 and "UNAUTHENTICATED" in refused_anon.stderr
+    via_stack_dir = subprocess.run([*base, str(directory)], env=anonymous,
+                                   capture_output=True, text=True, timeout=60)
+    assert via_stack_dir.returncode == 0, via_stack_dir.stderr
+    assert oct((directory / "admin-token").stat().st_mode & 0o777) == "0o600"
     bad = directory / "bad.yaml"
     bad.write_text("name: x\nrounds: 0\n")
     refused = tsfl("job", "submit", str(bad), "--coordinator", state.grpc)

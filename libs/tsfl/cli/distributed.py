@@ -20,17 +20,42 @@ out = Console()
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
 
-def _admin(address: str):
+def admin_token(args: argparse.Namespace) -> str | None:
+    """The admin token: --admin-token, else TSFL_ADMIN_TOKEN, else the local stack's
+    (``--stack-dir``/admin-token, written by ``tsfl stack up``)."""
+    token = getattr(args, "admin_token", None) or os.environ.get("TSFL_ADMIN_TOKEN")
+    if token:
+        return token.strip()
+    path = Path(getattr(args, "stack_dir", None) or ".tsfl-stack") / "admin-token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class _Authed:
+    """An AdminService stub whose every call carries the admin token."""
+
+    def __init__(self, stub: Any, token: str | None):
+        self._stub = stub
+        self._md = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        return lambda request, **kw: method(request, metadata=self._md, **kw)
+
+
+def _admin(address: str, token: str | None = None):
     from tsfl.v1 import admin_pb2_grpc
 
     channel = grpc.insecure_channel(address)
-    return channel, admin_pb2_grpc.AdminServiceStub(channel)
+    return channel, _Authed(admin_pb2_grpc.AdminServiceStub(channel), token)
 
 
-def _admin_call(address: str, method: str, request: Any,
-                timeout: float) -> tuple[Any, int | None]:
+def _admin_call(address: str, method: str, request: Any, timeout: float,
+                token: str | None = None) -> tuple[Any, int | None]:
     """One unary AdminService call: ``(response, None)`` or ``(None, exit status)``."""
-    channel, admin = _admin(address)
+    channel, admin = _admin(address, token)
     try:
         return getattr(admin, method)(request, timeout=timeout), None
     except grpc.RpcError as exc:
@@ -61,6 +86,7 @@ def cmd_service(args: argparse.Namespace) -> int:
                         registration_timeout_s=args.registration_timeout,
                         tls_cert=args.tls_cert, tls_key=args.tls_key,
                         tls_client_ca=args.tls_client_ca, data_dir=args.data_dir,
+                        allow_insecure=args.allow_insecure,
                         max_parameters=args.max_parameters)
     try:
         asyncio.run(run_service(cfg))
@@ -105,7 +131,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from tsfl.config import parse_job
     from tsfl.v1 import admin_pb2
 
-    info, failed = _admin_call(args.coordinator, "GetJob", admin_pb2.JobRef(job_id=args.job), 10)
+    info, failed = _admin_call(args.coordinator, "GetJob", admin_pb2.JobRef(job_id=args.job),
+                               10, admin_token(args))
     if failed is not None:
         return failed
     import yaml
@@ -147,7 +174,7 @@ async def run_fleet(address: str, job_id: str, token: str, spec, count: int,
 def cmd_job(args: argparse.Namespace) -> int:
     from tsfl.v1 import admin_pb2
 
-    channel, admin = _admin(args.coordinator)
+    channel, admin = _admin(args.coordinator, admin_token(args))
     try:
         if args.action == "submit":
             try:
@@ -260,7 +287,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from tsfl.v1 import admin_pb2
 
     trail, failed = _admin_call(args.coordinator, "QueryAudit",
-                                admin_pb2.JobRef(job_id=args.job), 30)
+                                admin_pb2.JobRef(job_id=args.job), 30, admin_token(args))
     if failed is not None:
         return failed
     for e in trail.events:
@@ -269,6 +296,45 @@ def cmd_audit(args: argparse.Namespace) -> int:
     verdict = "intact" if trail.chain_valid else f"BROKEN ({trail.chain_detail})"
     err.print(f"{len(trail.events)} events; hash chain {verdict}")
     return 0 if trail.chain_valid else 1
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    """Issue or revoke admin tokens, on the coordinator's database directly (an operator
+    with database access; the token is printed once and stored only as a salted hash)."""
+    if not args.database:
+        err.print("[bold red]error:[/] --database (or TSFL_DATABASE) is required")
+        return 2
+    from tsfl.runtime.stack import issue_admin_token
+
+    if args.action == "create-token":
+        if not (args.role and args.name):
+            err.print("[bold red]error:[/] create-token needs --role and --name")
+            return 2
+        try:
+            token = issue_admin_token(args.database, args.name, args.role)
+        except ValueError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+        out.print(token, highlight=False)
+        err.print(f"{args.role} token for {args.name} (shown once; pass it as "
+                  "--admin-token or TSFL_ADMIN_TOKEN)", highlight=False)
+        return 0
+    if not args.token_id:
+        err.print("[bold red]error:[/] revoke-token needs the token id")
+        return 2
+
+    async def revoke() -> bool:
+        from tsfl.storage import Store
+
+        store = await Store.open(args.database)
+        try:
+            return await store.revoke_admin_token(args.token_id)
+        finally:
+            await store.close()
+
+    revoked = asyncio.run(revoke())
+    err.print("revoked" if revoked else "no such live token")
+    return 0 if revoked else 1
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -291,6 +357,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     svc.add_argument("--tls-key", default=env("TSFL_TLS_KEY"), help="its private key (PEM)")
     svc.add_argument("--tls-client-ca", default=env("TSFL_TLS_CLIENT_CA"),
                      help="require device certificates signed by this CA (mTLS)")
+    svc.add_argument("--allow-insecure", action="store_true",
+                     default=env("TSFL_ALLOW_INSECURE") == "1",
+                     help="coordinator: allow plaintext gRPC on a non-loopback address (a "
+                          "private network only; env TSFL_ALLOW_INSECURE=1)")
     svc.add_argument("--data-dir", default=env("TSFL_DATA_DIR"),
                      help="coordinator: the only directory npz/csv datasets are read from "
                           "(env TSFL_DATA_DIR; default: none are read)")
@@ -338,6 +408,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("job")
     audit.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
     audit.set_defaults(func=cmd_audit)
+
+    for client in (dev, job, audit):  # the admin API's callers
+        client.add_argument("--admin-token", help="admin token (default: TSFL_ADMIN_TOKEN, "
+                                                  "else STACK_DIR/admin-token)")
+        client.add_argument("--stack-dir", default=".tsfl-stack",
+                            help="the local stack whose admin token to use")
+
+    adm = sub.add_parser("admin", help="admin identities: tsfl admin create-token --role R "
+                                       "--name N")
+    adm.add_argument("action", choices=["create-token", "revoke-token"])
+    adm.add_argument("token_id", nargs="?", help="revoke-token: the token's id (its middle "
+                                                 "part)")
+    adm.add_argument("--role", choices=["viewer", "submitter", "operator"])
+    adm.add_argument("--name", help="create-token: who holds it (audited on every call)")
+    adm.add_argument("--database", default=env("TSFL_DATABASE"),
+                     help="the coordinator's database (env TSFL_DATABASE)")
+    adm.set_defaults(func=cmd_admin)
 
 
 __all__ = ["add_commands", "run_fleet"]

@@ -223,7 +223,8 @@ class Coordinator(BusRole):
 
     # -- jobs ------------------------------------------------------------------------------
     async def submit_job(self, job_id: str, spec: JobSpec, layout: ParamLayout,
-                         initial: np.ndarray, enrollment_token: str | None = None) -> None:
+                         initial: np.ndarray, enrollment_token: str | None = None,
+                         owner: str | None = None) -> None:
         """Persist the job and its initial model (version 0), then announce it."""
         if layout.total_size != initial.shape[0]:
             raise ValueError("initial model does not match its layout")
@@ -233,7 +234,7 @@ class Coordinator(BusRole):
             raise ValueError(f"crypto.he: {exc}") from None
         await self.store.create_job(
             job_id, spec.name, spec.model_dump(mode="json"), spec.sha256(), layout.to_json(),
-            token_hash(enrollment_token) if enrollment_token else None)
+            token_hash(enrollment_token) if enrollment_token else None, owner)
         await self.store.save_checkpoint(job_id, 0, 0, layout.digest, initial)
         self._track(job_id, spec, layout, 0, encode_model(job_id, 0, initial, layout))
         await self.bus.publish(topics.ROUNDS, events.round_event(events.JOB_STARTED, job_id, 0),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -11,12 +10,11 @@ from typing import Any
 
 import grpc
 import xxhash
-import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tsfl.config import ConfigError
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator
 from tsfl.pipeline.secagg_stages import SecAggRefused
+from tsfl.rpc.admin_service import AdminServicer
 from tsfl.rpc.common import (
     CHUNK_BYTES,
     DEVICE_HEADER,
@@ -28,7 +26,7 @@ from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
 from tsfl.runtime.jobs import JobManager
 from tsfl.secagg.protocol import SecAggAbort
-from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+from tsfl.v1 import admin_pb2_grpc, device_pb2, device_pb2_grpc
 from tsfl.wire.envelope import WireError
 from tsfl.wire.secagg import decode_request, encode_reply
 
@@ -257,103 +255,6 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         except SecAggAbort as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"secagg_aborted: {exc}")
         return device_pb2.SecAggReply(payload=encode_reply(request.stage, reply))
-
-
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, coordinator: Coordinator, jobs: JobManager, watch_poll_s: float = 0.25):
-        self.coordinator = coordinator
-        self.jobs = jobs
-        self.store = coordinator.store
-        self.watch_poll_s = watch_poll_s
-
-    async def _info(self, job_id: str, context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
-        row = await self.store.get_job(job_id)
-        if row is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
-        rounds = await self.store.list_rounds(job_id)
-        done = sum(1 for r in rounds if r["state"] in ("PUBLISHED", "FAILED"))
-        ckpt_version = max((r["model_version"] + (r["state"] == "PUBLISHED")
-                            for r in rounds), default=0)
-        return admin_pb2.JobInfo(
-            job_id=job_id, name=row["name"], status=row["status"], reason=row["reason"] or "",
-            rounds_total=int(row["spec"].get("rounds", 0)), rounds_done=done,
-            model_version=ckpt_version, spec_yaml=yaml.safe_dump(row["spec"], sort_keys=False),
-            devices=len(await self.store.list_device_ids(job_id)))
-
-    async def SubmitJob(self, request: admin_pb2.SubmitJobRequest,
-                        context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
-        try:
-            sub = await self.jobs.submit(request.spec_yaml, request.enrollment_token)
-        except ConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
-        except (ValueError, OSError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        info = await self._info(sub.job_id, context)
-        info.enrollment_token = sub.enrollment_token
-        return info
-
-    async def GetJob(self, request: admin_pb2.JobRef,
-                     context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
-        return await self._info(request.job_id, context)
-
-    async def CancelJob(self, request: admin_pb2.JobRef,
-                        context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
-        info = await self._info(request.job_id, context)
-        if info.status != "RUNNING":
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"job {request.job_id} is {info.status}")
-        await self.jobs.cancel(request.job_id)
-        return await self._info(request.job_id, context)
-
-    async def WatchJob(self, request: admin_pb2.JobRef,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.RoundInfo]:
-        seen: dict[int, str] = {}
-        while True:
-            row = await self.store.get_job(request.job_id)
-            if row is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
-            for r in await self.store.list_rounds(request.job_id):
-                if seen.get(r["number"]) != r["state"]:
-                    seen[r["number"]] = r["state"]
-                    yield _round_info(r, row["status"])
-            if row["status"] != "RUNNING":
-                yield admin_pb2.RoundInfo(round=0, state="", job_status=row["status"],
-                                          reason=row["reason"] or "")
-                return
-            await asyncio.sleep(self.watch_poll_s)
-
-    async def ListRounds(self, request: admin_pb2.JobRef,
-                         context: grpc.aio.ServicerContext) -> admin_pb2.RoundList:
-        row = await self.store.get_job(request.job_id)
-        if row is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
-        return admin_pb2.RoundList(rounds=[_round_info(r, row["status"]) for r in
-                                           await self.store.list_rounds(request.job_id)])
-
-    async def ListParticipants(self, request: admin_pb2.ParticipantsRequest,
-                               context: grpc.aio.ServicerContext) -> admin_pb2.ParticipantList:
-        rows = await self.store.list_participants(request.job_id, request.round or None)
-        return admin_pb2.ParticipantList(participants=[admin_pb2.Participant(
-            round=p["round"], client_id=p["client_id"], status=p["status"],
-            reason=p["reason"] or "", num_examples=p["num_examples"] or 0,
-            bytes_up=p["bytes_up"] or 0) for p in rows])
-
-    async def QueryAudit(self, request: admin_pb2.JobRef,
-                         context: grpc.aio.ServicerContext) -> admin_pb2.AuditTrail:
-        trail = await self.store.audit_trail(request.job_id)
-        ok, detail = await self.store.verify_audit(request.job_id)
-        return admin_pb2.AuditTrail(chain_valid=ok, chain_detail=detail, events=[
-            admin_pb2.AuditEvent(seq=e["seq"], kind=e["kind"], actor=e["actor"],
-                                 payload_json=json.dumps(e["payload"]),
-                                 created_at=e["created_at"], hash=e["hash"],
-                                 prev_hash=e["prev_hash"]) for e in trail])
-
-
-def _round_info(r: dict[str, Any], job_status: str) -> admin_pb2.RoundInfo:
-    return admin_pb2.RoundInfo(round=r["number"], state=r["state"], reason=r["reason"] or "",
-                               accepted=r["accepted"], rejected=r["rejected"],
-                               cohort_size=r["cohort_size"], model_version=r["model_version"],
-                               job_status=job_status)
 
 
 def health_servicer(server: grpc.aio.Server) -> health.aio.HealthServicer:

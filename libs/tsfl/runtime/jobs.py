@@ -37,7 +37,8 @@ class JobManager:
         self.poll_s = poll_s
         self.tasks: dict[str, asyncio.Task[JobOutcome | None]] = {}
 
-    async def submit(self, spec_yaml: str, enrollment_token: str = "") -> Submitted:
+    async def submit(self, spec_yaml: str, enrollment_token: str = "",
+                     owner: str | None = None) -> Submitted:
         """Validate a YAML spec (bounded: :mod:`tsfl.spec_yaml`), admit it
         (:func:`tsfl.runtime.admission.admit`: no code, no file outside the data
         directory, a bounded model), build its initial model, persist and start it.
@@ -50,7 +51,7 @@ class JobManager:
         spec = await asyncio.to_thread(resolve_privacy, spec, layout.total_size)
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         token = enrollment_token or secrets.token_hex(24)  # never starts with '-'
-        await self.coordinator.submit_job(job_id, spec, layout, initial, token)
+        await self.coordinator.submit_job(job_id, spec, layout, initial, token, owner)
         self._start(job_id, spec)
         return Submitted(job_id, spec, token)
 
@@ -106,7 +107,7 @@ class JobManager:
                                    f"within {self.registration_timeout_s:.0f}s")
             await asyncio.sleep(self.poll_s)
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, by: str = "an operator") -> bool:
         task = self.tasks.pop(job_id, None)
         if task is None or task.done():
             return False
@@ -114,7 +115,7 @@ class JobManager:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         if job_id in self.coordinator.jobs:
-            await self.coordinator.finish_job(job_id, "CANCELLED", "cancelled by an operator")
+            await self.coordinator.finish_job(job_id, "CANCELLED", f"cancelled by {by}")
         return True
 
     async def stop(self) -> None:

@@ -42,8 +42,14 @@ class ServiceConfig:
     tls_cert: str | None = None        # coordinator: server certificate (PEM file)
     tls_key: str | None = None         # coordinator: its private key
     tls_client_ca: str | None = None   # coordinator: require client certificates (mTLS)
+    allow_insecure: bool = False       # coordinator: plaintext gRPC on a non-loopback address
     data_dir: str | None = None        # coordinator: npz/csv datasets are read from here only
     max_parameters: int = 1 << 29      # coordinator: the largest model a job may have
+
+
+def _loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def server_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
@@ -51,6 +57,10 @@ def server_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
     if not cfg.tls_cert and not cfg.tls_key:
         if cfg.tls_client_ca:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if not _loopback(cfg.grpc) and not cfg.allow_insecure:
+            raise ValueError(f"refusing plaintext gRPC on {cfg.grpc}: admin tokens and "
+                             "device sessions would cross the network in the clear; give "
+                             "--tls-cert/--tls-key, or --allow-insecure on a private network")
         return None
     if not (cfg.tls_cert and cfg.tls_key):
         raise ValueError("TLS needs both --tls-cert and --tls-key")

@@ -1,7 +1,8 @@
 """The local stack without Docker: a Kafka-wire broker and the six services as processes.
 
 State (pids, addresses, log files) lives in ``DIR/stack.json``; ``status`` and ``down``
-read it.
+read it. ``up`` also issues an operator admin token (``DIR/admin-token``, mode 600, which
+the CLI's client commands pick up); the directory is private to its owner (mode 700).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class StackState:
     grpc: str
     broker_pid: int | None = None
     services: dict[str, dict] = field(default_factory=dict)  # name -> {pid, health, log}
+    admin_token: str | None = None  # the stack's operator token (also DIR/admin-token)
 
     def save(self, directory: Path) -> None:
-        (directory / "stack.json").write_text(json.dumps(asdict(self), indent=2))
+        _write_private(directory / "stack.json", json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> StackState:
@@ -39,6 +41,32 @@ class StackState:
         if not path.exists():
             raise FileNotFoundError(f"no stack in {directory} (run 'tsfl stack up' first)")
         return cls(**json.loads(path.read_text()))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def issue_admin_token(database: str, name: str, role: str) -> str:
+    """Create an admin token in ``database`` (migrated first); returns it (shown once)."""
+    import asyncio
+
+    from tsfl.rpc.admin_auth import new_token
+    from tsfl.storage import Store
+
+    async def go() -> str:
+        store = await Store.open(database)
+        try:
+            token, row = new_token(name, role)
+            await store.add_admin_token(row)
+            return token
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
 
 
 def alive(pid: int | None) -> bool:
@@ -91,6 +119,7 @@ def start_service(name: str, state: StackState, directory: Path) -> dict:
 def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: int = 50051,
        timeout: float = 90.0) -> StackState:
     directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # tokens, the database and logs are the owner's
     broker_pid = None
     if kafka is None:
         broker = start_local_broker(log_file=directory / "broker.log")
@@ -109,6 +138,9 @@ def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: i
             if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
                 down(directory)
                 raise RuntimeError(f"service {name} did not come up; see {entry['log']}")
+    state.admin_token = issue_admin_token(database, "stack-operator", "operator")
+    _write_private(directory / "admin-token", state.admin_token + "\n")
+    state.save(directory)
     return state
 
 
@@ -141,6 +173,7 @@ def down(directory: Path, timeout: float = 20.0) -> None:
     if state.broker_pid and alive(state.broker_pid):
         os.kill(state.broker_pid, signal.SIGTERM)
     (directory / "stack.json").unlink(missing_ok=True)
+    (directory / "admin-token").unlink(missing_ok=True)
 
 
 assert set(SERVICE_ORDER) == set(ROLES)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from tsfl.storage.schema import (
+    admin_tokens,
     audit_events,
     checkpoints,
     devices,
@@ -130,17 +131,35 @@ def audit_trail(conn: Connection, job_id: str) -> list[dict[str, Any]]:
 # -- jobs ------------------------------------------------------------------------------------
 def create_job(conn: Connection, job_id: str, name: str, spec: dict[str, Any],
                spec_sha256: str, layout: list[dict[str, Any]] | None,
-               enrollment_hash: str | None = None) -> None:
+               enrollment_hash: str | None = None, owner: str | None = None) -> None:
     ts = now()
     try:
         with conn.begin_nested():
             conn.execute(insert(jobs).values(
                 id=job_id, name=name, spec=spec, spec_sha256=spec_sha256, status="RUNNING",
-                layout=layout, created_at=ts, updated_at=ts, enrollment_hash=enrollment_hash))
+                layout=layout, created_at=ts, updated_at=ts, enrollment_hash=enrollment_hash,
+                owner=owner))
     except IntegrityError:
         raise StoreError(f"job {job_id!r} already exists") from None
-    append_audits(conn, job_id, [("job.created", "coordinator",
+    append_audits(conn, job_id, [("job.created", f"admin:{owner}" if owner else "coordinator",
                                   {"name": name, "spec_sha256": spec_sha256})])
+
+
+def add_admin_token(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(insert(admin_tokens).values(created_at=now(), **row))
+
+
+def admin_token(conn: Connection, token_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(admin_tokens).where(admin_tokens.c.id == token_id)
+                       ).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def revoke_admin_token(conn: Connection, token_id: str) -> bool:
+    res = conn.execute(update(admin_tokens).where(
+        admin_tokens.c.id == token_id, admin_tokens.c.revoked_at.is_(None)
+    ).values(revoked_at=now()))
+    return res.rowcount == 1
 
 
 def finish_job(conn: Connection, job_id: str, status: str, reason: str | None) -> None:

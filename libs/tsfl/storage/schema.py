@@ -31,6 +31,7 @@ jobs = Table(
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
     Column("enrollment_hash", String(64)),
+    Column("owner", String(128)),  # the admin identity that submitted it (0007)
 )
 
 rounds = Table(
@@ -131,4 +132,16 @@ privacy_ledger = Table(
     Column("details", JSON),
     Column("created_at", String(40), nullable=False),
     UniqueConstraint("job_id", "round", name="uq_privacy_ledger_job_round"),
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),  # viewer | submitter | operator
+    Column("salt", String(64), nullable=False),
+    Column("hash", String(128), nullable=False),  # scrypt(secret, salt), hex
+    Column("created_at", String(40), nullable=False),
+    Column("revoked_at", String(40)),
 )

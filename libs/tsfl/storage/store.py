@@ -150,8 +150,19 @@ class Store:
     # -- jobs ------------------------------------------------------------------------------
     async def create_job(self, job_id: str, name: str, spec: dict[str, Any], spec_sha256: str,
                          layout: list[dict[str, Any]] | None = None,
-                         enrollment_hash: str | None = None) -> None:
-        await self._tx(q.create_job, job_id, name, spec, spec_sha256, layout, enrollment_hash)
+                         enrollment_hash: str | None = None, owner: str | None = None) -> None:
+        await self._tx(q.create_job, job_id, name, spec, spec_sha256, layout, enrollment_hash,
+                       owner)
+
+    # -- admin identities --------------------------------------------------------------------
+    async def add_admin_token(self, row: dict[str, Any]) -> None:
+        await self._tx(q.add_admin_token, row)
+
+    async def admin_token(self, token_id: str) -> dict[str, Any] | None:
+        return await self._read(q.admin_token, token_id)
+
+    async def revoke_admin_token(self, token_id: str) -> bool:
+        return await self._tx(q.revoke_admin_token, token_id)
 
     async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
         await self._tx(q.finish_job, job_id, status, reason)

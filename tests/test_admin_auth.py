@@ -1,0 +1,136 @@
+"""The admin API against a hostile network peer (issue #16): no credential, a device's
+credential, the wrong role, another submitter's job — each refused with a precise status;
+actions audited under the caller's name; tokens stored as salted hashes. Real gRPC server
+over the embedded pipeline and a SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import yaml
+
+from tsfl.pipeline.roles import LocalPipeline
+from tsfl.rpc.admin_auth import new_token
+from tsfl.rpc.server import start_coordinator_server
+from tsfl.runtime.jobs import JobManager
+from tsfl.storage import Store
+from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+
+SPEC = yaml.safe_dump({"name": "owned", "rounds": 2, "clients": {"count": 4, "per_round": 2},
+                       "model": {"kind": "logreg"}})
+
+
+def _md(token: str | None) -> tuple:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+async def _scenario(tmp_path) -> dict:
+    store = await Store.open(f"sqlite:///{tmp_path / 'auth.db'}")
+    pipeline = await LocalPipeline.in_memory(store)
+    jobs = JobManager(pipeline.coordinator)
+    server, port, _ = await start_coordinator_server(pipeline.coordinator, jobs,
+                                                     "127.0.0.1:0")
+    tokens = {}
+    for name, role in (("root", "operator"), ("auditor", "viewer"), ("alice", "submitter"),
+                       ("bob", "submitter"), ("gone", "operator")):
+        tokens[name], row = new_token(name, role)
+        await store.add_admin_token(row)
+    await store.revoke_admin_token(tokens["gone"].split(".")[1])
+    out: dict = {"tokens": tokens}
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+
+    async def code(call, request, token) -> grpc.StatusCode:
+        try:
+            await call(request, metadata=_md(token), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    try:
+        submit = admin_pb2.SubmitJobRequest(spec_yaml=SPEC, enrollment_token="enrol")
+        out["anonymous_submit"] = await code(admin.SubmitJob, submit, None)
+        out["revoked_submit"] = await code(admin.SubmitJob, submit, tokens["gone"])
+        out["forged"] = await code(admin.SubmitJob, submit,
+                                   tokens["root"][:-4] + "AAAA")
+        out["viewer_submit"] = await code(admin.SubmitJob, submit, tokens["auditor"])
+        job = await admin.SubmitJob(submit, metadata=_md(tokens["alice"]), timeout=120)
+        ref = admin_pb2.JobRef(job_id=job.job_id)
+        # a device's session credential is not an admin identity
+        device = device_pb2_grpc.DeviceServiceStub(channel)
+        session = (await device.Register(device_pb2.RegisterRequest(
+            job_id=job.job_id, device_id="d1", enrollment_token="enrol"))).session_token
+        out["device_session"] = await code(admin.GetJob, ref, session)
+        out["anonymous_cancel"] = await code(admin.CancelJob, ref, None)
+        out["bob_reads"] = await code(admin.GetJob, ref, tokens["bob"])
+        out["bob_cancels"] = await code(admin.CancelJob, ref, tokens["bob"])
+        out["viewer_reads"] = await code(admin.GetJob, ref, tokens["auditor"])
+        out["viewer_cancels"] = await code(admin.CancelJob, ref, tokens["auditor"])
+        out["missing_audit"] = await code(admin.QueryAudit,
+                                          admin_pb2.JobRef(job_id="no-such-job"),
+                                          tokens["root"])
+        out["missing_participants"] = await code(
+            admin.ListParticipants, admin_pb2.ParticipantsRequest(job_id="no-such-job"),
+            tokens["root"])
+        out["alice_cancels"] = await code(admin.CancelJob, ref, tokens["alice"])
+        out["status"] = (await admin.GetJob(ref, metadata=_md(tokens["root"]))).status
+        out["audit"] = await store.audit_trail(job.job_id)
+        out["row"] = await store.get_job(job.job_id)
+        out["token_rows"] = [await store.admin_token(t.split(".")[1])
+                             for t in tokens.values()]
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await jobs.stop()
+        await pipeline.stop()
+        await store.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    return asyncio.run(_scenario(tmp_path_factory.mktemp("auth")))
+
+
+def test_no_credential_no_admin_call(outcome):
+    assert outcome["anonymous_submit"] == grpc.StatusCode.UNAUTHENTICATED
+    assert outcome["anonymous_cancel"] == grpc.StatusCode.UNAUTHENTICATED
+    assert outcome["forged"] == grpc.StatusCode.UNAUTHENTICATED
+    assert outcome["revoked_submit"] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_device_credential_is_never_an_admin(outcome):
+    assert outcome["device_session"] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_roles_and_ownership(outcome):
+    assert outcome["viewer_submit"] == grpc.StatusCode.PERMISSION_DENIED
+    assert outcome["bob_reads"] == grpc.StatusCode.PERMISSION_DENIED
+    assert outcome["bob_cancels"] == grpc.StatusCode.PERMISSION_DENIED
+    assert outcome["viewer_reads"] == grpc.StatusCode.OK
+    assert outcome["viewer_cancels"] == grpc.StatusCode.PERMISSION_DENIED
+    assert outcome["alice_cancels"] == grpc.StatusCode.OK
+    assert outcome["status"] == "CANCELLED"
+    assert outcome["row"]["owner"] == "alice"
+
+
+def test_actions_are_audited_under_the_callers_name(outcome):
+    by_kind = {e["kind"]: e for e in outcome["audit"]}
+    assert by_kind["job.created"]["actor"] == "admin:alice"
+    assert by_kind["job.cancel_requested"]["actor"] == "admin:alice"
+    assert "admin:alice" in outcome["row"]["reason"]
+
+
+def test_missing_jobs_are_not_found_not_empty(outcome):
+    assert outcome["missing_audit"] == grpc.StatusCode.NOT_FOUND
+    assert outcome["missing_participants"] == grpc.StatusCode.NOT_FOUND
+
+
+def test_tokens_are_stored_as_salted_hashes(outcome):
+    for token, row in zip(outcome["tokens"].values(), outcome["token_rows"], strict=True):
+        secret = token.split(".")[2]
+        assert secret not in str(row) and len(row["salt"]) == 32 and len(row["hash"]) == 64
+    salts = {row["salt"] for row in outcome["token_rows"]}
+    assert len(salts) == len(outcome["token_rows"])
