@@ -187,3 +187,56 @@ async def test_resume_protocol_by_hand(coordinator_server):
         assert not gone.known
     finally:
         await device.close()
+
+
+def test_declared_sizes_reserve_budget_not_memory():
+    spool = UploadSpool(max_bytes=1_000, per_device=2)
+    a = spool.hold("j", "d", 512, 0)  # a declared size holds no memory until bytes arrive
+    assert len(a.buf) == 0 and spool.held_bytes == 512
+    with pytest.raises(SpoolError, match="too many"):
+        spool.hold("j", "e", 600, 0)  # the global budget counts every upload in flight
+    spool.hold("j", "d", 100, 0)
+    with pytest.raises(SpoolError, match="in flight"):
+        spool.hold("j", "d", 10, 0)  # and each device has at most two
+    spool.finish(a)
+    assert spool.held_bytes == 100
+
+
+async def test_an_upload_is_bounded_before_a_byte_is_buffered(coordinator_server):
+    """The issue's attack: streams declaring 512 MiB, from a device that was not selected
+    and from one that was — refused at the first chunk, nothing held."""
+    _, jobs, address = coordinator_server
+    FlakyServicer.cut_uploads = FlakyServicer.cut_downloads = 0
+    sub = await jobs.submit(yaml.safe_dump({**JOB, "clients": {"count": 2, "per_round": 1}}),
+                            "enrol")
+    devices = [GrpcTransport(address, sub.job_id, f"client-0000{i}") for i in range(2)]
+    try:
+        await asyncio.gather(*(d.register("enrol") for d in devices))
+        task, picked = None, None
+        for _ in range(300):
+            for d in devices:
+                task = await d.get_task(d.device_id)
+                if task:
+                    picked = d
+                    break
+            if picked:
+                break
+            await asyncio.sleep(0.05)
+        assert picked is not None
+        other = next(d for d in devices if d is not picked)
+
+        async def declare(device, size: int) -> grpc.StatusCode:
+            chunk = device_pb2.UploadChunk(job_id=sub.job_id, total_size=size, checksum=1,
+                                           data=b"x" * 16)
+            try:
+                await device.stub.UploadUpdate(iter([chunk]), metadata=device._md())
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        assert await declare(other, 512 * 1024**2) == grpc.StatusCode.FAILED_PRECONDITION
+        assert await declare(picked, 512 * 1024**2) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # (before: both streams got a 512 MiB buffer, then DATA_LOSS for the missing bytes)
+    finally:
+        for d in devices:
+            await d.close()

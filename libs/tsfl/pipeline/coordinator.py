@@ -24,6 +24,7 @@ from tsfl.compress import CodecChain, CodecError
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.he import HeError, HeJob, SealedVector
+from tsfl.he.sealed import ciphertext_count, coeff_bytes
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.secagg_stages import SecAggOutcome, SecAggRefused, SecAggStages
@@ -42,6 +43,15 @@ from tsfl.wire.messages import (
     encode_model_delta,
     peek_update_meta,
 )
+
+
+class UploadRefused(Exception):
+    """No upload of this device is expected now; ``code`` is the refusal's."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
 
 #: audit chain for events that belong to no job (unreadable or unknown-job uploads)
 SYSTEM_AUDIT = "_system"
@@ -630,6 +640,35 @@ class Coordinator(BusRole):
         size; the status stays)."""
         if job.local_dp is not None and isinstance(number, int):
             await self.store.note_upload_seen(job.job_id, number, client_id, nbytes)
+
+    def upload_bound(self, job_id: str, client_id: str) -> int:
+        """The most bytes an update of ``client_id`` to ``job_id`` may take — checked before
+        the server buffers a byte of it. Raises :class:`UploadRefused` when no upload is
+        expected from it now (unknown job, SecAgg+ job, not selected, round closed,
+        already uploaded). The bound: every float32-or-smaller encoding of the model
+        (f32 is 4 bytes a value; top-k with its indices at most 8) plus a header, and
+        for HE jobs the ciphertexts."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise UploadRefused("unknown_job", f"no running job {job_id!r}")
+        if job.spec.crypto.mode == "secagg":
+            raise UploadRefused("secagg", "this job aggregates with SecAgg+: devices never "
+                                          "upload an update")
+        active = job.round
+        if active is None or client_id not in active.seeds:
+            raise UploadRefused("not_selected", "not selected for the open round")
+        if active.state is not RoundState.COLLECTING:
+            raise UploadRefused("round_closed", f"round {active.number} no longer takes "
+                                                "updates")
+        if client_id in active.uploaded or client_id in active.declined:
+            raise UploadRefused("duplicate", "this device already answered this round")
+        bound = 8 * job.layout.total_size + 64 * 1024
+        if job.he is not None:  # the ciphertexts: count × 2 polynomials × N coefficients
+            pub = job.he.public
+            count = ciphertext_count(int(job.he.selected.size),
+                                     pub.params.reals_per_ciphertext)
+            bound += count * 2 * pub.params.poly_degree * coeff_bytes(pub.prime) + 64 * 1024
+        return min(bound, self.max_update_bytes)
 
     async def decline_task(self, client_id: str, job_id: str, number: int, code: str,
                            message: str) -> None:

@@ -12,7 +12,7 @@ import grpc
 import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator
+from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator, UploadRefused
 from tsfl.pipeline.secagg_stages import SecAggRefused
 from tsfl.rpc.admin_service import AdminServicer
 from tsfl.rpc.common import (
@@ -162,8 +162,11 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                 except SpoolError as exc:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
-            if upload is not None and resumable:
-                self.spool.release(upload)
+            if upload is not None:
+                if resumable:
+                    self.spool.release(upload)
+                else:
+                    self.spool.finish(upload)
         if upload is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload")
         if not upload.complete:
@@ -185,19 +188,30 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
 
     async def _begin_upload(self, chunk: device_pb2.UploadChunk,
                             context: grpc.aio.ServicerContext) -> tuple[PartialUpload, bool]:
-        """The buffer a stream writes into (held by the spool when resumable), checked."""
+        """The buffer a stream writes into, checked before a byte is held: the device must
+        be expected to upload now, and its declared size within what this job's updates
+        take (:meth:`Coordinator.upload_bound`); every buffer counts in the spool's budgets."""
         device = await self._device(context, chunk.job_id)
-        if not 0 < chunk.total_size <= self.max_update_bytes:
+        try:
+            bound = self.coordinator.upload_bound(chunk.job_id, device)
+        except UploadRefused as exc:
+            await self._refuse(context, chunk.job_id, device, exc.code,
+                               status_for(exc.code), str(exc))
+            raise  # unreachable: _refuse aborts
+        if not 0 < chunk.total_size <= bound:
             await self._refuse(context, chunk.job_id, device, "too_large",
                                grpc.StatusCode.RESOURCE_EXHAUSTED, (
-                                   f"update of {chunk.total_size} bytes: the limit "
-                                   f"is {self.max_update_bytes}"))
+                                   f"update of {chunk.total_size} bytes: this job's updates "
+                                   f"take at most {bound}"))
         if not chunk.upload_id:
             if chunk.offset:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "an offset needs an upload_id")
-            return PartialUpload(chunk.job_id, device, "", chunk.total_size, chunk.checksum,
-                                 bytearray(chunk.total_size)), False
+            try:
+                return self.spool.hold(chunk.job_id, device, chunk.total_size,
+                                       chunk.checksum), False
+            except SpoolError as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if len(chunk.upload_id) > 128:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload_id too long")
         try:

@@ -1,9 +1,11 @@
-"""Partial uploads kept between broken streams, so a device resumes instead of resending.
+"""Every upload in flight, and partial uploads kept between broken streams so a device
+resumes instead of resending.
 
-Each upload is one preallocated buffer of its declared size, written in place as chunks
-arrive: receiving N bytes holds N bytes plus the chunk in flight, never a growing copy.
-The spool as a whole is bounded (``max_bytes``), each device may hold a few uploads, and
-an upload untouched for ``ttl_s`` is dropped.
+An upload's buffer grows as its bytes arrive (a declared size reserves budget, not
+memory: a device that declares 512 MiB and sends nothing holds nothing). Every upload —
+resumable or not — counts against one global budget (``max_bytes``, by declared size),
+each device holds at most ``per_device`` of them per job, and an upload untouched for
+``ttl_s`` is dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class PartialUpload:
     upload_id: str
     total: int
     checksum: int
-    buf: bytearray
+    buf: bytearray = field(default_factory=bytearray)
     received: int = 0
     touched: float = field(default_factory=time.monotonic)
     busy: bool = False  # a stream is writing into it
@@ -36,7 +38,7 @@ class PartialUpload:
         end = self.received + len(data)
         if end > self.total:
             raise SpoolError("too_long", "more data than the declared total size")
-        self.buf[self.received:end] = data
+        self.buf += data  # writes always continue at ``received`` == len(buf)
         self.received = end
         self.touched = time.monotonic()
 
@@ -46,7 +48,7 @@ class PartialUpload:
 
 
 class UploadSpool:
-    def __init__(self, *, max_bytes: int = 4 * 1024**3, ttl_s: float = 600.0,
+    def __init__(self, *, max_bytes: int = 4 * 1024**3, ttl_s: float = 120.0,
                  per_device: int = 2):
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -80,7 +82,7 @@ class UploadSpool:
                 raise SpoolError("busy", "the server holds too many partial uploads; "
                                          "retry later")
             upload = self._uploads[key] = PartialUpload(job_id, device, upload_id, total,
-                                                        checksum, bytearray(total))
+                                                        checksum)
         elif (upload.total, upload.checksum) != (total, checksum):
             raise SpoolError("mismatch", f"upload {upload_id!r} was begun with another size "
                                          "or checksum")
@@ -92,6 +94,21 @@ class UploadSpool:
                                        f"resume at that offset, not {offset}")
         upload.busy = True
         upload.touched = time.monotonic()
+        return upload
+
+    def hold(self, job_id: str, device: str, total: int, checksum: int) -> PartialUpload:
+        """A one-stream (not resumable) upload, counted in the same budgets; ``finish``
+        it when the stream ends, whatever happened."""
+        self.expire()
+        mine = [k for k, u in self._uploads.items() if k[:2] == (job_id, device) and u.busy]
+        if len(mine) >= self.per_device:
+            raise SpoolError("busy", f"this device already has {len(mine)} uploads in "
+                                     "flight")
+        if self.held_bytes + total > self.max_bytes:
+            raise SpoolError("busy", "the server holds too many uploads; retry later")
+        upload = PartialUpload(job_id, device, f"\0{id(object())}:{time.monotonic_ns()}",
+                               total, checksum, busy=True)
+        self._uploads[(job_id, device, upload.upload_id)] = upload
         return upload
 
     def release(self, upload: PartialUpload) -> None:
