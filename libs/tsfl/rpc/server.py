@@ -22,6 +22,7 @@ from tsfl.rpc.common import (
     SERVER_OPTIONS,
     grpc_options,
 )
+from tsfl.rpc.guard import PeerLimiter, RefusalLog, valid_device_id
 from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
 from tsfl.runtime.jobs import JobManager
@@ -36,6 +37,15 @@ def _traits(t: device_pb2.DeviceTraits) -> dict[str, Any]:
             "free_memory_bytes": t.free_memory_bytes, "dataset_size": t.dataset_size}
 
 
+def _peer_host(peer: str) -> str:
+    """``ipv4:1.2.3.4:5678`` → ``ipv4:1.2.3.4``: a reconnect gets no fresh bucket."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+#: a device authenticated this recently is live: its id cannot be re-enrolled by others
+LIVE_S = 60.0
+
+
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     def __init__(self, coordinator: Coordinator, jobs: JobManager, *,
                  max_update_bytes: int = 2 * 1024**3, heartbeat_interval_s: int = 10,
@@ -45,6 +55,25 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         self.max_update_bytes = max_update_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
         self.spool = spool or UploadSpool()
+        self.limiter = PeerLimiter()
+        self.refusals = RefusalLog(self._audit_refusal)
+        self._live: dict[tuple[str, str], float] = {}  # (job, device) -> last authenticated
+
+    async def _audit_refusal(self, chain: str, kind: str, payload: dict[str, Any]) -> None:
+        await self.coordinator.store.append_audit(chain, kind, payload)
+
+    async def _unauthenticated(self, context: grpc.aio.ServicerContext, job_id: str,
+                               code: str, message: str, detail: dict[str, Any]) -> None:
+        """Refuse a call without valid credentials: rate-limited per peer, audited in
+        aggregate, and the same answer whether or not the device is enrolled."""
+        peer = _peer_host(context.peer() or "?")
+        if not self.limiter.allowed(peer):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many refused calls from this peer; slow down")
+        self.limiter.charge(peer)
+        chain = job_id if job_id in self.coordinator.jobs else SYSTEM_AUDIT
+        await self.refusals.refused(chain, "call.refused", code, {"peer": peer, **detail})
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, job_id: str, device: str,
                       code: str, status: grpc.StatusCode, message: str) -> None:
@@ -60,27 +89,41 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         md = dict(context.invocation_metadata() or ())
         device = md.get(DEVICE_HEADER, "")
         auth = md.get("authorization", "")
-        if not device or not auth.startswith("Bearer "):
-            await self._refuse(context, job_id, device, "unauthenticated",
-                               grpc.StatusCode.UNAUTHENTICATED,
-                               "missing device id or session token metadata")
-        if await self.coordinator.store.device_token_hash(job_id, device) is None:
-            await self._refuse(context, job_id, device, "unknown_device",
-                               grpc.StatusCode.NOT_FOUND,
-                               f"device {device!r} is not enrolled in job {job_id!r}")
+        if not valid_device_id(device) or not auth.startswith("Bearer "):
+            await self._unauthenticated(context, job_id, "unauthenticated",
+                                        "missing or malformed device id or session token",
+                                        {})
         if not await self.coordinator.authenticate(job_id, device, auth.removeprefix("Bearer ")):
-            await self._refuse(context, job_id, device, "bad_token",
-                               grpc.StatusCode.UNAUTHENTICATED, "bad session token")
+            # one answer for "not enrolled" and "wrong token": enrolment is not revealed
+            await self._unauthenticated(context, job_id, "bad_credentials",
+                                        "invalid device credentials", {"device_id": device})
+        self._live[(job_id, device)] = time.monotonic()
+        if len(self._live) > 1_000_000:
+            self._live.clear()
         return device
 
     async def Register(self, request: device_pb2.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> device_pb2.RegisterResponse:
+        if not valid_device_id(request.device_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "device id: 1-128 characters of letters, digits and . _ : @ -")
         if request.job_id not in self.coordinator.jobs:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no running job {request.job_id!r}")
         if not await self.jobs.enrollment_ok(request.job_id, request.enrollment_token):
-            await self.coordinator.store.append_audit(request.job_id, "device.refused", {
-                "device_id": request.device_id, "reason": "bad enrollment token"})
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad enrollment token")
+            await self._unauthenticated(context, request.job_id, "bad_enrollment_token",
+                                        "bad enrollment token",
+                                        {"device_id": request.device_id})
+        key = (request.job_id, request.device_id)
+        if time.monotonic() - self._live.get(key, -1e9) < LIVE_S:
+            # a live device's id is taken: only its own session may re-enrol it
+            md = dict(context.invocation_metadata() or ())
+            current = md.get("authorization", "").removeprefix("Bearer ")
+            if not await self.coordinator.authenticate(request.job_id, request.device_id,
+                                                       current):
+                await self._unauthenticated(
+                    context, request.job_id, "device_id_taken",
+                    "this device id is enrolled and active: re-enrol with its session "
+                    "token (authorization metadata)", {"device_id": request.device_id})
         session = secrets.token_urlsafe(32)
         try:
             await self.coordinator.register_device(request.job_id, request.device_id, session,
