@@ -111,8 +111,9 @@ def test_round_fold_clean_path_and_empty_and_overflow():
     big = RoundFold(2)
     big.add("a", np.full(2, 3e38, np.float32), 1)
     big.add("b", np.full(2, 3e38, np.float32), 1)
-    over = big.close()
-    assert over.mean is None and "overflow" in over.error and over.rejected == {}
+    over = big.close()  # the update that overflows is refused, not the round
+    assert over.accepted == ["a"] and list(over.rejected) == ["b"]
+    assert "overflow" in over.rejected["b"]
     allbad = RoundFold(2)
     allbad.add("a", np.array([np.nan, 0], np.float32), 1)
     res = allbad.close()
@@ -154,13 +155,18 @@ def test_round_fold_keeps_at_most_a_window_of_updates_alive():
     np.testing.assert_allclose(fold.close().mean, 49.5)
 
 
-def test_round_fold_overflow_across_windows_still_refuses_the_nonfinite():
-    fold = RoundFold(2, window=2)
-    fold.add("a", np.full(2, 3e38, np.float32), 1)
-    fold.add("b", np.full(2, 3e38, np.float32), 1)  # the sum overflows here
-    fold.add("c", np.full(2, np.nan, np.float32), 1)
-    fold.add("d", np.ones(2, np.float32), 1)
-    over = fold.close()
-    assert over.mean is None and "overflow" in over.error
-    assert over.rejected == {"c": "nonfinite: update contains NaN or Inf"}
-    assert over.accepted == ["a", "b", "d"] and over.total_weight == 3
+def test_an_overflowing_update_is_refused_and_the_honest_ones_aggregate():
+    """The issue's attack: 3e38 everywhere used to fail the round and lose the honest
+    updates; now the offender goes, whatever window it falls in."""
+    for window in (1, 2, 16):
+        fold = RoundFold(2, window=window)
+        fold.add("h1", np.ones(2, np.float32), 1)
+        fold.add("evil", np.full(2, 3e38, np.float32), 1)
+        fold.add("evil2", np.full(2, 3e38, np.float32), 1)  # the sum overflows here
+        fold.add("c", np.full(2, np.nan, np.float32), 1)
+        fold.add("h2", np.full(2, 3, np.float32), 1)
+        res = fold.close()
+        assert res.rejected["c"].startswith("nonfinite")
+        assert res.rejected["evil2"].startswith("overflow")
+        assert res.accepted == ["h1", "evil", "h2"] and res.total_weight == 3
+        assert np.all(np.isfinite(res.mean))

@@ -171,6 +171,10 @@ class RoundSpec(Spec):
     quorum: Fraction = Field(1.0, description="fraction of the cohort that closes a round early")
     min_updates: PositiveInt = 1
     deadline_s: PositiveFloat = 600.0
+    max_update_norm: PositiveFloat | None = Field(
+        None, description="refuse updates with a larger L2 norm (default: norm_bound_factor "
+                          "× the previous round's median, and never above 1e4·√parameters)")
+    norm_bound_factor: Annotated[float, Field(gt=1)] = 100.0
 
 
 class EvaluationSpec(Spec):

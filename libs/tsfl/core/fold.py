@@ -7,9 +7,11 @@ finite, every update folded into it was finite. The fold checks the sum once eve
 ``window`` updates and keeps a copy of the last sum seen finite; only when a check fails
 are the updates folded since then (views, not copies) checked one by one and the sum
 rebuilt from that copy and the good ones, in their original order — bit-identical to a
-strict fold that had refused the bad ones on arrival. Memory stays O(P) plus ``window``
-updates, however many the round has (1,000 updates of 4 MB would otherwise all stay
-alive until the close).
+strict fold that had refused the bad ones on arrival. A bad one is non-finite, or finite
+but pushing the float32 sum past its range (an update of ±3e38): that update is refused
+as ``overflow``, not the round — the honest updates still aggregate. Memory stays O(P)
+plus ``window`` updates, however many the round has (1,000 updates of 4 MB would
+otherwise all stay alive until the close).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tsfl.core.accumulator import WeightedAccumulator
 from tsfl.wire.messages import all_finite
 
 NONFINITE = "nonfinite: update contains NaN or Inf"
+OVERFLOW = "overflow: adding this update takes the round's float32 sum past its range"
 
 
 @dataclass
@@ -49,14 +52,12 @@ class RoundFold:
         self._accepted: list[Hashable] = []
         self._rejected: dict[Hashable, str] = {}
         self._accepted_weight = 0.0
-        self._overflow = False  # finite updates whose sum is not finite: float32 overflow
 
     def __len__(self) -> int:
         return len(self._accepted) + len(self._rejected) + len(self._recent)
 
     def add(self, key: Hashable, vector: np.ndarray, weight: float) -> None:
-        if not self._overflow:
-            self._acc.add(vector, weight)
+        self._acc.add(vector, weight)
         self._recent.append((key, vector, float(weight)))
         if len(self._recent) >= self.window:
             self._check()
@@ -65,35 +66,34 @@ class RoundFold:
         """Settle the updates folded since the last check (see the module docstring)."""
         if not self._recent:
             return
-        if not self._overflow and all_finite(self._acc.weighted_sum):
+        if all_finite(self._acc.weighted_sum):
             self._accepted.extend(key for key, _, _ in self._recent)
             self._accepted_weight += sum(weight for _, _, weight in self._recent)
-        else:  # rebuild from the last finite sum (after an overflow: only sort the updates)
-            if not self._overflow:
-                self._acc = (self._verified.copy() if self._verified is not None
-                             else WeightedAccumulator(self.size))
+        else:  # rebuild from the last finite sum, refusing what breaks it
+            self._acc = (self._verified.copy() if self._verified is not None
+                         else WeightedAccumulator(self.size))
             for key, vector, weight in self._recent:
-                if all_finite(vector):
-                    if not self._overflow:
-                        self._acc.add(vector, weight)
+                if not all_finite(vector):
+                    self._rejected[key] = NONFINITE
+                    continue
+                before = self._acc.copy()
+                self._acc.add(vector, weight)
+                if all_finite(self._acc.weighted_sum):
                     self._accepted.append(key)
                     self._accepted_weight += weight
                 else:
-                    self._rejected[key] = NONFINITE
-            self._overflow = self._overflow or not all_finite(self._acc.weighted_sum)
+                    self._acc = before
+                    self._rejected[key] = OVERFLOW
         self._recent.clear()
-        if not self._overflow:
-            self._verified = self._acc.copy()
+        self._verified = self._acc.copy()
 
     def close(self) -> FoldResult:
-        """The example-weighted mean, refusing non-finite updates (see module docstring)."""
+        """The example-weighted mean, refusing non-finite and overflowing updates (see
+        the module docstring)."""
         self._check()
         accepted, rejected = self._accepted, self._rejected
         if not accepted:
             return FoldResult(None, [], rejected)
-        if self._overflow:
-            return FoldResult(None, accepted, rejected, self._accepted_weight,
-                              error="the weighted sum overflows float32")
         return FoldResult(self._acc.mean_inplace(), accepted, rejected,
                           self._acc.total_weight)
 

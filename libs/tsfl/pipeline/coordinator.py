@@ -29,6 +29,7 @@ from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.secagg_stages import SecAggOutcome, SecAggRefused, SecAggStages
 from tsfl.pipeline.selection import client_seed
+from tsfl.privacy.clipping import l2_norm
 from tsfl.privacy.plan import build_plan
 from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.secagg.protocol import RoundConfig
@@ -94,6 +95,7 @@ class _ActiveRound:
     slowest_upload_s: float | None = None
     sealed_bytes: int = 0  # HE: encrypted sections received
     sealed_values: int = 0  # HE: the values they encrypt
+    norms: list[float] = field(default_factory=list)  # L2 norms of the accepted uploads
     secagg: SecAggStages | None = None  # secagg jobs: the SecAgg+ round in progress
     selected: asyncio.Future[list[str]] | None = None
     done: asyncio.Future[RoundResult] | None = None
@@ -115,6 +117,7 @@ class _Job:
     history: dict[int, np.ndarray] = field(default_factory=dict)  # version → model (deltas)
     delta_cache: dict[int, bytes] = field(default_factory=dict)  # base → delta to current
     he: HeJob | None = None  # HE jobs: public key set and the encrypted coordinates
+    previous_norms: list[float] = field(default_factory=list)  # last round's update norms
 
 
 def ingest_topic(spec: JobSpec) -> str:
@@ -610,6 +613,13 @@ class Coordinator(BusRole):
         if client_id in active.uploaded:
             return await self._refuse(job, active, client_id, "duplicate",
                                       "this update was already accepted")
+        bound = self._norm_bound(job)
+        norm = l2_norm(update.delta)
+        if bound is not None and not norm <= bound:
+            return await self._refuse(job, active, client_id, "norm_bound",
+                                      f"update norm {norm:.4g} exceeds this round's bound "
+                                      f"{bound:.4g}")
+        active.norms.append(norm)
         # Publish, then persist, then acknowledge: a crash in between leaves the update on
         # the bus but unrecorded, the device retries, and the aggregator (idempotent by
         # client) counts it once. Never the reverse, which could lose an accepted update.
@@ -640,6 +650,22 @@ class Coordinator(BusRole):
         size; the status stays)."""
         if job.local_dp is not None and isinstance(number, int):
             await self.store.note_upload_seen(job.job_id, number, client_id, nbytes)
+
+    @staticmethod
+    def _norm_bound(job: _Job) -> float | None:
+        """The L2 bound on this round's updates: the spec's, else ``norm_bound_factor`` ×
+        the previous round's median norm, capped at 1e4·√P (so a single update cannot
+        blow the model up even without a robust rule). None for central DP (the server
+        clips every update anyway)."""
+        if job.spec.privacy.mode == "central":
+            return None
+        r = job.spec.round
+        if r.max_update_norm is not None:
+            return r.max_update_norm
+        cap = 1e4 * math.sqrt(max(job.layout.total_size, 1))
+        if job.previous_norms:
+            return min(cap, r.norm_bound_factor * float(np.median(job.previous_norms)))
+        return cap
 
     def upload_bound(self, job_id: str, client_id: str) -> int:
         """The most bytes an update of ``client_id`` to ``job_id`` may take — checked before
@@ -688,12 +714,34 @@ class Coordinator(BusRole):
                                             actor=f"device:{client_id}")
         self.log.info("%s declined round %d of %s: %s (%s)", client_id, number, job_id,
                       code, message)
-        answered = len(active.uploaded) + len(active.declined)
-        if answered >= len(active.cohort) and len(active.uploaded) >= job.spec.round.min_updates:
+        await self._settle_if_answered(job, active)
+
+    async def end_collecting(self, job_id: str) -> None:
+        """Simulation: every device of the open round has run, so nothing more will come
+        (uploads refused for their content included) — settle the round now rather than
+        at its deadline."""
+        job = self.jobs.get(job_id)
+        active = job.round if job is not None else None
+        if job is None or active is None or active.state is not RoundState.COLLECTING:
+            return
+        if len(active.uploaded) >= job.spec.round.min_updates:
             await self._close(job, active)
-        elif answered >= len(active.cohort):
+        else:
+            await self._fail(job, active, f"only {len(active.uploaded)} update(s) from "
+                                          f"{len(active.cohort)} selected devices")
+
+    async def _settle_if_answered(self, job: _Job, active: _ActiveRound) -> None:
+        """Every selected device uploaded, declined or was refused for good: close the
+        round now (or fail it below ``min_updates``) instead of waiting for its deadline."""
+        answered = len(active.uploaded) + len(active.declined)
+        if answered < len(active.cohort) or active.state is not RoundState.COLLECTING:
+            return
+        if len(active.uploaded) >= job.spec.round.min_updates:
+            await self._close(job, active)
+        else:
             await self._fail(job, active, f"only {len(active.uploaded)} update(s): "
-                                          f"{len(active.declined)} device(s) declined")
+                                          f"{len(active.declined)} device(s) declined or "
+                                          "were refused")
 
     async def secagg(self, client_id: str, job_id: str, number: int, stage: str,
                      payload: dict[str, Any]) -> dict[str, Any]:
@@ -805,6 +853,8 @@ class Coordinator(BusRole):
         await self.store.complete_round(job.job_id, active.number, accepted=accepted,
                                         rejected=rejected, dropped=dropped)
         active.state = RoundState.PUBLISHED
+        if active.norms:
+            job.previous_norms = list(active.norms)
         if job.spec.compression.downlink == "delta":
             job.history[job.version] = decode_model(job.model_bytes, job.layout)[2]
             for old in sorted(job.history)[:-DOWNLINK_WINDOW]:

@@ -45,6 +45,7 @@ async def drive_rounds(coordinator: Coordinator, job_id: str, total_rounds: int,
                 cohort = await coordinator.open_round(job_id)
                 if cohort and run_devices is not None:
                     await run_devices(cohort)
+                    await coordinator.end_collecting(job_id)  # nothing more will come
             result = await coordinator.wait_round(job_id)
             outcome.results.append(result)
             failed_in_a_row = 0 if result.ok else failed_in_a_row + 1

@@ -13,6 +13,7 @@ UPLOAD_STATUS: dict[str, grpc.StatusCode] = {
     "codec": grpc.StatusCode.INVALID_ARGUMENT,
     "examples": grpc.StatusCode.INVALID_ARGUMENT,
     "nonfinite": grpc.StatusCode.INVALID_ARGUMENT,
+    "norm_bound": grpc.StatusCode.INVALID_ARGUMENT,  # an update far larger than the round's
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "checksum": grpc.StatusCode.DATA_LOSS,
     "unknown_job": grpc.StatusCode.NOT_FOUND,
