@@ -131,6 +131,7 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
+    ("name: slow\nrounds: " + ":".join(["1"] * 60_000) + "\n", "longer than"),
     ("name: big\nmodel: {kind: logreg}\n" + "# padding\n" * 40_000, "more than"),
     ("name: deep\nmodel:\n  kind: custom\n  builder: mlp-layernorm\n  kwargs:\n    x: "
      + "[" * 100 + "]" * 100 + "\n", "nested deeper"),

@@ -46,3 +46,14 @@ def test_a_configured_bound_is_enforced(tmp_path):
     result = asyncio.run(run_embedded(spec, tmp_path / "run"))
     assert result.metrics[0]["clients"] == 0 and result.metrics[0]["model_version"] == 0
     assert asyncio.run(_refusals(result)) == {"norm_bound"}
+
+
+def test_devices_sending_tiny_updates_cannot_lock_the_honest_ones_out(tmp_path):
+    """The review's ratchet: 40% of devices sent updates × 1e-12 to drag the adaptive bound
+    below every honest update. The bound follows the largest of recent rounds' medians, so
+    an honest majority is never refused."""
+    spec = parse_job({**JOB, "rounds": 6,
+                      "attacks": {"kind": "scaling", "fraction": 0.4, "scale": 1e-12}})
+    result = asyncio.run(run_embedded(spec, tmp_path / "run"))
+    assert "norm_bound" not in asyncio.run(_refusals(result))
+    assert all(m["model_version"] == m["round"] for m in result.metrics)

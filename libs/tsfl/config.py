@@ -275,7 +275,7 @@ class NetworkSpec(Spec):
 
 
 class SimulationSpec(Spec):
-    torch_threads: PositiveInt = 1
+    torch_threads: Annotated[int, Field(gt=0, le=256)] = 1
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="fraction of each round's cohort that vanishes mid-round (seeded; "
                          "with secagg at a random protocol stage)")

@@ -3,7 +3,8 @@
 A spec comes from a file (``tsfl run``) or from the network (``SubmitJob``). Before it is
 parsed it must fit :data:`MAX_SPEC_BYTES`; while it is composed, anchors and aliases are
 refused (a 500-byte "billion laughs" alias bomb expands to gigabytes), nesting is capped
-at :data:`MAX_DEPTH` and the node count at :data:`MAX_NODES`, so reading a spec costs
+at :data:`MAX_DEPTH`, the node count at :data:`MAX_NODES` and every scalar at
+:data:`MAX_SCALAR` characters, so reading a spec costs
 memory and time linear in its (bounded) size. Only plain YAML types come out (safe
 loader: no Python objects).
 """
@@ -17,6 +18,9 @@ import yaml
 MAX_SPEC_BYTES = 256 * 1024
 MAX_DEPTH = 32
 MAX_NODES = 20_000
+#: no scalar of a spec is longer (YAML 1.1's base-60 ints, e.g. ``1:1:1:…``, parse in
+#: quadratic time in PyYAML: a 240 KB one blocked for 5 s)
+MAX_SCALAR = 1024
 
 
 class SpecYamlError(ValueError):
@@ -37,6 +41,9 @@ class _BoundedLoader(yaml.SafeLoader):
             raise SpecYamlError(f"line {event.start_mark.line + 1}: anchors and aliases "
                                 "(*name) are not allowed in a job spec")
         event = self.peek_event()
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR:
+            raise SpecYamlError(f"line {event.start_mark.line + 1}: a value longer than "
+                                f"{MAX_SCALAR} characters: not a job spec")
         if getattr(event, "anchor", None):
             raise SpecYamlError(f"line {event.start_mark.line + 1}: anchors (&name) are not "
                                 "allowed in a job spec")

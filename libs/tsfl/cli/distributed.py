@@ -23,6 +23,8 @@ DEFAULT_COORDINATOR = "127.0.0.1:50051"
 def admin_token(args: argparse.Namespace) -> str | None:
     """The admin token: --admin-token, else TSFL_ADMIN_TOKEN, else the local stack's
     (``--stack-dir``/admin-token, written by ``tsfl stack up``)."""
+    global _TLS_CA
+    _TLS_CA = getattr(args, "tls_ca", None) or os.environ.get("TSFL_TLS_CA")
     token = getattr(args, "admin_token", None) or os.environ.get("TSFL_ADMIN_TOKEN")
     if token:
         return token.strip()
@@ -45,10 +47,25 @@ class _Authed:
         return lambda request, **kw: method(request, metadata=self._md, **kw)
 
 
+_TLS_CA: str | None = None  # set from --tls-ca by the client commands
+
+
 def _admin(address: str, token: str | None = None):
+    """An AdminService stub over TLS (``--tls-ca``), or plaintext to a loopback address
+    only: an admin token never crosses a network in the clear."""
     from tsfl.v1 import admin_pb2_grpc
 
-    channel = grpc.insecure_channel(address)
+    if _TLS_CA:
+        with open(_TLS_CA, "rb") as fh:
+            creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+        channel = grpc.secure_channel(address, creds)
+    else:
+        host = address.rsplit(":", 1)[0].strip("[]")
+        if token and not (host in ("localhost", "::1") or host.startswith("127.")):
+            raise SystemExit(f"error: refusing to send an admin token in plaintext to "
+                             f"{address}; give --tls-ca CA.pem (the coordinator serves TLS "
+                             "with --tls-cert)")
+        channel = grpc.insecure_channel(address)
     return channel, _Authed(admin_pb2_grpc.AdminServiceStub(channel), token)
 
 
@@ -414,6 +431,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                   "else STACK_DIR/admin-token)")
         client.add_argument("--stack-dir", default=".tsfl-stack",
                             help="the local stack whose admin token to use")
+        client.add_argument("--tls-ca", help="the CA (PEM) of a coordinator serving TLS "
+                                             "(env TSFL_TLS_CA); without it, plaintext to a "
+                                             "loopback address only")
 
     adm = sub.add_parser("admin", help="admin identities: tsfl admin create-token --role R "
                                        "--name N")

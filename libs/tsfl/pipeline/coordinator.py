@@ -11,6 +11,7 @@ event announcing it is published. Uploads are idempotent by (job, round, client)
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ class UploadRefused(Exception):
 
 #: audit chain for events that belong to no job (unreadable or unknown-job uploads)
 SYSTEM_AUDIT = "_system"
+#: published rounds whose update norms set the default norm bound
+NORM_WINDOW = 5
+NORM_MIN_HISTORY = 3
 #: earlier model versions kept for downlink deltas (compression.downlink: delta)
 DOWNLINK_WINDOW = 8
 
@@ -117,7 +121,8 @@ class _Job:
     history: dict[int, np.ndarray] = field(default_factory=dict)  # version → model (deltas)
     delta_cache: dict[int, bytes] = field(default_factory=dict)  # base → delta to current
     he: HeJob | None = None  # HE jobs: public key set and the encrypted coordinates
-    previous_norms: list[float] = field(default_factory=list)  # last round's update norms
+    previous_norms: collections.deque[list[float]] = field(  # recent rounds' update norms
+        default_factory=lambda: collections.deque(maxlen=NORM_WINDOW))
 
 
 def ingest_topic(spec: JobSpec) -> str:
@@ -653,18 +658,22 @@ class Coordinator(BusRole):
 
     @staticmethod
     def _norm_bound(job: _Job) -> float | None:
-        """The L2 bound on this round's updates: the spec's, else ``norm_bound_factor`` ×
-        the previous round's median norm, capped at 1e4·√P (so a single update cannot
-        blow the model up even without a robust rule). None for central DP (the server
-        clips every update anyway)."""
+        """The L2 bound on this round's updates: the spec's, else — once
+        :data:`NORM_MIN_HISTORY` rounds are published — ``norm_bound_factor`` × the
+        largest of the last :data:`NORM_WINDOW` rounds' median norms (devices sending
+        tiny updates lower it only by holding the majority of every round in the window:
+        an honest majority cannot be locked out), always capped at 1e4·√P (a single
+        update cannot blow the model up, even without a robust rule). None for central
+        DP (the server clips every update anyway)."""
         if job.spec.privacy.mode == "central":
             return None
         r = job.spec.round
         if r.max_update_norm is not None:
             return r.max_update_norm
         cap = 1e4 * math.sqrt(max(job.layout.total_size, 1))
-        if job.previous_norms:
-            return min(cap, r.norm_bound_factor * float(np.median(job.previous_norms)))
+        if len(job.previous_norms) >= NORM_MIN_HISTORY:
+            reference = max(float(np.median(norms)) for norms in job.previous_norms)
+            return min(cap, r.norm_bound_factor * reference)
         return cap
 
     def upload_bound(self, job_id: str, client_id: str) -> int:
@@ -854,7 +863,7 @@ class Coordinator(BusRole):
                                         rejected=rejected, dropped=dropped)
         active.state = RoundState.PUBLISHED
         if active.norms:
-            job.previous_norms = list(active.norms)
+            job.previous_norms.append(list(active.norms))
         if job.spec.compression.downlink == "delta":
             job.history[job.version] = decode_model(job.model_bytes, job.layout)[2]
             for old in sorted(job.history)[:-DOWNLINK_WINDOW]:

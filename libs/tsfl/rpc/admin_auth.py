@@ -20,6 +20,7 @@ Every admin call is authorised per job, and actions are audited under the caller
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -102,7 +103,9 @@ class AdminAuth:
         m = _TOKEN.match(token)
         row = await self.store.admin_token(m.group(1)) if m else None
         if (m is None or row is None or row["revoked_at"] is not None
-                or not hmac.compare_digest(_hash(m.group(2), row["salt"]), row["hash"])):
+                or not hmac.compare_digest(await asyncio.to_thread(_hash, m.group(2),
+                                                                   row["salt"]),
+                                           row["hash"])):
             raise AdminAuthError("unauthenticated", "not a valid admin token")
         principal = Principal(row["id"], row["name"], row["role"])
         if len(self._verified) > 10_000:

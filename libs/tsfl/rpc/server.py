@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +44,8 @@ def _peer_host(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
+#: an upload stream silent this long is dropped
+STREAM_IDLE_S = 30.0
 #: a device authenticated this recently is live: its id cannot be re-enrolled by others
 LIVE_S = 60.0
 
@@ -77,11 +81,11 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
 
     async def _refuse(self, context: grpc.aio.ServicerContext, job_id: str, device: str,
                       code: str, status: grpc.StatusCode, message: str) -> None:
-        """Audit a refused call (on the job's chain, or the system chain), then abort it."""
-        chain = job_id if await self.coordinator.store.get_job(job_id) else SYSTEM_AUDIT
-        await self.coordinator.store.append_audit(chain, "upload.refused" if code else
-                                                  "call.refused", {
-            "client_id": device, "code": code, "message": message})
+        """Audit a refused call in aggregate (on the job's chain, or the system chain: one
+        row per code and window, with its count), then abort it."""
+        chain = job_id if job_id in self.coordinator.jobs else SYSTEM_AUDIT
+        await self.refusals.refused(chain, "upload.refused", code,
+                                    {"client_id": device, "message": message})
         await context.abort(status, f"{code}: {message}")
 
     async def _device(self, context: grpc.aio.ServicerContext, job_id: str) -> str:
@@ -113,6 +117,12 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             await self._unauthenticated(context, request.job_id, "bad_enrollment_token",
                                         "bad enrollment token",
                                         {"device_id": request.device_id})
+        job = self.coordinator.jobs[request.job_id]
+        enrolled = await self.coordinator.store.list_device_ids(request.job_id)
+        if (request.device_id not in enrolled
+                and len(enrolled) >= 2 * job.spec.clients.count + 16):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "this job's device registry is full")
         key = (request.job_id, request.device_id)
         if time.monotonic() - self._live.get(key, -1e9) < LIVE_S:
             # a live device's id is taken: only its own session may re-enrol it
@@ -195,8 +205,18 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         resumable = False
         started = time.perf_counter()
         first_offset = 0
+        chunks = request_iterator.__aiter__()
         try:
-            async for chunk in request_iterator:
+            while True:
+                try:  # a stream that stops sending is dropped (its budget comes back)
+                    chunk = await asyncio.wait_for(chunks.__anext__(), STREAM_IDLE_S)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        f"no data for {STREAM_IDLE_S:.0f} s: stream dropped "
+                                        "(a resumable upload continues at UploadStatus's "
+                                        "offset)")
                 if upload is None:
                     upload, resumable = await self._begin_upload(chunk, context)
                     first_offset = upload.received
@@ -270,9 +290,16 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     async def ReportEvaluation(self, request: device_pb2.EvaluationReport,
                                context: grpc.aio.ServicerContext) -> device_pb2.Ack:
         device = await self._device(context, request.job_id)
+        metrics = dict(request.metrics)
+        if (len(metrics) > 32 or any(len(k) > 64 for k in metrics)
+                or not all(math.isfinite(v) for v in [request.loss, *metrics.values()])
+                or request.num_examples < 0):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "an evaluation has at most 32 finite metrics with names of "
+                                "at most 64 characters")
         await self.coordinator.store.append_audit(request.job_id, "device.evaluation", {
             "device_id": device, "round": request.round, "loss": request.loss,
-            "num_examples": request.num_examples, "metrics": dict(request.metrics)})
+            "num_examples": request.num_examples, "metrics": metrics})
         return device_pb2.Ack()
 
 

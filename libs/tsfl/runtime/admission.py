@@ -115,7 +115,6 @@ def admit(spec: JobSpec, policy: AdmissionPolicy
         if count > policy.max_parameters:
             raise ConfigError([f"model: {count:,} parameters, above this coordinator's "
                                f"bound of {policy.max_parameters:,}"])
-        torch.set_num_threads(spec.simulation.torch_threads)
         flat = FlatModule(build_model(spec.model, shape, classes, spec.seed,
                                       allow_import=False))
     except ModelError as exc:

@@ -45,7 +45,7 @@ class JobManager:
         Nothing is stored for a spec that fails any of that.
 
         Raises :class:`tsfl.config.ConfigError` for a bad spec."""
-        spec = parse_job(parse_spec_text(spec_yaml))
+        spec = await asyncio.to_thread(lambda: parse_job(parse_spec_text(spec_yaml)))
         spec, layout, initial = await asyncio.to_thread(admit, spec, self.policy)
         # calibrate the noise / refuse an unreachable budget before anything is stored
         spec = await asyncio.to_thread(resolve_privacy, spec, layout.total_size)
