@@ -10,12 +10,9 @@ import asyncio
 import grpc
 import pytest
 import yaml
+from grpc_stack import coordinator_grpc, status_of
 
-from tsfl.pipeline.roles import LocalPipeline
 from tsfl.rpc.admin_auth import new_token
-from tsfl.rpc.server import start_coordinator_server
-from tsfl.runtime.jobs import JobManager
-from tsfl.storage import Store
 from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 
 SPEC = yaml.safe_dump({"name": "owned", "rounds": 2, "clients": {"count": 4, "per_round": 2},
@@ -27,11 +24,12 @@ def _md(token: str | None) -> tuple:
 
 
 async def _scenario(tmp_path) -> dict:
-    store = await Store.open(f"sqlite:///{tmp_path / 'auth.db'}")
-    pipeline = await LocalPipeline.in_memory(store)
-    jobs = JobManager(pipeline.coordinator)
-    server, port, _ = await start_coordinator_server(pipeline.coordinator, jobs,
-                                                     "127.0.0.1:0")
+    async with coordinator_grpc(tmp_path / "auth.db") as stack:
+        return await _play(stack)
+
+
+async def _play(stack) -> dict:
+    store = stack.store
     tokens = {}
     for name, role in (("root", "operator"), ("auditor", "viewer"), ("alice", "submitter"),
                        ("bob", "submitter"), ("gone", "operator")):
@@ -39,53 +37,42 @@ async def _scenario(tmp_path) -> dict:
         await store.add_admin_token(row)
     await store.revoke_admin_token(tokens["gone"].split(".")[1])
     out: dict = {"tokens": tokens}
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = stack.channel
     admin = admin_pb2_grpc.AdminServiceStub(channel)
 
     async def code(call, request, token) -> grpc.StatusCode:
-        try:
-            await call(request, metadata=_md(token), timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
+        return await status_of(call(request, metadata=_md(token), timeout=30))
 
-    try:
-        submit = admin_pb2.SubmitJobRequest(spec_yaml=SPEC, enrollment_token="enrol")
-        out["anonymous_submit"] = await code(admin.SubmitJob, submit, None)
-        out["revoked_submit"] = await code(admin.SubmitJob, submit, tokens["gone"])
-        out["forged"] = await code(admin.SubmitJob, submit,
-                                   tokens["root"][:-4] + "AAAA")
-        out["viewer_submit"] = await code(admin.SubmitJob, submit, tokens["auditor"])
-        job = await admin.SubmitJob(submit, metadata=_md(tokens["alice"]), timeout=120)
-        ref = admin_pb2.JobRef(job_id=job.job_id)
-        # a device's session credential is not an admin identity
-        device = device_pb2_grpc.DeviceServiceStub(channel)
-        session = (await device.Register(device_pb2.RegisterRequest(
-            job_id=job.job_id, device_id="d1", enrollment_token="enrol"))).session_token
-        out["device_session"] = await code(admin.GetJob, ref, session)
-        out["anonymous_cancel"] = await code(admin.CancelJob, ref, None)
-        out["bob_reads"] = await code(admin.GetJob, ref, tokens["bob"])
-        out["bob_cancels"] = await code(admin.CancelJob, ref, tokens["bob"])
-        out["viewer_reads"] = await code(admin.GetJob, ref, tokens["auditor"])
-        out["viewer_cancels"] = await code(admin.CancelJob, ref, tokens["auditor"])
-        out["missing_audit"] = await code(admin.QueryAudit,
-                                          admin_pb2.JobRef(job_id="no-such-job"),
-                                          tokens["root"])
-        out["missing_participants"] = await code(
-            admin.ListParticipants, admin_pb2.ParticipantsRequest(job_id="no-such-job"),
-            tokens["root"])
-        out["alice_cancels"] = await code(admin.CancelJob, ref, tokens["alice"])
-        out["status"] = (await admin.GetJob(ref, metadata=_md(tokens["root"]))).status
-        out["audit"] = await store.audit_trail(job.job_id)
-        out["row"] = await store.get_job(job.job_id)
-        out["token_rows"] = [await store.admin_token(t.split(".")[1])
-                             for t in tokens.values()]
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await jobs.stop()
-        await pipeline.stop()
-        await store.close()
+    submit = admin_pb2.SubmitJobRequest(spec_yaml=SPEC, enrollment_token="enrol")
+    out["anonymous_submit"] = await code(admin.SubmitJob, submit, None)
+    out["revoked_submit"] = await code(admin.SubmitJob, submit, tokens["gone"])
+    out["forged"] = await code(admin.SubmitJob, submit,
+                               tokens["root"][:-4] + "AAAA")
+    out["viewer_submit"] = await code(admin.SubmitJob, submit, tokens["auditor"])
+    job = await admin.SubmitJob(submit, metadata=_md(tokens["alice"]), timeout=120)
+    ref = admin_pb2.JobRef(job_id=job.job_id)
+    # a device's session credential is not an admin identity
+    device = device_pb2_grpc.DeviceServiceStub(channel)
+    session = (await device.Register(device_pb2.RegisterRequest(
+        job_id=job.job_id, device_id="d1", enrollment_token="enrol"))).session_token
+    out["device_session"] = await code(admin.GetJob, ref, session)
+    out["anonymous_cancel"] = await code(admin.CancelJob, ref, None)
+    out["bob_reads"] = await code(admin.GetJob, ref, tokens["bob"])
+    out["bob_cancels"] = await code(admin.CancelJob, ref, tokens["bob"])
+    out["viewer_reads"] = await code(admin.GetJob, ref, tokens["auditor"])
+    out["viewer_cancels"] = await code(admin.CancelJob, ref, tokens["auditor"])
+    out["missing_audit"] = await code(admin.QueryAudit,
+                                      admin_pb2.JobRef(job_id="no-such-job"),
+                                      tokens["root"])
+    out["missing_participants"] = await code(
+        admin.ListParticipants, admin_pb2.ParticipantsRequest(job_id="no-such-job"),
+        tokens["root"])
+    out["alice_cancels"] = await code(admin.CancelJob, ref, tokens["alice"])
+    out["status"] = (await admin.GetJob(ref, metadata=_md(tokens["root"]))).status
+    out["audit"] = await store.audit_trail(job.job_id)
+    out["row"] = await store.get_job(job.job_id)
+    out["token_rows"] = [await store.admin_token(t.split(".")[1])
+                         for t in tokens.values()]
     return out
 
 

@@ -9,12 +9,9 @@ import asyncio
 import grpc
 import pytest
 import yaml
+from grpc_stack import coordinator_grpc, status_of
 
-from tsfl.pipeline.roles import LocalPipeline
 from tsfl.rpc.guard import PeerLimiter, RefusalLog
-from tsfl.rpc.server import start_coordinator_server
-from tsfl.runtime.jobs import JobManager
-from tsfl.storage import Store
 from tsfl.v1 import device_pb2, device_pb2_grpc
 
 SPEC = yaml.safe_dump({"name": "guard", "rounds": 2, "clients": {"count": 50, "per_round": 2},
@@ -22,23 +19,11 @@ SPEC = yaml.safe_dump({"name": "guard", "rounds": 2, "clients": {"count": 50, "p
 
 
 async def _scenario(tmp_path) -> dict:
-    store = await Store.open(f"sqlite:///{tmp_path / 'guard.db'}")
-    pipeline = await LocalPipeline.in_memory(store)
-    jobs = JobManager(pipeline.coordinator)
-    server, port, _ = await start_coordinator_server(pipeline.coordinator, jobs,
-                                                     "127.0.0.1:0")
     out: dict = {}
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    stub = device_pb2_grpc.DeviceServiceStub(channel)
-
-    async def code(coro) -> grpc.StatusCode:
-        try:
-            await coro
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
-    try:
+    code = status_of
+    async with coordinator_grpc(tmp_path / "guard.db") as stack:
+        store, jobs = stack.store, stack.jobs
+        stub = device_pb2_grpc.DeviceServiceStub(stack.channel)
         job = (await jobs.submit(SPEC, "enrol")).job_id
         out["huge_id"] = await code(stub.Register(device_pb2.RegisterRequest(
             job_id=job, device_id="x" * 1_000_000, enrollment_token="enrol")))
@@ -63,12 +48,6 @@ async def _scenario(tmp_path) -> dict:
         out["beats"] = {c: beats.count(c) for c in set(beats)}
         out["rows_added"] = len(await store.audit_trail(job)) - before
         out["chain"] = await store.verify_audit(job)
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await jobs.stop()
-        await pipeline.stop()
-        await store.close()
     return out
 
 
