@@ -165,3 +165,11 @@ def test_the_coordinator_never_loads_simulation_data(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "generate_synthetic", boom)
     assert _submit(tmp_path / "d", {**BASE, "model": {"kind": "cnn"}})[0]
     assert _submit(tmp_path / "s", {**BASE, "data": {"dataset": "synthetic"}})[0]
+
+
+def test_tsfl_models_lists_the_installed_builders(capsys):
+    from tsfl.cli.main import main
+
+    assert main(["models"]) == 0
+    printed = capsys.readouterr().out
+    assert "mlp-layernorm" in printed and "tsfl.sim.models:mlp_layernorm" in printed
