@@ -31,6 +31,10 @@ async def _scenario(tmp_path) -> dict:
             job_id=job, device_id="dev-1", enrollment_token="enrol"))
         md = (("x-tsfl-device", "dev-1"), ("authorization", f"Bearer {reg.session_token}"))
         await stub.Heartbeat(device_pb2.HeartbeatRequest(job_id=job), metadata=md)  # live
+        empty = await code(stub.UploadUpdate(iter([]), metadata=md))
+        truncated = await code(stub.UploadUpdate(iter([device_pb2.UploadChunk(
+            job_id=job, total_size=1000, checksum=1, data=b"x")]), metadata=md))
+        out["streams"] = (empty, truncated)
         out["takeover"] = await code(stub.Register(device_pb2.RegisterRequest(
             job_id=job, device_id="dev-1", enrollment_token="enrol")))
         out["own_reenrol"] = await code(stub.Register(device_pb2.RegisterRequest(
@@ -47,6 +51,10 @@ async def _scenario(tmp_path) -> dict:
                  for i in range(200)]
         out["beats"] = {c: beats.count(c) for c in set(beats)}
         out["rows_added"] = len(await store.audit_trail(job)) - before
+        out["stream_audit"] = {e["payload"]["code"]
+                               for chain in (job, "_system")
+                               for e in await store.audit_trail(chain)
+                               if e["kind"] == "upload.refused"}
         out["chain"] = await store.verify_audit(job)
     return out
 
@@ -97,3 +105,11 @@ def test_limiter_and_log_units():
 
     asyncio.run(go())
     assert rows == [("j", 1), ("j", 4)]  # nothing lost, two rows
+
+
+def test_empty_and_refused_streams_are_audited(outcome):
+    empty, truncated = outcome["streams"]
+    assert empty == grpc.StatusCode.INVALID_ARGUMENT
+    # dev-1 is not selected in an open round: refused at its first chunk, before a buffer
+    assert truncated == grpc.StatusCode.FAILED_PRECONDITION
+    assert {"empty", "not_selected"} <= outcome["stream_audit"]

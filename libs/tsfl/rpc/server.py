@@ -230,9 +230,17 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                     self.spool.release(upload)
                 else:
                     self.spool.finish(upload)
-        if upload is None:
+        if upload is None:  # no chunk, so no job or device named: the system chain
+            await self.refusals.refused(SYSTEM_AUDIT, "upload.refused", "empty",
+                                        {"peer": _peer_host(context.peer() or "?")})
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload")
         if not upload.complete:
+            if not resumable:  # a resumable one may still be resumed: not a refusal yet
+                await self.refusals.refused(
+                    upload.job_id if upload.job_id in self.coordinator.jobs else SYSTEM_AUDIT,
+                    "upload.refused", "truncated",
+                    {"client_id": upload.device, "received": upload.received,
+                     "total": upload.total})
             await context.abort(grpc.StatusCode.DATA_LOSS, (
                 f"upload ended after {upload.received} of {upload.total} bytes" +
                 (f"; resume at offset {upload.received}" if resumable else "")))
