@@ -288,19 +288,32 @@ def discrete_laplace(scale: float, size: int, source: NoiseSource) -> np.ndarray
         return np.zeros(size, np.int64)
     t = float(scale)
     t_exact = Fraction(t)
-    out = np.empty(size, np.int64)
-    filled, rate = 0, 0.9
-    while filled < size:
-        need = size - filled
-        n = _batch(need, rate)
-        prop = _Proposals(t, n, source)
+
+    def accepted(prop: _Proposals) -> np.ndarray:
         ok = prop.keep
         if prop.m:
             x = prop.u / t
             ok &= _accept(x, x * 2.0 ** -52,
                           lambda i, u=prop.u: Fraction(int(u[i])) / t_exact, source)
-        got = np.flatnonzero(ok)
-        rate = max(got.size / n, 0.1)
+        return ok
+
+    return _fill(size, t, source, accepted, first_rate=0.9, min_rate=0.1)
+
+
+def _fill(size: int, t: float, source: NoiseSource,
+          accepted: Callable[[_Proposals], np.ndarray], *, first_rate: float,
+          min_rate: float) -> np.ndarray:
+    """Rejection sampling in vectorised batches: draw proposals (discrete Laplace of scale
+    ``t``) sized by the acceptance rate seen so far, keep the ``accepted`` ones, until
+    ``size`` are out."""
+    out = np.empty(size, np.int64)
+    filled, rate = 0, first_rate
+    while filled < size:
+        need = size - filled
+        n = _batch(need, rate)
+        prop = _Proposals(t, n, source)
+        got = np.flatnonzero(accepted(prop))
+        rate = max(got.size / n, min_rate)
         got = prop.values(got[:need])
         out[filled:filled + got.size] = got
         filled += got.size
@@ -321,12 +334,8 @@ def discrete_gaussian(sigma: float, size: int, source: NoiseSource) -> np.ndarra
     s_exact = Fraction(sigma) ** 2
     c_exact = s_exact / int(t)
     c = sigma * sigma / t  # σ²/t, relative error ≤ 2^-52
-    out = np.empty(size, np.int64)
-    filled, rate = 0, 0.7
-    while filled < size:
-        need = size - filled
-        n = _batch(need, rate)
-        prop = _Proposals(t, n, source)
+
+    def accepted(prop: _Proposals) -> np.ndarray:
         r = prop.mag - c
         r *= 1.0 / sigma
         x = r * r
@@ -340,12 +349,9 @@ def discrete_gaussian(sigma: float, size: int, source: NoiseSource) -> np.ndarra
         ok &= _accept(x, err, lambda i, prop=prop: (
             Fraction(int(prop.u[i])) / int(t) + (prop.exact_mag(i) - c_exact) ** 2
             / (2 * s_exact)), source)
-        got = np.flatnonzero(ok)
-        rate = max(got.size / n, 0.05)
-        got = prop.values(got[:need])
-        out[filled:filled + got.size] = got
-        filled += got.size
-    return out
+        return ok
+
+    return _fill(size, t, source, accepted, first_rate=0.7, min_rate=0.05)
 
 
 def float_residual_delta(mechanism: object, size: int, releases: int = 1) -> float:
