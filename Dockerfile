@@ -10,6 +10,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
  && pip install --no-cache-dir -c constraints.txt .
 RUN useradd --create-home --uid 10001 tsfl
 USER tsfl
-EXPOSE 50051
-ENTRYPOINT ["tsfl"]
-CMD ["--help"]
+# 50051: devices and admins (coordinator); 50052: gRPC health; 9464: Prometheus metrics
+EXPOSE 50051 50052 9464
+# No ENTRYPOINT: Compose and Kubernetes give the whole command (["tsfl", "service", ...]).
+CMD ["tsfl", "--help"]

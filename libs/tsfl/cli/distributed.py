@@ -95,9 +95,18 @@ def cmd_service(args: argparse.Namespace) -> int:
                   f"(or {', '.join('TSFL_' + m.upper() for m in missing)})", highlight=False)
         return 2
     from tsfl.runtime import logs
+    from tsfl.runtime.observability import configure
     from tsfl.runtime.service import ServiceConfig, run_service
 
     logs.configure(args.name, args.log_level)
+    try:
+        telemetry = configure(args.name, args.metrics)
+    except (ValueError, OSError) as exc:
+        err.print(f"[bold red]error:[/] metrics endpoint: {exc}", highlight=False)
+        return 2
+    if telemetry.metrics_address:
+        print(f"tsfl {args.name} metrics on http://{telemetry.metrics_address}/metrics",
+              flush=True)
     cfg = ServiceConfig(name=args.name, kafka=args.kafka, database=args.database,
                         grpc=args.grpc, health=args.health,
                         registration_timeout_s=args.registration_timeout,
@@ -110,6 +119,29 @@ def cmd_service(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """``tsfl db migrate``: bring the database schema to this version (a Kubernetes Job
+    runs it before a rollout; the services also migrate on start)."""
+    if not args.database:
+        err.print("[bold red]error:[/] --database (or TSFL_DATABASE) is required")
+        return 2
+    from tsfl.storage.store import Store
+
+    async def migrate() -> None:
+        store = await Store.open(args.database)
+        await store.close()
+
+    try:
+        asyncio.run(migrate())
+    except (OSError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+    err.print("database schema is up to date")
     return 0
 
 
@@ -385,8 +417,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="coordinator: refuse jobs whose model has more parameters")
     svc.add_argument("--registration-timeout", type=float, default=600.0,
                      help="coordinator: seconds a new job waits for its devices to enrol")
+    svc.add_argument("--metrics", default=env("TSFL_METRICS"),
+                     help="serve Prometheus metrics on HOST:PORT (env TSFL_METRICS); OTLP "
+                          "export follows OTEL_EXPORTER_OTLP_ENDPOINT")
     svc.add_argument("--log-level", default="INFO")
     svc.set_defaults(func=cmd_service)
+
+    db = sub.add_parser("db", help="database schema: tsfl db migrate")
+    db.add_argument("action", choices=["migrate"])
+    db.add_argument("--database", default=env("TSFL_DATABASE"),
+                    help="postgresql+asyncpg://USER@HOST/DB or sqlite:///FILE "
+                         "(env TSFL_DATABASE)")
+    db.set_defaults(func=cmd_db)
 
     st = sub.add_parser("stack", help="the local stack: broker + six services as processes")
     st.add_argument("action", choices=["up", "status", "down"])
