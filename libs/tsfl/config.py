@@ -621,8 +621,11 @@ def parse_job(data: Any, source: str = "job spec",
 
 
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
-    """Read and validate a YAML job spec file."""
-    path = Path(path)
+    """Read and validate a YAML job spec file (or a bundled example, by name)."""
+    try:
+        path = find_job_file(path)
+    except FileNotFoundError as exc:
+        raise ConfigError([str(exc)], str(path)) from None
     try:
         if path.stat().st_size > MAX_SPEC_FILE_BYTES:
             raise ConfigError([f"the file is larger than {MAX_SPEC_FILE_BYTES} bytes: not a "
@@ -646,3 +649,22 @@ def parse_spec_text(text: str | bytes, source: str | None = None) -> Any:
 
 def bundled_example(name: str = "digits-fedavg") -> Path:
     return Path(__file__).parent / "examples" / f"{name}.yaml"
+
+
+def bundled_examples() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "examples").glob("*.yaml"))
+
+
+def find_job_file(name: str | Path) -> Path:
+    """A job spec by path, or a bundled example by name (``digits-dp``, from any
+    directory); FileNotFoundError naming the examples otherwise."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    text = str(name)
+    if "/" not in text and "\\" not in text:
+        example = bundled_example(text.removesuffix(".yaml"))
+        if example.is_file():
+            return example
+    raise FileNotFoundError(f"no job spec {text!r} (a file, or one of the bundled examples: "
+                            f"{', '.join(bundled_examples())})")

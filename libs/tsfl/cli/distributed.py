@@ -35,6 +35,20 @@ def admin_token(args: argparse.Namespace) -> str | None:
         return None
 
 
+def coordinator_address(args: argparse.Namespace) -> str:
+    """Where the coordinator is: --coordinator, else TSFL_COORDINATOR, else the local
+    stack's (``--stack-dir``/stack.json), else 127.0.0.1:50051."""
+    given = getattr(args, "coordinator", None) or os.environ.get("TSFL_COORDINATOR")
+    if given:
+        return str(given)
+    try:
+        state = json.loads((Path(getattr(args, "stack_dir", None) or ".tsfl-stack")
+                            / "stack.json").read_text())
+        return str(state["grpc"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_COORDINATOR
+
+
 class _Authed:
     """An AdminService stub whose every call carries the admin token."""
 
@@ -151,24 +165,30 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     if args.action == "up":
-        state = stack.up(directory, kafka=args.kafka, database=args.database,
-                         grpc_port=args.grpc_port)
+        try:
+            state = stack.up(directory, kafka=args.kafka, database=args.database,
+                             grpc_port=args.grpc_port)
+        except stack.StackError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 1
         out.print(f"coordinator gRPC: {state.grpc}", highlight=False)
         err.print(f"kafka {state.kafka}, database {state.database}, logs in {directory}/",
                   highlight=False)
         return 0
     if args.action == "status":
         try:
-            states = stack.status(directory)
+            states = stack.describe(directory)
+            database = stack.StackState.load(directory).database
         except FileNotFoundError as exc:
             err.print(str(exc))
             return 1
-        table = Table("component", "state")
-        for name, st in states.items():
-            table.add_row(name, st)
+        table = Table("component", "state", "address")
+        for name, (st, address) in states.items():
+            table.add_row(name, st, address)
+        table.add_row("database", "", database)
         out.print(table)
-        bad = [n for n, s in states.items() if s not in ("serving", "running")
-               and not s.startswith("external")]
+        bad = [n for n, (st, _) in states.items() if st not in ("serving", "running",
+                                                                "external")]
         return 1 if bad else 0
     stack.down(directory)
     err.print("stack stopped")
@@ -176,10 +196,36 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 # -- devices ---------------------------------------------------------------------------------
+def device_tls(args: argparse.Namespace) -> Any:
+    """The devices' TLS material: --tls-ca (the coordinator's CA), with --tls-cert and
+    --tls-key for mTLS; None for plaintext (loopback only, like the admin calls)."""
+    from tsfl.rpc.client import TLSConfig
+
+    ca = getattr(args, "tls_ca", None) or os.environ.get("TSFL_TLS_CA")
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if not ca:
+        if cert or key:
+            raise ValueError("--tls-cert/--tls-key need --tls-ca")
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("mTLS needs both --tls-cert and --tls-key")
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return TLSConfig(Path(ca).read_bytes(), read(cert), read(key))
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from tsfl.config import parse_job
     from tsfl.v1 import admin_pb2
 
+    args.coordinator = coordinator_address(args)
+    try:
+        tls = device_tls(args)
+    except (ValueError, OSError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
     info, failed = _admin_call(args.coordinator, "GetJob", admin_pb2.JobRef(job_id=args.job),
                                10, admin_token(args))
     if failed is not None:
@@ -197,13 +243,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return 2
     counts = asyncio.run(run_fleet(args.coordinator, args.job, args.token, spec, args.count,
-                                   he_keys))
+                                   he_keys, tls))
     err.print(f"{len(counts)} devices done, {sum(counts)} updates contributed")
     return 0
 
 
 async def run_fleet(address: str, job_id: str, token: str, spec, count: int,
-                    he_keys: Sequence[Any] = ()) -> list[int]:
+                    he_keys: Sequence[Any] = (), tls: Any = None) -> list[int]:
     """``count`` simulated devices (the embedded run's partitions) as real gRPC clients;
     ``he_keys``: the secret key set of an HE job, which every device of the fleet holds."""
     from tsfl.rpc.client import start_client
@@ -215,21 +261,24 @@ async def run_fleet(address: str, job_id: str, token: str, spec, count: int,
     # (offload=False), like the embedded simulation.
     return list(await asyncio.gather(*(
         start_client(address, fed.clients[cid], job_id=job_id, device_id=cid, token=token,
-                     layout=fed.workspace.layout, offload=False, he_keys=he_keys)
+                     layout=fed.workspace.layout, offload=False, he_keys=he_keys, tls=tls)
         for cid in ids)))
 
 
 # -- jobs ------------------------------------------------------------------------------------
 def cmd_job(args: argparse.Namespace) -> int:
+    from tsfl.config import find_job_file
     from tsfl.v1 import admin_pb2
 
+    args.coordinator = coordinator_address(args)
     channel, admin = _admin(args.coordinator, admin_token(args))
     try:
         if args.action == "submit":
             try:
-                text = Path(args.target).read_text(encoding="utf-8")
+                text = find_job_file(args.target).read_text(encoding="utf-8")
             except OSError as exc:
-                err.print(f"[bold red]error:[/] cannot read {args.target}: {exc.strerror}")
+                err.print(f"[bold red]error:[/] cannot read {args.target}: "
+                          f"{getattr(exc, 'strerror', None) or exc}", highlight=False)
                 return 2
             if args.he_keys:
                 try:
@@ -254,6 +303,22 @@ def cmd_job(args: argparse.Namespace) -> int:
         elif args.action == "cancel":
             info = admin.CancelJob(admin_pb2.JobRef(job_id=args.target), timeout=30)
             out.print(f"{info.job_id}: {info.status}", highlight=False)
+        elif args.action == "rounds":
+            rounds = admin.ListRounds(admin_pb2.JobRef(job_id=args.target), timeout=30)
+            table = Table("round", "state", "accepted", "rejected", "cohort", "model",
+                          "reason")
+            for r in rounds.rounds:
+                table.add_row(str(r.round), r.state, str(r.accepted), str(r.rejected),
+                              str(r.cohort_size), str(r.model_version or ""), r.reason)
+            out.print(table)
+        elif args.action == "participants":
+            parts = admin.ListParticipants(admin_pb2.ParticipantsRequest(
+                job_id=args.target, round=args.round or 0), timeout=30)
+            table = Table("round", "device", "status", "examples", "bytes up", "reason")
+            for p in parts.participants:
+                table.add_row(str(p.round), p.client_id, p.status, str(p.num_examples),
+                              str(p.bytes_up), p.reason)
+            out.print(table)
         else:  # watch
             info = admin.GetJob(admin_pb2.JobRef(job_id=args.target), timeout=10)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -335,6 +400,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from tsfl.v1 import admin_pb2
 
+    args.coordinator = coordinator_address(args)
     trail, failed = _admin_call(args.coordinator, "QueryAudit",
                                 admin_pb2.JobRef(job_id=args.job), 30, admin_token(args))
     if failed is not None:
@@ -387,10 +453,10 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from tsfl.pipeline.roles import ROLES
+    from tsfl.pipeline.names import SERVICE_NAMES
 
     svc = sub.add_parser("service", help="run one pipeline service (distributed deployment)")
-    svc.add_argument("name", choices=sorted(ROLES))
+    svc.add_argument("name", choices=sorted(SERVICE_NAMES))
     env = os.environ.get
     svc.add_argument("--kafka", default=env("TSFL_KAFKA"),
                      help="bootstrap HOST:PORT (env TSFL_KAFKA)")
@@ -439,18 +505,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=cmd_stack)
 
     dev = sub.add_parser("devices", help="run simulated devices as real gRPC clients")
-    dev.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
     dev.add_argument("--job", required=True)
     dev.add_argument("--token", required=True, help="the job's enrollment token")
     dev.add_argument("--count", type=int, required=True)
     dev.add_argument("--he-keys", metavar="DIR",
                      help="the HE job's key set (tsfl keys init): devices encrypt with it")
+    dev.add_argument("--tls-cert", help="mTLS: the devices' client certificate (PEM)")
+    dev.add_argument("--tls-key", help="mTLS: its private key (PEM)")
     dev.set_defaults(func=cmd_devices)
 
     job = sub.add_parser("job", help="submit, inspect, watch or cancel jobs")
-    job.add_argument("action", choices=["submit", "status", "watch", "cancel"])
-    job.add_argument("target", help="JOB.yaml for submit, else the job id")
-    job.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
+    job.add_argument("action", choices=["submit", "status", "watch", "cancel", "rounds",
+                                        "participants"])
+    job.add_argument("target", help="submit: JOB.yaml or a bundled example's name "
+                                    "(digits-dp); else the job id")
+    job.add_argument("--round", type=int, help="participants: only this round")
     job.add_argument("--token", help="submit: the enrollment token devices will present")
     job.add_argument("--he-keys", metavar="DIR", help="submit: the HE key set's public part "
                      "(its key id goes into crypto.he.key_id)")
@@ -465,10 +534,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     audit = sub.add_parser("audit", help="print a job's audit trail and check its hash chain")
     audit.add_argument("job")
-    audit.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
     audit.set_defaults(func=cmd_audit)
 
     for client in (dev, job, audit):  # the admin API's callers
+        client.add_argument("--coordinator", help="HOST:PORT (default: TSFL_COORDINATOR, "
+                                                  "else the local stack's, else "
+                                                  f"{DEFAULT_COORDINATOR})")
         client.add_argument("--admin-token", help="admin token (default: TSFL_ADMIN_TOKEN, "
                                                   "else STACK_DIR/admin-token)")
         client.add_argument("--stack-dir", default=".tsfl-stack",

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tsfl.pipeline.roles import ROLES
+from tsfl.pipeline.names import SERVICE_NAMES
 from tsfl.runtime.broker import free_port, start_local_broker, wait_for_port
 
 SERVICE_ORDER = ["aggregator", "byzantine", "privacy", "he", "selector", "coordinator"]
@@ -116,8 +116,29 @@ def start_service(name: str, state: StackState, directory: Path) -> dict:
     return entry
 
 
+class StackError(RuntimeError):
+    """The local stack cannot be started as asked."""
+
+
+def running(directory: Path) -> list[str]:
+    """The components of the stack recorded in ``directory`` that are still alive."""
+    try:
+        state = StackState.load(directory)
+    except (FileNotFoundError, ValueError, TypeError):
+        return []
+    live = [name for name, e in state.services.items() if alive(e.get("pid"))]
+    return (["broker"] if state.broker_pid and alive(state.broker_pid) else []) + live
+
+
 def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: int = 50051,
        timeout: float = 90.0) -> StackState:
+    """Start a broker (unless ``kafka`` names one) and the six services; refuses a
+    directory whose stack still runs (a second set would share its database and lose
+    track of the first)."""
+    live = running(directory)
+    if live:
+        raise StackError(f"a stack is already running in {directory} ({', '.join(live)}); "
+                         f"stop it first: tsfl stack down --dir {directory}")
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)  # tokens, the database and logs are the owner's
     broker_pid = None
@@ -145,16 +166,23 @@ def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: i
 
 
 def status(directory: Path) -> dict[str, str]:
+    """Each component's state: running/stopped/external (broker), serving/not serving/
+    stopped (services)."""
+    return {name: st for name, (st, _) in describe(directory).items()}
+
+
+def describe(directory: Path) -> dict[str, tuple[str, str]]:
+    """Each component's ``(state, address)`` (the broker's bootstrap address, each
+    service's gRPC health address — the coordinator's is its device/admin port)."""
     from tsfl.rpc.health import check
 
     state = StackState.load(directory)
-    out = {"broker": ("running" if alive(state.broker_pid) else "stopped")
-           if state.broker_pid else f"external {state.kafka}"}
+    broker = (("running" if alive(state.broker_pid) else "stopped")
+              if state.broker_pid else "external")
+    out = {"broker": (broker, state.kafka)}
     for name, entry in state.services.items():
-        if not alive(entry["pid"]):
-            out[name] = "stopped"
-        else:
-            out[name] = check(entry["health"])
+        st = check(entry["health"]) if alive(entry["pid"]) else "stopped"
+        out[name] = (st, entry["health"])
     return out
 
 
@@ -176,4 +204,4 @@ def down(directory: Path, timeout: float = 20.0) -> None:
     (directory / "admin-token").unlink(missing_ok=True)
 
 
-assert set(SERVICE_ORDER) == set(ROLES)
+assert set(SERVICE_ORDER) == set(SERVICE_NAMES)
