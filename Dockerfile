@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY libs ./libs
 COPY proto ./proto
+COPY services ./services
 # The CPU build of torch (any other spec pulls the CUDA build).
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install --no-cache-dir -c constraints.txt .

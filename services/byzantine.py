@@ -1,0 +1,24 @@
+"""byzantine — judges each update with the job's robust rule and anomaly detectors.
+
+consumes  tsfl.updates.clipped, tsfl.rounds
+produces  tsfl.verdicts, tsfl.alerts
+state     robust_state (client history, reputation), participants (verdicts), audit
+"""
+
+from tsfl.bus import topics
+from tsfl.pipeline.byzantine import Byzantine as Role
+
+CONSUMES = (topics.UPDATES_CLIPPED, topics.ROUNDS)
+PRODUCES = (topics.VERDICTS, topics.ALERTS)
+
+__all__ = ["CONSUMES", "PRODUCES", "Role", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tsfl.runtime.serve import serve
+
+    return serve("byzantine", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
