@@ -152,3 +152,10 @@ def test_docs_topics_table_matches_the_declarations():
         declared_c = {n for n in SERVICE_NAMES if topic in services.load(n).CONSUMES}
         assert producers == declared_p, (topic, producers, declared_p)
         assert consumers == declared_c, (topic, consumers, declared_c)
+
+
+def test_architecture_picture_is_generated_from_the_declarations():
+    from services.diagram import mermaid
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    assert f"```mermaid\n{mermaid()}\n```" in text, "regenerate: python -m services.diagram"
