@@ -32,7 +32,7 @@ from tsfl.config import JobSpec, load_job
 from tsfl.pipeline.selection import UniformSelector, client_seed
 from tsfl.runtime.embedded import run_embedded
 from tsfl.runtime.simulation import build_federation
-from tsfl.sdk.training import evaluate, train_epochs
+from tsfl.training.loop import evaluate, train_epochs
 
 CONFIG = Path(__file__).parent / "configs" / "digits-reference.yaml"
 

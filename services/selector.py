@@ -15,7 +15,7 @@ __all__ = ["CONSUMES", "PRODUCES", "Role", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tsfl.runtime.serve import serve
+    from services import serve
 
     return serve("selector", argv)
 

@@ -27,7 +27,7 @@ from tsfl.sdk.dp_sgd import (
     dp_sgd_epochs,
     per_sample_gradients,
 )
-from tsfl.sdk.training import TrainSettings
+from tsfl.training.loop import TrainSettings
 
 
 def _mlp(seed: int = 0) -> nn.Module:

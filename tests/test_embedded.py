@@ -9,8 +9,8 @@ from tsfl.config import parse_job
 from tsfl.pipeline.selection import UniformSelector, client_seed
 from tsfl.runtime.embedded import run_embedded
 from tsfl.runtime.simulation import build_federation
-from tsfl.sdk.training import train_epochs
 from tsfl.storage import Store
+from tsfl.training.loop import train_epochs
 
 SMALL = {
     "name": "small", "seed": 3, "rounds": 5,

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from tsfl.core.layout import LayoutError, ParamLayout
-from tsfl.sdk.flat import FlatModule
+from tsfl.training.flat import FlatModule
 
 
 def test_numpy_round_trip_preserves_names_shapes_dtypes_and_values():

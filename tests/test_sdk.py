@@ -6,7 +6,7 @@ from torch import nn
 
 from tsfl.core.layout import ParamLayout
 from tsfl.sdk import NumPyClient, TorchClient
-from tsfl.sdk.training import TrainSettings
+from tsfl.training.loop import TrainSettings
 
 
 def _data(n=40, d=5, seed=0):

@@ -230,7 +230,7 @@ def build_audit_privacy_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench_robustness(args: argparse.Namespace) -> int:
-    from tsfl.robust.bench import run_bench
+    from tsfl.runtime.robustness_bench import run_bench
 
     out_dir = Path(args.out)
     run_bench(out_dir, quick=args.quick, rounds=args.rounds)

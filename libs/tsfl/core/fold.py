@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tsfl.core.accumulator import WeightedAccumulator
-from tsfl.wire.messages import all_finite
+from tsfl.core.finite import all_finite
 
 NONFINITE = "nonfinite: update contains NaN or Inf"
 OVERFLOW = "overflow: adding this update takes the round's float32 sum past its range"

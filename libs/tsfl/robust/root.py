@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from tsfl.config import JobSpec
-from tsfl.sdk.flat import FlatModule
-from tsfl.sdk.training import TrainSettings, train_epochs
 from tsfl.sim.datasets import load_dataset
 from tsfl.sim.models import build_model
+from tsfl.training.flat import FlatModule
+from tsfl.training.loop import TrainSettings, train_epochs
 
 
 class RootTrainer:

@@ -23,9 +23,9 @@ import torch
 
 from tsfl.config import ConfigError, JobSpec
 from tsfl.core.layout import ParamLayout
-from tsfl.sdk.flat import FlatModule
 from tsfl.sim.datasets import DatasetError, load_dataset
 from tsfl.sim.models import ModelError, build_model
+from tsfl.training.flat import FlatModule
 
 #: shapes of the built-in datasets, known without loading them
 BUILTIN_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {

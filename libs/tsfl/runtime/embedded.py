@@ -34,9 +34,9 @@ from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport, SimulatedLinks
 from tsfl.sdk.he import HeDevice
 from tsfl.sdk.runner import ClientRunner, TrainedUpdate
-from tsfl.sdk.training import evaluate
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.storage.store import Store
+from tsfl.training.loop import evaluate
 
 RoundCallback = Callable[[dict[str, Any]], None]
 

@@ -19,12 +19,12 @@ from tsfl.robust.attacks import (
 )
 from tsfl.sdk.client import TorchClient
 from tsfl.sdk.dp_sgd import DpSgdSettings
-from tsfl.sdk.flat import FlatModule
 from tsfl.sdk.privacy_guard import DevicePrivacy
-from tsfl.sdk.training import TrainSettings
 from tsfl.sim import partition as parts
 from tsfl.sim.datasets import FederatedData, load_dataset
 from tsfl.sim.models import build_model
+from tsfl.training.flat import FlatModule
+from tsfl.training.loop import TrainSettings
 
 
 @dataclass

@@ -20,9 +20,9 @@ from tsfl.sdk.dp_sgd import (
     dp_sgd_epochs,
     dp_sgd_schedule,
 )
-from tsfl.sdk.flat import FlatModule
 from tsfl.sdk.privacy_guard import DevicePrivacy, TaskRefused
-from tsfl.sdk.training import TrainSettings, evaluate, train_epochs
+from tsfl.training.flat import FlatModule
+from tsfl.training.loop import TrainSettings, evaluate, train_epochs
 
 NDArrays = list[np.ndarray]
 

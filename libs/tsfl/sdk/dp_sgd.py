@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, vmap
 
 from tsfl.privacy.accounting import PrivacyAccountant, RoundEvent
 from tsfl.privacy.noise import NoiseSource
-from tsfl.sdk.training import TrainSettings, make_optimizer
+from tsfl.training.loop import TrainSettings, make_optimizer
 
 _BATCH_COUPLING = (nn.modules.batchnorm._BatchNorm,)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.linalg.blas import sdot
 
 from tsfl.compress import Encoded
 from tsfl.compress.errors import CodecError
 from tsfl.compress.xordelta import XOR_CHAIN, decode_xor_delta, encode_xor_delta
+from tsfl.core.finite import all_finite
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
 from tsfl.wire.codecs import check_chain, decode_f32, decode_payload, encode_f32
@@ -112,15 +112,6 @@ def peek_update_meta(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
     """
     head, _ = unpack_frame(data, "update", max_bytes, verify=verify)
     return _meta(head)
-
-
-def all_finite(vec: np.ndarray) -> bool:
-    """True iff no NaN/Inf: one BLAS dot product, exact check only if it overflows."""
-    if vec.size == 0:
-        return True
-    if np.isfinite(sdot(vec, vec)):
-        return True
-    return bool(np.isfinite(vec).all())
 
 
 def decode_update(data: bytes, layout: ParamLayout, *,
