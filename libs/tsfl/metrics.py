@@ -20,6 +20,7 @@ import functools
 from dataclasses import dataclass
 
 from opentelemetry import metrics as otel
+from opentelemetry.metrics import _Gauge as Gauge  # the synchronous gauge (API >= 1.23)
 
 #: instrument name -> (kind, unit, description). Prometheus adds ``_total`` to counters
 #: and ``_bucket``/``_sum``/``_count`` to histograms.
@@ -72,19 +73,19 @@ def exposed_names() -> set[str]:
 class Instruments:
     round_duration: otel.Histogram
     rounds: otel.Counter
-    accuracy: otel.Gauge
-    loss: otel.Gauge
-    convergence: otel.Gauge
+    accuracy: Gauge
+    loss: Gauge
+    convergence: Gauge
     updates: otel.Counter
     byzantine: otel.Counter
-    anomaly_rate: otel.Gauge
-    participation: otel.Gauge
-    epsilon: otel.Gauge
-    budget: otel.Gauge
+    anomaly_rate: Gauge
+    participation: Gauge
+    epsilon: Gauge
+    budget: Gauge
     bytes: otel.Counter
     aggregation_duration: otel.Histogram
-    broker_reachable: otel.Gauge
-    consumer_lag: otel.Gauge
+    broker_reachable: Gauge
+    consumer_lag: Gauge
 
 
 def _make(meter: otel.Meter, name: str) -> object:
