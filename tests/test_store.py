@@ -1,5 +1,7 @@
 """Persistence and migrations, on SQLite and on the local PostgreSQL alike."""
 
+import asyncio
+
 import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -157,3 +159,19 @@ async def test_exclusive_sqlite_store_caches_audit_heads_safely(tmp_path):
         assert await store.verify_audit("j1") == (True, "ok")
     finally:
         await store.close()
+
+
+def test_sqlite_database_file_is_owner_only(tmp_path):
+    """It holds token hashes, device ids and the audit trail: never world-readable."""
+    import os
+    import stat
+
+    from tsfl.storage import Store
+
+    async def go() -> None:
+        store = await Store.open(f"sqlite:///{tmp_path / 'private.db'}")
+        await store.close()
+
+    os.chmod(tmp_path, 0o755)
+    asyncio.run(go())
+    assert stat.S_IMODE(os.stat(tmp_path / "private.db").st_mode) == 0o600

@@ -14,6 +14,7 @@ carries the hash of the previous one, so editing or deleting a row is detectable
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -46,6 +47,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+
+
+def _private_sqlite_files(database: str | None) -> None:
+    """Create a SQLite database readable by its owner only (it holds session-token
+    hashes, the audit trail and every device id); SQLite gives its -wal and -shm files
+    the database file's mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # its directory does not exist: sqlite will say so
+        return
+    os.close(fd)
+    os.chmod(database, 0o600)
 
 class Store:
     """Async repository over one database (see the module docstring)."""
@@ -83,6 +98,7 @@ class Store:
         """
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
+            _private_sqlite_files(parsed.database)
             engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), **engine_kw)
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin)
