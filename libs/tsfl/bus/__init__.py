@@ -4,8 +4,8 @@
 of the distributed deployment implements the same :class:`~tsfl.bus.base.Bus`.
 """
 
-from tsfl.bus.base import Bus, BusError, Consumer, Record
+from tsfl.bus.base import Bus, BusError, BusUnavailable, Consumer, Record
 from tsfl.bus.memory import MemoryBus
 from tsfl.bus.topics import TOPICS
 
-__all__ = ["TOPICS", "Bus", "BusError", "Consumer", "MemoryBus", "Record"]
+__all__ = ["TOPICS", "Bus", "BusError", "BusUnavailable", "Consumer", "MemoryBus", "Record"]

@@ -20,6 +20,12 @@ class BusError(RuntimeError):
     """Misuse of the bus (unknown topic, closed bus, ...)."""
 
 
+class BusUnavailable(BusError):
+    """The broker could not be reached (down, restarting, partitioned): a transient
+    failure, so the call may be retried later (a record published twice is harmless:
+    delivery is at-least-once and every consumer is idempotent by key)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     topic: str

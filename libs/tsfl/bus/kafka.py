@@ -9,6 +9,9 @@
   dropped, incomplete messages time out, and a commit never passes the first chunk of a
   message still being assembled.
 * Headers carry the schema version and the W3C trace context.
+* A broker that cannot be reached is a :class:`~tsfl.bus.base.BusUnavailable` (transient),
+  never an unbounded wait: commits and stops are bounded by timeouts; publishes by
+  ``request_timeout_ms``.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from tsfl.bus.base import Bus, BusError, Consumer, Record, latest_per_partition
+from tsfl.bus.base import Bus, BusError, BusUnavailable, Consumer, Record, latest_per_partition
 from tsfl.bus.chunks import CHUNK_HEADER, ChunkAssembler, split
 from tsfl.telemetry import inject_trace_headers
 from tsfl.wire.envelope import WIRE_VERSION
@@ -30,6 +34,39 @@ from tsfl.wire.envelope import WIRE_VERSION
 log = logging.getLogger("tsfl.bus.kafka")
 
 SCHEMA_HEADER = "tsfl-schema"
+#: how long a stop (flushing the producer, leaving the group) may take before it is abandoned
+STOP_TIMEOUT_S = 5.0
+#: how long an offset commit may retry (aiokafka retries retriable errors forever)
+COMMIT_TIMEOUT_S = 10.0
+
+
+async def _stop_within(stop: Awaitable[None], timeout_s: float, what: str) -> None:
+    """Run a Kafka client's stop for at most ``timeout_s``; its failures are logged, not
+    raised (a client stopped while the broker is down may even raise the cancellation of
+    its own background tasks: only a cancellation of the caller propagates)."""
+    try:
+        await asyncio.wait_for(stop, timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("%s stop interrupted (broker unreachable)", what)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        log.warning("%s stop abandoned after %.0f s: %s", what, timeout_s,
+                    type(exc).__name__)
+
+
+def error_text(exc: BaseException) -> str:
+    """``Name: message`` of an error, once (Kafka errors already start with their name)."""
+    name, text = type(exc).__name__, str(exc)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def unavailable(exc: BaseException, what: str) -> BusUnavailable:
+    """A broker failure as the transient error callers handle."""
+    return BusUnavailable(f"{what}: broker unreachable ({error_text(exc)})")
 
 
 class KafkaBus(Bus):
@@ -46,6 +83,8 @@ class KafkaBus(Bus):
         # to half a second to every hop of a round; control messages need milliseconds.
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self._producer: AIOKafkaProducer | None = None
+        #: per partition, the highest offset the broker acknowledged to this bus
+        self._acked: dict[tuple[str, int], int] = {}
 
     @property
     def max_request_bytes(self) -> int:
@@ -60,29 +99,45 @@ class KafkaBus(Bus):
             await self._producer.start()
         except KafkaError as exc:
             self._producer = None
-            raise BusError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
+            raise BusUnavailable(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
 
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Flush what is in flight and close, within ``timeout_s`` (a broker that is down
+        would otherwise hold the flush for ``request_timeout_ms``); past it, what was not
+        delivered is dropped (it was never acknowledged, so nothing depended on it)."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        await _stop_within(producer.stop(), timeout_s, "producer")
 
-    async def create_topics(self, topics: dict[str, int]) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
-        await admin.start()
+    async def create_topics(self, topics: dict[str, int], timeout_s: float = 30.0) -> list[str]:
+        """Create the missing topics; returns their names. Raises
+        :class:`~tsfl.bus.base.BusUnavailable` when the broker cannot be reached."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id,
+                                    request_timeout_ms=int(timeout_s * 1000))
         try:
-            existing = set(await admin.list_topics())
+            await asyncio.wait_for(admin.start(), timeout_s)
+            existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
             new = [NewTopic(name, partitions, 1) for name, partitions in topics.items()
                    if name not in existing]
             if new:
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(new)
+                    await asyncio.wait_for(admin.create_topics(new), timeout_s)
+            return [t.name for t in new]
+        except (TimeoutError, KafkaError) as exc:
+            raise unavailable(exc, "creating topics") from exc
         finally:
-            await admin.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(admin.close(), STOP_TIMEOUT_S)
 
     async def publish(self, topic: str, value: bytes, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
-        await (await self.publish_nowait(topic, value, key, headers))
+        """Raises :class:`~tsfl.bus.base.BusUnavailable` when the broker did not accept
+        the record within ``request_timeout_ms``."""
+        try:
+            await (await self.publish_nowait(topic, value, key, headers))
+        except KafkaError as exc:
+            raise unavailable(exc, f"publishing to {topic}") from exc
 
     async def publish_nowait(self, topic: str, value: bytes, key: bytes | None = None,
                              headers: Sequence[tuple[str, bytes]] = ()) -> asyncio.Future[None]:
@@ -91,14 +146,53 @@ class KafkaBus(Bus):
         hdrs = [(SCHEMA_HEADER, str(WIRE_VERSION).encode()), *inject_trace_headers(),
                 *headers]
         view = memoryview(value)
-        if len(view) <= self.chunk_bytes:
-            return await self._producer.send(topic, bytes(view), key=key, headers=hdrs)
-        # Chunked: same key -> same partition -> in order. Send all, then wait for all.
-        futures = []
-        for meta, part in split(view, self.chunk_bytes):
-            futures.append(await self._producer.send(
-                topic, part, key=key or meta[:16], headers=[*hdrs, (CHUNK_HEADER, meta)]))
+        try:
+            if len(view) <= self.chunk_bytes:
+                sent = await self._producer.send(topic, bytes(view), key=key, headers=hdrs)
+                sent.add_done_callback(self._note_acked)
+                return sent
+            # Chunked: same key -> same partition -> in order. Send all, then wait for all.
+            futures = []
+            for meta, part in split(view, self.chunk_bytes):
+                futures.append(await self._producer.send(
+                    topic, part, key=key or meta[:16], headers=[*hdrs, (CHUNK_HEADER, meta)]))
+                futures[-1].add_done_callback(self._note_acked)
+        except KafkaError as exc:
+            raise unavailable(exc, f"publishing to {topic}") from exc
         return asyncio.ensure_future(asyncio.gather(*futures))
+
+    def _note_acked(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        md = fut.result()
+        tp = (md.topic, md.partition)
+        if md.offset > self._acked.get(tp, -1):
+            self._acked[tp] = md.offset
+
+    async def lost_acknowledged(self, timeout_s: float = 10.0) -> list[str]:
+        """Partitions (``topic/partition``) whose log now ends at or before a record the
+        broker acknowledged to this bus: the broker lost data (it restarted without its
+        storage). Empty when nothing this bus published is missing (or it published
+        nothing); raises :class:`~tsfl.bus.base.BusUnavailable` without an answer."""
+        if not self._acked:
+            return []
+        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                 client_id=f"{self.client_id}-offsets",
+                                 enable_auto_commit=False,
+                                 request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(probe.start(), timeout_s)
+            ends = await asyncio.wait_for(probe.end_offsets(
+                [TopicPartition(t, p) for t, p in self._acked]), timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise unavailable(exc, "reading end offsets") from exc
+        finally:
+            await _stop_within(probe.stop(), STOP_TIMEOUT_S, "offset probe")
+        lost = [f"{tp.topic}/{tp.partition}" for tp, end in ends.items()
+                if end <= self._acked.get((tp.topic, tp.partition), -1)]
+        if lost:  # the new log's offsets start again: forget the old ones
+            self._acked.clear()
+        return sorted(lost)
 
     def consumer(self, topics: Sequence[str], group_id: str) -> KafkaConsumer:
         return KafkaConsumer(self, tuple(topics), group_id)
@@ -126,12 +220,15 @@ class KafkaConsumer(Consumer):
             await self._consumer.start()
         except KafkaError as exc:
             self._consumer = None
-            raise BusError(f"cannot reach Kafka at {self.bus.bootstrap}: {exc}") from exc
+            raise BusUnavailable(f"cannot reach Kafka at {self.bus.bootstrap}: {exc}") from exc
 
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Leave the group and close, within ``timeout_s`` (past it the member is
+        abandoned: the broker expires it after its session timeout)."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        await _stop_within(consumer.stop(), timeout_s, f"consumer {self.group_id}")
 
     async def getone(self, timeout: float | None = None) -> Record | None:
         if self._consumer is None:
@@ -144,6 +241,8 @@ class KafkaConsumer(Consumer):
                 msg = await asyncio.wait_for(self._consumer.getone(), remaining)
             except TimeoutError:
                 return None
+            except KafkaError as exc:
+                raise unavailable(exc, f"reading {', '.join(self.topics)}") from exc
             headers = tuple((k, bytes(v)) for k, v in (msg.headers or ()))
             chunk = next((v for k, v in headers if k == CHUNK_HEADER), None)
             record = Record(msg.topic, msg.partition, msg.offset, msg.key,
@@ -172,5 +271,9 @@ class KafkaConsumer(Consumer):
             offset = record.offset + 1
             pending = self.assembler.pending_offset(topic, partition)
             offsets[tp] = offset if pending is None else min(offset, pending)
-        if offsets:
-            await self._consumer.commit(offsets)
+        if not offsets:
+            return
+        try:  # aiokafka retries a retriable commit error forever (e.g. a lost topic)
+            await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except (TimeoutError, KafkaError) as exc:
+            raise unavailable(exc, f"committing offsets of {self.group_id}") from exc

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import yaml
 
+from tsfl.bus.base import BusUnavailable
 from tsfl.config import ConfigError
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.rpc.admin_auth import AdminAuth, AdminAuthError, Principal, bearer
@@ -58,8 +59,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         done = sum(1 for r in rounds if r["state"] in ("PUBLISHED", "FAILED"))
         ckpt_version = max((r["model_version"] + (r["state"] == "PUBLISHED")
                             for r in rounds), default=0)
+        reason = row["reason"] or ""
+        if row["status"] == "RUNNING" and not reason:  # why it does not progress, if known
+            reason = self.jobs.broker_outage() or ""
         return admin_pb2.JobInfo(
-            job_id=job_id, name=row["name"], status=row["status"], reason=row["reason"] or "",
+            job_id=job_id, name=row["name"], status=row["status"], reason=reason,
             rounds_total=int(row["spec"].get("rounds", 0)), rounds_done=done,
             model_version=ckpt_version, spec_yaml=yaml.safe_dump(row["spec"], sort_keys=False),
             devices=len(await self.store.list_device_ids(job_id)))
@@ -76,6 +80,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                                          owner=caller.name)
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
+        except BusUnavailable as exc:  # nothing RUNNING was left behind: retry later
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except (ValueError, OSError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         info = await self._info(sub.job_id, context)
@@ -95,7 +101,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                                 f"job {request.job_id} is {row['status']}")
         await self.store.append_audit(request.job_id, "job.cancel_requested", {
             "by": caller.name, "role": caller.role}, actor=caller.label)
-        await self.jobs.cancel(request.job_id, by=caller.label)
+        if not await self.jobs.cancel(request.job_id, by=caller.label):
+            row = await self.store.get_job(request.job_id)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"job {request.job_id} is {row['status'] if row else 'gone'}")
         return await self._info(request.job_id, context)
 
     async def WatchJob(self, request: admin_pb2.JobRef,

@@ -1,12 +1,13 @@
 """The SDK's gRPC side: a :class:`~tsfl.sdk.runner.Transport` to the coordinator, and
-``start_client`` — enrol, then poll for tasks and run them, reconnecting with backoff."""
+``start_client`` — enrol, then poll for tasks and run them, retrying transient failures
+(:data:`tsfl.rpc.retry.TRANSIENT`, e.g. ``UNAVAILABLE`` while the coordinator's broker is
+unreachable) with capped exponential back-off and jitter (:class:`tsfl.rpc.retry.Backoff`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import random
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import xxhash
 from tsfl.core.layout import ParamLayout
 from tsfl.he import SecretKeySet
 from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, MAX_UNARY_BYTES, grpc_options
+from tsfl.rpc.retry import TRANSIENT, Backoff
 from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.he import HeDevice
 from tsfl.sdk.privacy_guard import DevicePrivacy
@@ -30,8 +32,7 @@ from tsfl.wire.secagg import decode_reply, encode_request
 
 log = logging.getLogger("tsfl.sdk")
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+RETRYABLE = TRANSIENT  # the status codes a device retries (kept for importers)
 
 
 @dataclass
@@ -57,6 +58,8 @@ class GrpcTransport:
         self.chunk_bytes = chunk_bytes
         self.attempts = attempts
         self.retry_s = retry_s
+        #: waits between the attempts of one transfer
+        self.backoff = Backoff(base_s=retry_s, cap_s=max(retry_s, 2.0))
         self.max_model_bytes = max_model_bytes
         self.job_id = job_id
         self.device_id = device_id
@@ -138,7 +141,7 @@ class GrpcTransport:
         """
         buf: bytearray | None = None
         received, total, digest = 0, None, None
-        for _attempt in range(self.attempts):
+        for attempt in range(self.attempts):
             try:
                 async for chunk in self.stub.DownloadModel(device_pb2.DownloadModelRequest(
                         job_id=job_id, version=version, offset=received,
@@ -158,7 +161,8 @@ class GrpcTransport:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
-                await asyncio.sleep(self.retry_s)
+                if attempt + 1 < self.attempts:
+                    await asyncio.sleep(self.backoff.delay(attempt))
         if buf is None or received != total or xxhash.xxh3_64_intdigest(buf) != digest:
             raise ConnectionError("model download incomplete or corrupted")
         return buf
@@ -180,7 +184,7 @@ class GrpcTransport:
             except grpc.aio.AioRpcError as exc:
                 if _broken_stream(exc):
                     if attempt + 1 < self.attempts:
-                        await asyncio.sleep(self.retry_s)
+                        await asyncio.sleep(self.backoff.delay(attempt))
                         continue
                     raise
                 code = (exc.details() or "").split(":", 1)[0]
@@ -217,23 +221,27 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                        poll_s: float = 0.2, max_backoff_s: float = 10.0,
                        stop: asyncio.Event | None = None, offload: bool = True,
                        he_keys: Sequence[SecretKeySet] = (),
-                       privacy: DevicePrivacy | None = None) -> int:
+                       privacy: DevicePrivacy | None = None,
+                       backoff: Backoff | None = None) -> int:
     """Take part in a job until it finishes; returns the number of rounds contributed.
 
     ``he_keys``: the secret key sets of HE jobs (``tsfl keys init``) this device may join.
     ``privacy``: the device owner's floor and ledger (default: the client's own, e.g. a
     ``TorchClient``'s, else a fresh one); a task below it is declined to the coordinator.
 
-    Connection failures (coordinator restarts, network drops) are retried with
-    exponential backoff and jitter; an upload interrupted half-way resumes where the
-    coordinator's spool stopped (a coordinator that restarted has none: it starts again at
-    0), and the coordinator counts an update once per (job, round, client) whatever
-    happens.
+    Transient failures (coordinator restarts, network drops, ``UNAVAILABLE`` while the
+    coordinator's broker is unreachable) are retried, never given up on: retry ``n``
+    waits ``backoff.delay(n)`` (default: 0.1 s doubling up to ``max_backoff_s``, with
+    jitter), and a success starts the count again. An upload interrupted half-way
+    resumes where the coordinator's spool stopped (a coordinator that restarted has none:
+    it starts again at 0), and the coordinator counts an update once per (job, round,
+    client) whatever happens.
     """
     transport = GrpcTransport(address, job_id, device_id, tls=tls)
     runner = ClientRunner(device_id, client, transport, layout, offload=offload,
                           he=HeDevice(he_keys), privacy=privacy)
-    backoff, contributed = 0.1, 0
+    backoff = backoff or Backoff(base_s=min(0.1, max_backoff_s), cap_s=max_backoff_s)
+    failures, contributed = 0, 0
     sat_out: tuple[str, int] | None = None  # a SecAgg+ round this device dropped out of
     try:
         while stop is None or not stop.is_set():
@@ -241,6 +249,7 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                 if transport.session is None:
                     await transport.register(token)
                 task = await transport.get_task(device_id)
+                failures = 0  # the coordinator answers: back-off starts again
                 if task is None:
                     await asyncio.sleep(poll_s)
                     continue
@@ -262,7 +271,6 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                                                   "stale_model"):
                     log.warning("%s: update refused: %s %s", device_id, outcome.receipt.code,
                                 outcome.receipt.message)
-                backoff = 0.1
             except JobFinished:
                 break
             except grpc.aio.AioRpcError as exc:
@@ -270,12 +278,16 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                     transport.session = None  # e.g. a coordinator that forgot us: enrol again
                 elif exc.code() not in RETRYABLE:
                     raise
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, max_backoff_s)
+                wait = backoff.delay(failures)
+                if failures == 0 or wait >= backoff.cap_s / 2:  # not one line per retry
+                    log.info("%s: %s (%s); retrying in %.1f s", device_id, exc.code().name,
+                             exc.details(), wait)
+                failures += 1
+                await asyncio.sleep(wait)
             except ConnectionError as exc:
                 log.info("%s: %s; retrying", device_id, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, max_backoff_s)
+                await asyncio.sleep(backoff.delay(failures))
+                failures += 1
     finally:
         await transport.close()
     return contributed

@@ -27,6 +27,7 @@ from tsfl.rpc.common import (
 from tsfl.rpc.guard import PeerLimiter, RefusalLog, valid_device_id
 from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
+from tsfl.rpc.transient import broker_call
 from tsfl.runtime.jobs import JobManager
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.v1 import admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -51,6 +52,10 @@ LIVE_S = 60.0
 
 
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
+    """The device API. A call the broker's absence makes fail ends ``UNAVAILABLE`` (a
+    transient error the SDK retries; :mod:`tsfl.rpc.transient`); registrations and
+    uploads are refused at once while the broker is known to be down."""
+
     def __init__(self, coordinator: Coordinator, jobs: JobManager, *,
                  max_update_bytes: int = 2 * 1024**3, heartbeat_interval_s: int = 10,
                  spool: UploadSpool | None = None):
@@ -106,6 +111,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             self._live.clear()
         return device
 
+    @broker_call(fail_fast=True)
     async def Register(self, request: device_pb2.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> device_pb2.RegisterResponse:
         if not valid_device_id(request.device_id):
@@ -143,6 +149,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.RegisterResponse(session_token=session,
                                            heartbeat_interval_s=self.heartbeat_interval_s)
 
+    @broker_call()
     async def Heartbeat(self, request: device_pb2.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> device_pb2.HeartbeatResponse:
         device = await self._device(context, request.job_id)
@@ -153,6 +160,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             task_available=task is not None,
             job_finished=request.job_id not in self.coordinator.jobs)
 
+    @broker_call()
     async def GetTask(self, request: device_pb2.GetTaskRequest,
                       context: grpc.aio.ServicerContext) -> device_pb2.GetTaskResponse:
         if request.job_id not in self.coordinator.jobs:
@@ -165,6 +173,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                                           model_version=task.model_version,
                                           config_json=json.dumps(task.config))
 
+    @broker_call()
     async def DownloadModel(self, request: device_pb2.DownloadModelRequest,
                             context: grpc.aio.ServicerContext
                             ) -> AsyncIterator[device_pb2.ModelChunk]:
@@ -189,6 +198,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                                                len(data) - request.offset,
                                                time.perf_counter() - started)
 
+    @broker_call()
     async def UploadStatus(self, request: device_pb2.UploadStatusRequest,
                            context: grpc.aio.ServicerContext
                            ) -> device_pb2.UploadStatusResponse:
@@ -199,6 +209,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.UploadStatusResponse(known=True, received=upload.received,
                                                total_size=upload.total)
 
+    @broker_call(fail_fast=True)
     async def UploadUpdate(self, request_iterator: AsyncIterator[device_pb2.UploadChunk],
                            context: grpc.aio.ServicerContext) -> device_pb2.UploadResponse:
         upload: PartialUpload | None = None
@@ -295,6 +306,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             await context.abort(status, f"{exc.code}: {exc}")
             raise  # unreachable: abort raises
 
+    @broker_call()
     async def ReportEvaluation(self, request: device_pb2.EvaluationReport,
                                context: grpc.aio.ServicerContext) -> device_pb2.Ack:
         device = await self._device(context, request.job_id)
@@ -311,6 +323,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.Ack()
 
 
+    @broker_call()
     async def DeclineTask(self, request: device_pb2.DeclineRequest,
                           context: grpc.aio.ServicerContext) -> device_pb2.Ack:
         device = await self._device(context, request.job_id)
@@ -321,6 +334,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                                             request.code, request.message)
         return device_pb2.Ack()
 
+    @broker_call()
     async def SecAggStage(self, request: device_pb2.SecAggRequest,
                           context: grpc.aio.ServicerContext) -> device_pb2.SecAggReply:
         device = await self._device(context, request.job_id)
@@ -349,6 +363,10 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.SecAggReply(payload=encode_reply(request.stage, reply))
 
 
+#: the names the coordinator's health service answers for
+COORDINATOR_HEALTH = ("", "tsfl.v1.DeviceService", "tsfl.v1.AdminService")
+
+
 def health_servicer(server: grpc.aio.Server) -> health.aio.HealthServicer:
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -374,5 +392,5 @@ async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, a
     port = (server.add_secure_port(address, credentials) if credentials
             else server.add_insecure_port(address))
     await server.start()
-    await set_serving(hs, True, ("", "tsfl.v1.DeviceService", "tsfl.v1.AdminService"))
+    await set_serving(hs, True, COORDINATOR_HEALTH)
     return server, port, hs

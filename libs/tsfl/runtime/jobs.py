@@ -1,4 +1,14 @@
-"""Jobs in the distributed deployment: submission, one round loop per job, cancel, resume."""
+"""Jobs in the distributed deployment: submission, one round loop per job, cancel, resume,
+and a pause while the broker is unreachable.
+
+A job is RUNNING only once its start was announced on the bus: a submission the broker
+does not take is refused (:class:`~tsfl.bus.base.BusUnavailable`) and its row, if one
+was written, is FAILED. While the broker is unreachable the round loops and round timers
+of the running jobs are paused (the jobs stay RUNNING, their GetJob reason says why);
+when it answers again each resumes from the store, as after a coordinator restart. A
+broker that came back without its data lost the messages of the rounds in flight: those
+rounds are FAILED and their jobs go on with the next round.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +17,34 @@ import contextlib
 import logging
 import secrets
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import KafkaError
+
+from tsfl.bus import topics
+from tsfl.bus.base import BusUnavailable
+from tsfl.bus.kafka import error_text
 from tsfl.config import JobSpec, parse_job, parse_spec_text
+from tsfl.pipeline import events
 from tsfl.pipeline.coordinator import Coordinator, token_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
 from tsfl.privacy.plan import resolve_privacy
 from tsfl.runtime.admission import AdmissionPolicy, admit
+from tsfl.storage.states import NEXT_STATES, RoundState, StoreError
+
+if TYPE_CHECKING:
+    from tsfl.bus.liveness import BrokerWatch, Recovery
 
 log = logging.getLogger("tsfl.jobs")
+
+#: what a bus call may raise when the broker is unreachable
+BUS_FAILURES: tuple[type[BaseException], ...] = (BusUnavailable, KafkaError, TimeoutError)
+#: the longest a submission waits for the broker to take the job's start
+SUBMIT_PUBLISH_S = 15.0
+#: the longest a finish (cancel) waits for the broker to take the job's end
+FINISH_PUBLISH_S = 10.0
 
 
 @dataclass
@@ -29,13 +58,21 @@ class JobManager:
     """Owns the coordinator's round loops: one task per running job."""
 
     def __init__(self, coordinator: Coordinator, *, registration_timeout_s: float = 600.0,
-                 poll_s: float = 0.2, policy: AdmissionPolicy | None = None):
+                 poll_s: float = 0.2, policy: AdmissionPolicy | None = None,
+                 broker: BrokerWatch | None = None):
         self.coordinator = coordinator
         self.policy = policy or AdmissionPolicy()
         self.store = coordinator.store
         self.registration_timeout_s = registration_timeout_s
         self.poll_s = poll_s
+        self.broker = broker  # the broker's liveness (None: not watched, e.g. in memory)
         self.tasks: dict[str, asyncio.Task[JobOutcome | None]] = {}
+        self.paused = False
+
+    def broker_outage(self) -> str | None:
+        """Why the running jobs cannot progress now (the broker is unreachable), or None."""
+        outage = self.broker.outage if self.broker is not None else None
+        return None if outage is None else f"paused: {outage.describe()}"
 
     async def submit(self, spec_yaml: str, enrollment_token: str = "",
                      owner: str | None = None) -> Submitted:
@@ -44,16 +81,70 @@ class JobManager:
         directory, a bounded model), build its initial model, persist and start it.
         Nothing is stored for a spec that fails any of that.
 
-        Raises :class:`tsfl.config.ConfigError` for a bad spec."""
+        Raises :class:`tsfl.config.ConfigError` for a bad spec, and
+        :class:`~tsfl.bus.base.BusUnavailable` when the broker is unreachable: known to be
+        down (nothing is stored), or not taking the job's start before the watcher sees
+        it down or ``SUBMIT_PUBLISH_S`` pass (its row is FAILED with that reason; never
+        left RUNNING)."""
+        self._refuse_while_down()
         spec = await asyncio.to_thread(lambda: parse_job(parse_spec_text(spec_yaml)))
         spec, layout, initial = await asyncio.to_thread(admit, spec, self.policy)
         # calibrate the noise / refuse an unreachable budget before anything is stored
         spec = await asyncio.to_thread(resolve_privacy, spec, layout.total_size)
+        self._refuse_while_down()
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         token = enrollment_token or secrets.token_hex(24)  # never starts with '-'
-        await self.coordinator.submit_job(job_id, spec, layout, initial, token, owner)
+        try:
+            await self._while_reachable(self.coordinator.submit_job(
+                job_id, spec, layout, initial, token, owner), SUBMIT_PUBLISH_S)
+        except Exception as exc:  # no RUNNING row without a round loop, whatever failed
+            broker = isinstance(exc, BUS_FAILURES)
+            reason = (f"{'broker unreachable, ' if broker else ''}job not started "
+                      f"({error_text(exc)})")
+            await self._not_started(job_id, reason)
+            if broker:
+                raise BusUnavailable(reason) from exc
+            raise
         self._start(job_id, spec)
         return Submitted(job_id, spec, token)
+
+    async def _while_reachable(self, step: Coroutine[Any, Any, None], timeout_s: float
+                               ) -> None:
+        """Run ``step`` (which publishes) for at most ``timeout_s``, and no longer than
+        the broker is known to be reachable: an outage the watcher notices meanwhile ends
+        the wait with :class:`~tsfl.bus.base.BusUnavailable`."""
+        task = asyncio.ensure_future(step)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while not task.done():
+                outage = self.broker.outage if self.broker is not None else None
+                if outage is not None:
+                    raise BusUnavailable(outage.describe())
+                if loop.time() >= deadline:
+                    raise TimeoutError(f"the broker took nothing within {timeout_s:.0f} s")
+                await asyncio.wait({task}, timeout=min(0.25, deadline - loop.time()))
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        task.result()
+
+    def _refuse_while_down(self) -> None:
+        outage = self.broker.outage if self.broker is not None else None
+        if outage is not None or self.paused:
+            raise BusUnavailable("broker unreachable, job not started: "
+                                 + (outage.describe() if outage else "jobs are paused"))
+
+    async def _not_started(self, job_id: str, reason: str) -> None:
+        """A submission whose start the broker did not take: no round loop, and its row
+        (when it was written) FAILED with ``reason``."""
+        self.coordinator.jobs.pop(job_id, None)
+        row = await self.store.get_job(job_id)
+        if row is not None and row["status"] == "RUNNING":
+            await self.store.finish_job(job_id, "FAILED", reason)
+        log.warning("job %s not started: %s", job_id, reason)
 
     async def enrollment_ok(self, job_id: str, token: str) -> bool:
         row = await self.store.get_job(job_id)
@@ -108,15 +199,111 @@ class JobManager:
             await asyncio.sleep(self.poll_s)
 
     async def cancel(self, job_id: str, by: str = "an operator") -> bool:
+        """Stop the job's round loop and make its row CANCELLED; True when this call
+        changed the row. A RUNNING row without a loop here (left by another coordinator)
+        is cancelled too. The end is announced on the bus when the broker takes it within
+        ``FINISH_PUBLISH_S``; the row changes either way. Raises :class:`LookupError` for
+        an unknown job."""
         task = self.tasks.pop(job_id, None)
-        if task is None or task.done():
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        row = await self.store.get_job(job_id)
+        if row is None:
+            raise LookupError(f"no job {job_id!r}")
+        if row["status"] != "RUNNING":
             return False
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        if job_id in self.coordinator.jobs:
-            await self.coordinator.finish_job(job_id, "CANCELLED", f"cancelled by {by}")
+        reason = f"cancelled by {by}"
+        if job_id in self.coordinator.jobs and self.broker_outage() is None:
+            try:
+                await asyncio.wait_for(self.coordinator.finish_job(job_id, "CANCELLED", reason),
+                                       FINISH_PUBLISH_S)
+            except BUS_FAILURES as exc:
+                log.warning("job %s cancelled; its end could not be announced on the bus: "
+                            "%s", job_id, exc)
+        row = await self.store.get_job(job_id)
+        if row is not None and row["status"] == "RUNNING":
+            self.coordinator.jobs.pop(job_id, None)
+            await self.store.finish_job(job_id, "CANCELLED", reason)
         return True
+
+    # -- broker outages --------------------------------------------------------------------
+    async def pause(self, reason: str) -> None:
+        """The broker is unreachable: stop the round loops and the round timers (a
+        deadline must not close or fail a round whose messages cannot move). The jobs stay
+        RUNNING; :meth:`resume` picks them up from the store."""
+        if self.paused:
+            return
+        self.paused = True
+        running = list(self.coordinator.jobs)
+        await self.stop()
+        for job in self.coordinator.jobs.values():
+            if job.round and job.round.deadline:
+                job.round.deadline.cancel()
+            if job.round and job.round.secagg:
+                job.round.secagg.cancel()
+        for job_id in running:
+            await self.store.append_audit(job_id, "job.paused", {"reason": reason})
+        if running:
+            log.warning("jobs paused (%s): %s", reason, ", ".join(running))
+
+    async def resume(self, recovery: Recovery) -> list[str]:
+        """The broker answers again: every RUNNING job resumes from the store. When the
+        broker lost its data, the rounds in flight lost their messages: they are FAILED
+        first (the job goes on with the next round). A job's state is replaced in place,
+        so devices never see it missing (they would take it for finished). Returns the
+        resumed jobs."""
+        if not self.paused:  # a restart no probe saw fail: pause what runs first
+            await self.pause("the broker restarted")
+        rows = await self.store.list_jobs("RUNNING")
+        failed: dict[str, int] = {}
+        if recovery.lost_data:
+            for row in rows:
+                number = await self._fail_round_in_flight(row["id"])
+                if number is not None:
+                    failed[row["id"]] = number
+        running = {row["id"] for row in rows}
+        for job_id in [j for j in self.coordinator.jobs if j not in running]:
+            self.coordinator.jobs.pop(job_id, None)  # finished meanwhile (cancelled)
+        self.paused = False
+        resumed = []
+        for row in rows:
+            try:
+                await self.coordinator.resume_job(row["id"])
+            except LookupError as exc:
+                log.warning("cannot resume %s: %s", row["id"], exc)
+                self.coordinator.jobs.pop(row["id"], None)
+                continue
+            self._start(row["id"], JobSpec.model_validate(row["spec"]))
+            resumed.append(row["id"])
+            await self.store.append_audit(row["id"], "job.resumed", {
+                "after_s": round(recovery.down_s, 1), "broker_lost_data": recovery.lost_data,
+                "failed_round": failed.get(row["id"])})
+        if resumed:
+            log.info("jobs resumed after the broker outage: %s", ", ".join(resumed))
+        return resumed
+
+    async def _fail_round_in_flight(self, job_id: str) -> int | None:
+        rounds = await self.store.list_rounds(job_id)
+        last = rounds[-1] if rounds else None
+        if last is None or RoundState.FAILED not in NEXT_STATES[RoundState(last["state"])]:
+            return None
+        if last["state"] == RoundState.AGGREGATED:
+            return None  # aggregated and checkpointed: resuming publishes it
+        reason = "the broker restarted without its data: this round's messages were lost"
+        try:
+            await self.store.transition_round(job_id, last["number"], RoundState.FAILED,
+                                              reason=reason)
+        except StoreError as exc:
+            log.warning("job %s round %d: %s", job_id, last["number"], exc)
+            return None
+        with contextlib.suppress(*BUS_FAILURES):  # the stages drop what they hold of it
+            await asyncio.wait_for(self.coordinator.bus.publish(
+                topics.ROUNDS, events.round_event(events.ROUND_FAILED, job_id, last["number"],
+                                                  reason=reason), key=job_id.encode()),
+                FINISH_PUBLISH_S)
+        return int(last["number"])
 
     async def stop(self) -> None:
         """Stop the loops without finishing the jobs (a restart resumes them)."""

@@ -2,8 +2,13 @@
 
 Wiring only: a Kafka bus, the store, the role; the coordinator adds its gRPC server
 (devices and admins) and the job loops, and resumes running jobs from the store. Every
-service answers the gRPC health check; SIGTERM stops it gracefully (health goes
-NOT_SERVING, the consumer leaves its group, nothing uncommitted is lost).
+service answers the gRPC health check, and watches its broker
+(:class:`~tsfl.bus.liveness.BrokerWatch`): NOT_SERVING while the broker is unreachable,
+consumers renewed and jobs resumed when it is back (:mod:`tsfl.runtime.outage`); the Kafka
+client's repeated failure lines are throttled (:mod:`tsfl.bus.log_throttle`). SIGTERM
+stops it gracefully (health goes NOT_SERVING, the consumer leaves its group, nothing
+uncommitted is lost) and within seconds even while the broker is down: every stop step is
+bounded (``STOP_STEP_S``).
 """
 
 from __future__ import annotations
@@ -12,22 +17,35 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from tsfl.bus import TOPICS
+from tsfl.bus import TOPICS, log_throttle
 from tsfl.bus.kafka import KafkaBus
+from tsfl.bus.liveness import BrokerWatch
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.pipeline.roles import ROLES
 from tsfl.rpc.common import SERVER_OPTIONS
-from tsfl.rpc.server import health_servicer, set_serving, start_coordinator_server
+from tsfl.rpc.server import (
+    COORDINATOR_HEALTH,
+    health_servicer,
+    set_serving,
+    start_coordinator_server,
+)
 from tsfl.runtime.admission import AdmissionPolicy
 from tsfl.runtime.jobs import JobManager
+from tsfl.runtime.outage import OutageResponse
 from tsfl.storage.store import Store
 
 log = logging.getLogger("tsfl.service")
+
+#: the longest each step of a stop may take (jobs, role, gRPC server, bus, store)
+STOP_STEP_S = 10.0
+#: how long the role waits for its outputs in flight when the broker is down at stop
+DRAIN_WHILE_DOWN_S = 0.5
 
 
 @dataclass
@@ -45,6 +63,9 @@ class ServiceConfig:
     allow_insecure: bool = False       # coordinator: plaintext gRPC on a non-loopback address
     data_dir: str | None = None        # coordinator: npz/csv datasets are read from here only
     max_parameters: int = 1 << 29      # coordinator: the largest model a job may have
+    broker_probe_s: float = 1.0        # how often the broker's liveness is probed
+    broker_timeout_s: float = 3.0      # a probe without an answer by then failed
+    log_repeat_s: float = 30.0         # a repeated Kafka client line: once per this many s
 
 
 def _loopback(address: str) -> bool:
@@ -85,6 +106,7 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
+    log_throttle.install(cfg.log_repeat_s)
     bus = KafkaBus(cfg.kafka, chunk_bytes=cfg.chunk_bytes, client_id=f"tsfl-{cfg.name}")
     await bus.start()
     try:
@@ -93,6 +115,8 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     except BaseException:
         await bus.stop()
         raise
+    watch = BrokerWatch(bus, TOPICS, interval_s=cfg.broker_probe_s,
+                        timeout_s=cfg.broker_timeout_s)
     role = ROLES[cfg.name](bus, store)
     jobs: JobManager | None = None
     server: grpc.aio.Server
@@ -103,31 +127,53 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
         jobs = JobManager(role, registration_timeout_s=cfg.registration_timeout_s,
                           policy=AdmissionPolicy(
                               Path(cfg.data_dir) if cfg.data_dir else None,
-                              max_parameters=cfg.max_parameters))
+                              max_parameters=cfg.max_parameters), broker=watch)
         resumed = await jobs.resume_all()
         if resumed:
             log.info("resumed jobs: %s", ", ".join(resumed))
         server, port, health = await start_coordinator_server(
             role, jobs, cfg.grpc, credentials=server_credentials(cfg))
         address = f"{cfg.grpc.rsplit(':', 1)[0]}:{port}"
+        names = COORDINATOR_HEALTH
     else:
         server = grpc.aio.server(options=SERVER_OPTIONS)
         health = health_servicer(server)
         port = server.add_insecure_port(cfg.health)
         await server.start()
         address = f"{cfg.health.rsplit(':', 1)[0]}:{port}"
-    await set_serving(health, True)
+        names = ("",)
+    await set_serving(health, True, names)
+    response = OutageResponse(role, health, names, jobs)
+    watch.subscribe(response)
+    await watch.start()
+    log_throttle.install(cfg.log_repeat_s)  # loggers the Kafka client created since
     log.info("%s serving on %s", cfg.name, address)
     print(f"tsfl {cfg.name} serving on {address}", flush=True)
     try:
         await stop.wait()
     finally:
         log.info("%s stopping", cfg.name)
-        await set_serving(health, False)
+        response.close()
+        down = not watch.reachable
+        await _bounded("broker watch", watch.stop())
+        await set_serving(health, False, names)
+        if down:  # what is in flight cannot land: do not wait for it
+            role.drain_s = DRAIN_WHILE_DOWN_S
         if jobs is not None:
-            await jobs.stop()
-        await role.stop()
-        await server.stop(grace=2.0)
-        await bus.stop()
-        await store.close()
+            await _bounded("job loops", jobs.stop())
+        await _bounded(f"{cfg.name} role", role.stop())
+        await _bounded("gRPC server", server.stop(grace=2.0))
+        await _bounded("bus", bus.stop(timeout_s=DRAIN_WHILE_DOWN_S if down else 5.0))
+        await _bounded("store", store.close())
         log.info("%s stopped", cfg.name)
+
+
+async def _bounded(what: str, step: Awaitable[None], timeout_s: float = STOP_STEP_S) -> None:
+    """One stop step, abandoned (and logged) past ``timeout_s`` or when it fails: the
+    process exits either way, and what it left is what a crash would have left."""
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.warning("stopping the %s took more than %.0f s; abandoned", what, timeout_s)
+    except Exception as exc:
+        log.warning("stopping the %s failed: %s", what, exc)
