@@ -6,6 +6,7 @@ over the embedded pipeline and a SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
@@ -67,6 +68,13 @@ async def _play(stack) -> dict:
     out["missing_participants"] = await code(
         admin.ListParticipants, admin_pb2.ParticipantsRequest(job_id="no-such-job"),
         tokens["root"])
+    # quotas: one running job per submitter
+    policy = stack.jobs.policy
+    stack.jobs.policy = dataclasses.replace(policy, max_jobs_per_owner=1)
+    out["alice_second_job"] = await code(admin.SubmitJob, submit, tokens["alice"])
+    stack.jobs.policy = dataclasses.replace(policy, max_running_jobs=1)
+    out["bob_past_global_quota"] = await code(admin.SubmitJob, submit, tokens["bob"])
+    stack.jobs.policy = policy
     out["alice_cancels"] = await code(admin.CancelJob, ref, tokens["alice"])
     out["status"] = (await admin.GetJob(ref, metadata=_md(tokens["root"]))).status
     out["audit"] = await store.audit_trail(job.job_id)
@@ -121,3 +129,22 @@ def test_tokens_are_stored_as_salted_hashes(outcome):
         assert secret not in str(row) and len(row["salt"]) == 32 and len(row["hash"]) == 64
     salts = {row["salt"] for row in outcome["token_rows"]}
     assert len(salts) == len(outcome["token_rows"])
+
+
+def test_quotas_per_submitter_and_per_coordinator(outcome):
+    assert outcome["alice_second_job"] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert outcome["bob_past_global_quota"] == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_enrolment_tokens_are_stored_as_salted_scrypt(outcome):
+    import hashlib
+
+    from tsfl.pipeline.credentials import enrollment_matches
+
+    stored = outcome["row"]["enrollment_hash"]
+    assert stored.startswith("scrypt:") and len(stored) <= 64
+    assert hashlib.sha256(b"enrol").hexdigest() not in stored
+    job_id = outcome["row"]["id"]
+    assert enrollment_matches(job_id, "enrol", stored)
+    assert not enrollment_matches(job_id, "enrol!", stored)
+    assert not enrollment_matches("another-job", "enrol", stored)  # salted per job

@@ -127,7 +127,9 @@ def cmd_service(args: argparse.Namespace) -> int:
                         tls_cert=args.tls_cert, tls_key=args.tls_key,
                         tls_client_ca=args.tls_client_ca, data_dir=args.data_dir,
                         allow_insecure=args.allow_insecure,
-                        max_parameters=args.max_parameters)
+                        max_parameters=args.max_parameters,
+                        max_running_jobs=args.max_running_jobs,
+                        max_jobs_per_owner=args.max_jobs_per_submitter)
     try:
         asyncio.run(run_service(cfg))
     except (ValueError, OSError) as exc:
@@ -481,6 +483,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           "(env TSFL_DATA_DIR; default: none are read)")
     svc.add_argument("--max-parameters", type=int, default=1 << 29,
                      help="coordinator: refuse jobs whose model has more parameters")
+    svc.add_argument("--max-running-jobs", type=int, default=100,
+                     help="coordinator: refuse new jobs while this many run")
+    svc.add_argument("--max-jobs-per-submitter", type=int, default=20,
+                     help="coordinator: the running jobs one admin identity may own")
     svc.add_argument("--registration-timeout", type=float, default=600.0,
                      help="coordinator: seconds a new job waits for its devices to enrol")
     svc.add_argument("--metrics", default=env("TSFL_METRICS"),

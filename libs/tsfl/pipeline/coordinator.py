@@ -27,6 +27,7 @@ from tsfl.core.layout import ParamLayout
 from tsfl.he import HeError, HeJob, SealedVector
 from tsfl.he.sealed import ciphertext_count, coeff_bytes
 from tsfl.pipeline import events
+from tsfl.pipeline.credentials import enrollment_digest, session_hash, session_matches
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.secagg_stages import SecAggOutcome, SecAggRefused, SecAggStages
 from tsfl.pipeline.selection import client_seed
@@ -217,8 +218,7 @@ def secagg_task_config(config: RoundConfig, weight_unit: float) -> dict[str, Any
             "weight_unit": weight_unit}
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+token_hash = session_hash  # the stored form of a session token
 
 
 class Coordinator(BusRole):
@@ -250,9 +250,11 @@ class Coordinator(BusRole):
             HeJob.from_spec(spec, layout)
         except HeError as exc:
             raise ValueError(f"crypto.he: {exc}") from None
+        enrolment = (await asyncio.to_thread(enrollment_digest, job_id, enrollment_token)
+                     if enrollment_token else None)
         await self.store.create_job(
             job_id, spec.name, spec.model_dump(mode="json"), spec.sha256(), layout.to_json(),
-            token_hash(enrollment_token) if enrollment_token else None, owner)
+            enrolment, owner)
         await self.store.save_checkpoint(job_id, 0, 0, layout.digest, initial)
         self._track(job_id, spec, layout, 0, encode_model(job_id, 0, initial, layout))
         await self.bus.publish(topics.ROUNDS, events.round_event(events.JOB_STARTED, job_id, 0),
@@ -363,7 +365,7 @@ class Coordinator(BusRole):
 
     async def authenticate(self, job_id: str, device_id: str, session_token: str) -> bool:
         stored = await self.store.device_token_hash(job_id, device_id)
-        return stored is not None and stored == token_hash(session_token)
+        return session_matches(session_token, stored)
 
     # -- rounds ----------------------------------------------------------------------------
     async def open_round(self, job_id: str, timeout: float | None = None) -> list[str]:

@@ -15,6 +15,7 @@ from tsfl.bus.base import BusUnavailable
 from tsfl.config import ConfigError
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.rpc.admin_auth import AdminAuth, AdminAuthError, Principal, bearer
+from tsfl.runtime.admission import QuotaExceeded
 from tsfl.runtime.jobs import JobManager
 from tsfl.v1 import admin_pb2, admin_pb2_grpc
 
@@ -82,6 +83,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
         except BusUnavailable as exc:  # nothing RUNNING was left behind: retry later
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except QuotaExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (ValueError, OSError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         info = await self._info(sub.job_id, context)

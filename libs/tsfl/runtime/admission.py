@@ -41,10 +41,30 @@ class AdmissionPolicy:
     data_dir: Path | None = None  # npz/csv files are read from here only
     max_parameters: int = 1 << 29  # 2 GiB of float32
     max_data_bytes: int = 1 << 30
+    max_running_jobs: int = 100  # jobs RUNNING at once on this coordinator
+    max_jobs_per_owner: int = 20  # of which one submitter may own
 
     def __post_init__(self) -> None:
-        if self.max_parameters < 1 or self.max_data_bytes < 1:
+        if min(self.max_parameters, self.max_data_bytes, self.max_running_jobs,
+               self.max_jobs_per_owner) < 1:
             raise ValueError("admission bounds must be positive")
+
+
+class QuotaExceeded(RuntimeError):
+    """A submission past the coordinator's or the submitter's share of running jobs."""
+
+
+def check_quota(policy: AdmissionPolicy, running_owners: list[str | None],
+                owner: str | None) -> None:
+    """Refuse a new job when ``max_running_jobs`` run already, or ``owner`` runs
+    ``max_jobs_per_owner`` (``running_owners``: the owner of each RUNNING job)."""
+    if len(running_owners) >= policy.max_running_jobs:
+        raise QuotaExceeded(f"{len(running_owners)} jobs are running, the coordinator's "
+                            f"limit is {policy.max_running_jobs}: wait for one to end")
+    mine = sum(1 for o in running_owners if o == owner)
+    if owner is not None and mine >= policy.max_jobs_per_owner:
+        raise QuotaExceeded(f"{owner} runs {mine} jobs, the limit per submitter is "
+                            f"{policy.max_jobs_per_owner}: cancel or wait for one")
 
 
 def refuse_seeded_privacy(spec: JobSpec) -> None:

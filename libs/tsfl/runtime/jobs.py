@@ -28,10 +28,11 @@ from tsfl.bus.base import BusUnavailable
 from tsfl.bus.kafka import error_text
 from tsfl.config import JobSpec, parse_job, parse_spec_text
 from tsfl.pipeline import events
-from tsfl.pipeline.coordinator import Coordinator, token_hash
+from tsfl.pipeline.coordinator import Coordinator
+from tsfl.pipeline.credentials import enrollment_matches, session_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
 from tsfl.privacy.plan import resolve_privacy
-from tsfl.runtime.admission import AdmissionPolicy, admit
+from tsfl.runtime.admission import AdmissionPolicy, admit, check_quota
 from tsfl.storage.states import NEXT_STATES, RoundState, StoreError
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class JobManager:
         self.broker = broker  # the broker's liveness (None: not watched, e.g. in memory)
         self.tasks: dict[str, asyncio.Task[JobOutcome | None]] = {}
         self.paused = False
+        self._enrolment_ok: dict[str, str] = {}  # job -> SHA-256 of its verified token
 
     def broker_outage(self) -> str | None:
         """Why the running jobs cannot progress now (the broker is unreachable), or None."""
@@ -87,6 +89,8 @@ class JobManager:
         it down or ``SUBMIT_PUBLISH_S`` pass (its row is FAILED with that reason; never
         left RUNNING)."""
         self._refuse_while_down()
+        running = await self.store.list_jobs("RUNNING")
+        check_quota(self.policy, [r.get("owner") for r in running], owner)
         spec = await asyncio.to_thread(lambda: parse_job(parse_spec_text(spec_yaml)))
         spec, layout, initial = await asyncio.to_thread(admit, spec, self.policy)
         # calibrate the noise / refuse an unreachable budget before anything is stored
@@ -147,8 +151,19 @@ class JobManager:
         log.warning("job %s not started: %s", job_id, reason)
 
     async def enrollment_ok(self, job_id: str, token: str) -> bool:
+        """Whether ``token`` enrols devices in ``job_id``. The stored digest is a salted
+        scrypt (:mod:`tsfl.pipeline.credentials`), checked off the event loop; a token
+        once verified is remembered by its SHA-256 for the process, so a fleet's thousands
+        of registrations cost one scrypt, not one each."""
+        digest = session_hash(token)
+        if self._enrolment_ok.get(job_id) == digest:
+            return True
         row = await self.store.get_job(job_id)
-        return bool(row and row["enrollment_hash"] and row["enrollment_hash"] == token_hash(token))
+        stored = row["enrollment_hash"] if row else None
+        ok = await asyncio.to_thread(enrollment_matches, job_id, token, stored)
+        if ok:
+            self._enrolment_ok[job_id] = digest
+        return ok
 
     async def resume_all(self) -> list[str]:
         """Restart the round loops of every RUNNING job (after a coordinator restart)."""

@@ -63,6 +63,8 @@ class ServiceConfig:
     allow_insecure: bool = False       # coordinator: plaintext gRPC on a non-loopback address
     data_dir: str | None = None        # coordinator: npz/csv datasets are read from here only
     max_parameters: int = 1 << 29      # coordinator: the largest model a job may have
+    max_running_jobs: int = 100        # coordinator: jobs running at once
+    max_jobs_per_owner: int = 20       # coordinator: of which one submitter may own
     broker_probe_s: float = 1.0        # how often the broker's liveness is probed
     broker_timeout_s: float = 3.0      # a probe without an answer by then failed
     log_repeat_s: float = 30.0         # a repeated Kafka client line: once per this many s
@@ -127,7 +129,9 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
         jobs = JobManager(role, registration_timeout_s=cfg.registration_timeout_s,
                           policy=AdmissionPolicy(
                               Path(cfg.data_dir) if cfg.data_dir else None,
-                              max_parameters=cfg.max_parameters), broker=watch)
+                              max_parameters=cfg.max_parameters,
+                              max_running_jobs=cfg.max_running_jobs,
+                              max_jobs_per_owner=cfg.max_jobs_per_owner), broker=watch)
         resumed = await jobs.resume_all()
         if resumed:
             log.info("resumed jobs: %s", ", ".join(resumed))
