@@ -7,7 +7,8 @@ import logging
 import subprocess
 import sys
 
-from tsfl.runtime.logs import JsonFormatter, context_from_key, log_context
+from tsfl.runtime.logs import JsonFormatter
+from tsfl.telemetry import context_from_key, log_context
 
 
 def _line(record_fn) -> dict:

@@ -256,6 +256,24 @@ class KafkaConsumer(Consumer):
                 return Record(record.topic, record.partition, record.offset, record.key,
                               whole, record.headers)
 
+    async def lag(self) -> int | None:
+        """Records on this member's partitions not yet consumed: the broker's high-water
+        mark (as of the last fetch) minus the position; None before the first fetch."""
+        if self._consumer is None:
+            return None
+        total, known = 0, False
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await asyncio.wait_for(self._consumer.position(tp), 1.0)
+            except (KafkaError, TimeoutError, AssertionError):
+                continue
+            total += max(0, high - position)
+            known = True
+        return total if known else None
+
     async def commit(self, record: Record) -> None:
         await self.commit_all((record,))
 

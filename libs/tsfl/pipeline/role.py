@@ -8,10 +8,16 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from tsfl.bus.base import Bus, Consumer, Record
 from tsfl.bus.log_throttle import Throttle
 from tsfl.bus.offsets import OffsetTracker
 from tsfl.storage.store import Store
+from tsfl.telemetry import context_from_key, extract_trace_context, log_context
+
+TRACER = trace.get_tracer("tsfl.pipeline")
 
 
 class BusRole(ABC):
@@ -140,14 +146,27 @@ class BusRole(ABC):
             if record is None:
                 continue
             self._offsets.read(record.topic, record.partition, record.offset)
-            try:
-                await self.handle(record)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.log.exception("%s failed on %s@%d:%d; skipping it", self.name,
-                                   record.topic, record.partition, record.offset)
-                self.settle(record)
+            fields = context_from_key(record.key)
+            # the record's producer traced its publish: this handling continues that trace
+            # (W3C context in the headers), and its log lines name the job and round
+            with log_context(**fields), TRACER.start_as_current_span(
+                    f"{self.name} {record.topic}", kind=SpanKind.CONSUMER,
+                    context=extract_trace_context(record.headers),
+                    attributes={"messaging.system": "kafka",
+                                "messaging.destination.name": record.topic,
+                                "tsfl.stage": self.name,
+                                **{f"tsfl.{k}": v for k, v in fields.items()
+                                   if k != "client"}}) as span:
+                try:
+                    await self.handle(record)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+                    self.log.exception("%s failed on %s@%d:%d; skipping it", self.name,
+                                       record.topic, record.partition, record.offset)
+                    self.settle(record)
 
     # -- offsets ---------------------------------------------------------------------------
     def settle(self, *records: Record) -> None:

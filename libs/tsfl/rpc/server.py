@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator, UploadRefused
 from tsfl.pipeline.secagg_stages import SecAggRefused
@@ -384,7 +385,10 @@ async def set_serving(servicer: health.aio.HealthServicer, serving: bool,
 async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, address: str,
                                    *, credentials: grpc.ServerCredentials | None = None
                                    ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=[*grpc_options(MAX_UNARY_BYTES), *SERVER_OPTIONS])
+    # every device and admin call is a server span (a no-op until a tracer provider is
+    # installed: tsfl.runtime.observability), continuing a caller's W3C trace context
+    server = grpc.aio.server(interceptors=[aio_server_interceptor()],
+                             options=[*grpc_options(MAX_UNARY_BYTES), *SERVER_OPTIONS])
     device_pb2_grpc.add_DeviceServiceServicer_to_server(
         DeviceServicer(coordinator, jobs, max_update_bytes=coordinator.max_update_bytes), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(coordinator, jobs), server)

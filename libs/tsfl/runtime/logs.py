@@ -10,47 +10,14 @@ formatter instead of printing raw tracebacks.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-#: the job / round / device the current task is working on (set per handled record)
-_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "tsfl_log_context", default=None)
-FIELDS = ("job", "round", "client")
-
-
-@contextlib.contextmanager
-def log_context(**fields: Any) -> Iterator[None]:
-    """Tag every log line emitted inside the block (in this task) with ``fields``
-    (``job``, ``round``, ``client``); ``None`` values are left out."""
-    current = dict(_CONTEXT.get() or {})
-    current.update({k: v for k, v in fields.items() if v is not None})
-    token = _CONTEXT.set(current)
-    try:
-        yield
-    finally:
-        _CONTEXT.reset(token)
-
-
-def context_from_key(key: bytes | None) -> dict[str, Any]:
-    """The job / round / client a bus record's key names (``job``, ``job:round`` or
-    ``job:round:client``, as docs/topics.md gives them)."""
-    if not key:
-        return {}
-    parts = key.decode(errors="replace").split(":")
-    out: dict[str, Any] = {"job": parts[0][:128]}
-    if len(parts) > 1 and parts[1].isdigit():
-        out["round"] = int(parts[1])
-    if len(parts) > 2:
-        out["client"] = ":".join(parts[2:])[:128]
-    return out
+from tsfl.telemetry import FIELDS, current_log_context
 
 
 def _trace_ids() -> dict[str, str]:
@@ -78,7 +45,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(_CONTEXT.get() or {})
+        entry.update(current_log_context())
         for name in FIELDS:  # a call's extra={...} wins over the context
             value = getattr(record, name, None)
             if value is not None:

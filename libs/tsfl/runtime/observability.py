@@ -3,8 +3,10 @@
 ``configure(service, metrics_address)`` installs OpenTelemetry's meter (and tracer)
 providers once per process: a Prometheus scrape endpoint on ``metrics_address`` when given,
 and OTLP export (gRPC) of metrics and traces when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set
-(the Compose file points it at the collector). Without either, nothing is installed and
-every instrument stays a no-op.
+(the Compose file points it at the collector). Traces: every device and admin RPC is a
+server span, every record a stage handles a consumer span continuing its producer's trace
+(W3C context in the Kafka headers), every database statement a span. Without either,
+nothing is installed and every instrument stays a no-op.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def instrument_database() -> None:
+    """Database statements as spans (engines created from now on)."""
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    instrumentor = SQLAlchemyInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
 def configure(service: str, metrics_address: str | None = None,
               otlp_endpoint: str | None = None) -> Telemetry:
     """Install the providers for ``service`` (call once, before the first instrument)."""
@@ -75,6 +86,7 @@ def configure(service: str, metrics_address: str | None = None,
         tracer_provider.add_span_processor(BatchSpanProcessor(
             OTLPSpanExporter(endpoint=otlp_endpoint, insecure=insecure)))
         trace.set_tracer_provider(tracer_provider)
+        instrument_database()
     meter_provider = None
     if readers:
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from tsfl.bus import TOPICS, log_throttle
 from tsfl.bus.kafka import KafkaBus
@@ -37,7 +38,9 @@ from tsfl.rpc.server import (
 )
 from tsfl.runtime.admission import AdmissionPolicy
 from tsfl.runtime.jobs import JobManager
+from tsfl.runtime.logs import asyncio_exception_handler
 from tsfl.runtime.outage import OutageResponse
+from tsfl.runtime.service_metrics import ServiceGauges
 from tsfl.storage.store import Store
 
 log = logging.getLogger("tsfl.service")
@@ -108,6 +111,7 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(asyncio_exception_handler)
     log_throttle.install(cfg.log_repeat_s)
     bus = KafkaBus(cfg.kafka, chunk_bytes=cfg.chunk_bytes, client_id=f"tsfl-{cfg.name}")
     await bus.start()
@@ -122,6 +126,7 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     role = ROLES[cfg.name](bus, store)
     jobs: JobManager | None = None
     server: grpc.aio.Server
+    health_server: grpc.aio.Server | None = None
     # Consume first and resume the running jobs, then open the doors: a job submitted
     # before the resume would otherwise be picked up twice.
     await role.start()
@@ -139,6 +144,13 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
             role, jobs, cfg.grpc, credentials=server_credentials(cfg))
         address = f"{cfg.grpc.rsplit(':', 1)[0]}:{port}"
         names = COORDINATOR_HEALTH
+        if not cfg.health.endswith(":0"):
+            # a plaintext health port beside the (possibly TLS) device port: what
+            # Kubernetes' gRPC probes, which speak no TLS, can reach
+            health_server = grpc.aio.server(options=SERVER_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+            health_server.add_insecure_port(cfg.health)
+            await health_server.start()
     else:
         server = grpc.aio.server(options=SERVER_OPTIONS)
         health = health_servicer(server)
@@ -150,6 +162,8 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     response = OutageResponse(role, health, names, jobs)
     watch.subscribe(response)
     await watch.start()
+    gauges = ServiceGauges(cfg.name, watch, role)
+    gauges.start()
     log_throttle.install(cfg.log_repeat_s)  # loggers the Kafka client created since
     log.info("%s serving on %s", cfg.name, address)
     print(f"tsfl {cfg.name} serving on {address}", flush=True)
@@ -158,6 +172,7 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     finally:
         log.info("%s stopping", cfg.name)
         response.close()
+        await gauges.stop()
         down = not watch.reachable
         await _bounded("broker watch", watch.stop())
         await set_serving(health, False, names)
@@ -167,6 +182,8 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
             await _bounded("job loops", jobs.stop())
         await _bounded(f"{cfg.name} role", role.stop())
         await _bounded("gRPC server", server.stop(grace=2.0))
+        if health_server is not None:
+            await _bounded("health server", health_server.stop(grace=0.5))
         await _bounded("bus", bus.stop(timeout_s=DRAIN_WHILE_DOWN_S if down else 5.0))
         await _bounded("store", store.close())
         log.info("%s stopped", cfg.name)
