@@ -15,6 +15,7 @@ release stage counts a round once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,7 @@ from tsfl.core.update import Update
 from tsfl.he import HeError, HeJob, SealedSum
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
+from tsfl.pipeline.round_metrics import observe_aggregation
 from tsfl.robust.build import coordinate_estimator
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
@@ -46,6 +48,7 @@ class _Round:
     losses: dict[str, float] = field(default_factory=dict)
     unclipped: set[str] = field(default_factory=set)  # norm was within the clip bound
     closing: set[str] | None = None
+    closing_at: float = 0.0  # when the CLOSING event arrived (monotonic)
     held: list[Record] = field(default_factory=list)  # settled once the round is published
     sealed: SealedSum | None = None  # HE jobs: the encrypted coordinates' running sum
 
@@ -117,6 +120,7 @@ class Aggregator(BusRole):
                 rnd = await self._round(state, event["round"])
                 if rnd is not None:
                     rnd.closing = set(event.get("uploaded", []))
+                    rnd.closing_at = time.monotonic()
                     rnd.held.append(position_of(record))
                     await self._maybe_finalize(state)
                     return
@@ -311,6 +315,7 @@ class Aggregator(BusRole):
         # so the coordinator never reads the (model-sized) aggregates.
         await self.bus.publish(topics.AGGREGATES if result.mean is not None
                                else topics.FAILURES, msg, key=key)
+        observe_aggregation(state.job_id, time.monotonic() - rnd.closing_at)
         self.settle(*rnd.held)
         state.closed = rnd.number
         state.round = None

@@ -32,6 +32,7 @@ from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
+from tsfl.pipeline.round_metrics import observe_verdicts
 from tsfl.robust.anomaly import Reputation
 from tsfl.robust.judge import judge_round
 from tsfl.robust.root import RootTrainer
@@ -163,6 +164,8 @@ class Byzantine(BusRole):
                                                 "reason": v["reason"], "scores": v["scores"]})
             for v in verdicts if v["weight"] <= 0]
         fraction = len(flagged) / max(len(verdicts), 1)
+        observe_verdicts(job_id, len(verdicts), sum(1 for v in verdicts if v["weight"] <= 0),
+                         len(flagged))
         alert = fraction > job.spec.robust.alert_fraction
         if alert:
             audits.append(("byzantine.alert", "byzantine", {

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from tsfl.he.sealed import ciphertext_count, coeff_bytes
 from tsfl.pipeline import events
 from tsfl.pipeline.credentials import enrollment_digest, session_hash, session_matches
 from tsfl.pipeline.role import BusRole
+from tsfl.pipeline.round_metrics import observe_round_end
 from tsfl.pipeline.secagg_stages import SecAggOutcome, SecAggRefused, SecAggStages
 from tsfl.pipeline.selection import client_seed
 from tsfl.privacy.clipping import l2_norm
@@ -105,6 +107,7 @@ class _ActiveRound:
     selected: asyncio.Future[list[str]] | None = None
     done: asyncio.Future[RoundResult] | None = None
     deadline: asyncio.TimerHandle | None = None
+    opened_at: float = field(default_factory=time.monotonic)  # for the round's duration
 
 
 @dataclass
@@ -499,10 +502,13 @@ class Coordinator(BusRole):
                    if c not in active.uploaded and c not in active.declined]
         self._resolve(active, RoundResult(active.number, False, job.version, [],
                                           rejected or {}, dropped, 0, None, active.bytes_up,
-                                          active.bytes_down, reason))
+                                          active.bytes_down, reason), job)
 
     @staticmethod
-    def _resolve(active: _ActiveRound, result: RoundResult) -> None:
+    def _resolve(active: _ActiveRound, result: RoundResult, job: _Job | None = None) -> None:
+        if job is not None:
+            observe_round_end(job.job_id, result, active.opened_at,
+                              job.spec.privacy.target_epsilon)
         if active.done is not None and not active.done.done():
             active.done.set_result(result)
 
@@ -880,4 +886,4 @@ class Coordinator(BusRole):
             int(outcome.get("num_examples") or 0), outcome.get("train_loss"), active.bytes_up,
             active.bytes_down, epsilon=extra.get("epsilon"), codecs=dict(active.codec_stats),
             slowest_upload_s=active.slowest_upload_s, sealed_bytes=active.sealed_bytes,
-            sealed_values=active.sealed_values))
+            sealed_values=active.sealed_values), job)
