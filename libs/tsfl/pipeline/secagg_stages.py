@@ -2,16 +2,20 @@
 one :class:`SecAggStages` per open round of a ``crypto.mode: secagg`` job.
 
 Stages advance when every device still expected has spoken, or when the stage's time is
-up (whoever is silent then has dropped): advertise → share → masked → unmask → done. The
+up (whoever is silent then has dropped): advertise → share → masked → consistency →
+unmask → done (:mod:`tsfl.secagg.protocol`: signed keys, a consistency round). The
 first stage's clock starts with the first device's keys (devices train first, at their
 own pace; the round's deadline bounds the wait for anyone at all); each later stage's
 when it begins.
 A device's call for a stage returns when the next stage begins, with what it needs for
-it (its neighbours' public keys, the sealed shares addressed to it, the survivors and the
-dropped). Below the threshold anywhere the round aborts: :attr:`outcome` carries the
-reason and no sum exists. The state lives in memory only — sealed shares, public keys and
-unmask responses never reach the bus, the database or a log line — so a coordinator
-restart fails the round (its devices start again in the next one).
+it (every signed advertisement and its neighbours' KEM keys, the sealed shares addressed
+to it, the survivors, its neighbours' signatures on them). Below the threshold (or below
+⌈(1 − δ)n⌉ clients) anywhere the round aborts: :attr:`outcome` carries the reason and no
+sum exists. The sum includes the devices' example counts and metrics (extra ring
+coordinates, :mod:`tsfl.secagg.extras`): no per-device n or metric reaches the server.
+The state lives in memory only — sealed shares, public keys and unmask responses never
+reach the bus, the database or a log line — so a coordinator restart fails the round
+(its devices start again in the next one).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from tsfl.errors import TsflError
 from tsfl.secagg.protocol import RoundConfig, SecAggAbort, SecAggServer
 
-STAGES = ("advertise", "share", "masked", "unmask")
+STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 
 
-class SecAggRefused(ValueError):
+class SecAggRefused(TsflError, ValueError):
     """One device's message is not acceptable (wrong stage, malformed); the round goes on."""
 
     def __init__(self, code: str, message: str):
@@ -40,8 +45,6 @@ class SecAggRefused(ValueError):
 class SecAggOutcome:
     total: np.ndarray | None  # Σ of the survivors' ring codes (None: aborted)
     survivors: list[str]
-    examples: dict[str, int]  # survivor → num_examples (its weight's source)
-    metrics: dict[str, dict[str, float]]
     reason: str | None = None
 
 
@@ -53,8 +56,7 @@ class SecAggStages:
         self.server = SecAggServer(config)
         self.stage = STAGES[0]
         self.spoken: dict[str, set[str]] = {s: set() for s in STAGES}
-        self.examples: dict[str, int] = {}
-        self.metrics: dict[str, dict[str, float]] = {}
+        self.withdrawn: set[str] = set()  # devices that refused to go on (they said why)
         self.outcome: SecAggOutcome | None = None
         self._began: dict[str, asyncio.Event] = {s: asyncio.Event() for s in
                                                  (*STAGES, "done")}
@@ -66,8 +68,9 @@ class SecAggStages:
     def expected(self, stage: str) -> set[str]:
         """Who must speak in ``stage``: everyone still in the protocol."""
         s = self.server
-        return {"advertise": set(self.config.cohort), "share": set(s.public_keys),
-                "masked": set(s.shared), "unmask": set(s.masked)}[stage]
+        return {"advertise": set(self.config.cohort), "share": set(s.adverts),
+                "masked": set(s.shared), "consistency": set(s.masked),
+                "unmask": set(s.signatures)}[stage] - self.withdrawn
 
     def _arm(self) -> None:
         stage = self.stage
@@ -81,19 +84,21 @@ class SecAggStages:
             self._timer.cancel()
         i = STAGES.index(stage)
         try:
-            if stage == "masked":
+            if stage == "advertise":
+                self.server.close_adverts()  # the graph seed; aborts below ⌈(1 − δ)n⌉
+            elif stage == "masked":
                 self.server.unmask_request()  # aborts below the threshold
-            if stage == "unmask":
+            elif stage == "consistency":
+                self.server.close_consistency()
+            elif stage == "unmask":
                 total, survivors = await asyncio.to_thread(self.server.result)
-                await self._finish(SecAggOutcome(
-                    total, survivors, {c: self.examples[c] for c in survivors},
-                    {c: self.metrics.get(c, {}) for c in survivors}))
+                await self._finish(SecAggOutcome(total, survivors))
                 return
         except SecAggAbort as exc:
-            await self._finish(SecAggOutcome(None, [], {}, {}, f"secagg aborted: {exc}"))
+            await self._finish(SecAggOutcome(None, [], f"secagg aborted: {exc}"))
             return
         if i + 1 < len(STAGES) and not self.expected(STAGES[i + 1]):
-            await self._finish(SecAggOutcome(None, [], {}, {}, "secagg aborted: no device "
+            await self._finish(SecAggOutcome(None, [], "secagg aborted: no device "
                                              f"completed the {stage} stage"))
             return
         self.stage = STAGES[i + 1]
@@ -114,7 +119,7 @@ class SecAggStages:
         if self._timer:
             self._timer.cancel()
         if self.outcome is None:
-            self.outcome = SecAggOutcome(None, [], {}, {}, "secagg round cancelled")
+            self.outcome = SecAggOutcome(None, [], "secagg round cancelled")
             for event in self._began.values():
                 event.set()
 
@@ -142,6 +147,13 @@ class SecAggStages:
         if self._timer is None:
             self._arm()  # the first keys start the first stage's clock
 
+    async def withdraw(self, client: str) -> None:
+        """``client`` refused to go on (:class:`~tsfl.secagg.protocol.SecAggRefusal`): the
+        stage stops waiting for it."""
+        self.withdrawn.add(client)
+        if self.outcome is None:
+            await self.proceed(self.stage)
+
     async def proceed(self, stage: str) -> None:
         """Advance when everyone expected in ``stage`` has spoken."""
         if self.stage == stage and self.spoken[stage] >= self.expected(stage):
@@ -158,10 +170,7 @@ class SecAggStages:
     def _ingest(self, client: str, stage: str, payload: dict[str, Any]) -> None:
         s = self.server
         if stage == "advertise":
-            c_pk, s_pk = payload.get("c"), payload.get("s")
-            if not isinstance(c_pk, bytes) or not isinstance(s_pk, bytes):
-                raise SecAggAbort("advertise needs two public keys")
-            s.receive_keys(client, c_pk, s_pk)
+            s.receive_advert(client, payload)
         elif stage == "share":
             sealed = payload.get("sealed")
             if not isinstance(sealed, dict) or not all(
@@ -169,17 +178,15 @@ class SecAggStages:
                 raise SecAggAbort("share needs {neighbour: sealed share}")
             s.receive_shares(client, sealed)
         elif stage == "masked":
-            y, n = payload.get("y"), payload.get("n")
+            y = payload.get("y")
             if not isinstance(y, np.ndarray):
                 raise SecAggAbort("masked needs the masked vector")
-            if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= 1 << 40:
-                raise SecAggAbort("masked needs num_examples in 1..2^40")
             s.receive_masked(client, y)
-            self.examples[client] = n
-            metrics = payload.get("metrics") or {}
-            if isinstance(metrics, dict):
-                self.metrics[client] = {str(k): float(v) for k, v in metrics.items()
-                                        if isinstance(v, int | float)}
+        elif stage == "consistency":
+            sig = payload.get("sig")
+            if not isinstance(sig, bytes):
+                raise SecAggAbort("consistency needs the signature on the survivors")
+            s.receive_signature(client, sig)
         else:
             shares = payload.get("shares")
             if not isinstance(shares, dict):
@@ -196,11 +203,11 @@ class SecAggStages:
     def _reply(self, client: str, stage: str) -> dict[str, Any]:
         s = self.server
         if stage == "advertise":
-            graph = self.config.graph()[client]
-            return {"keys": {v: s.public_keys[v] for v in graph if v in s.public_keys}}
+            return s.adverts_for(client)
         if stage == "share":
             return {"shares": s.shares_for(client)}
         if stage == "masked":
-            survivors, dropped = set(s.masked), set(s.shared) - set(s.masked)
-            return {"survivors": sorted(survivors), "dropped": sorted(dropped)}
+            return {"survivors": sorted(s.masked)}
+        if stage == "consistency":
+            return {"signatures": s.signatures_for(client)}
         return {}

@@ -1,24 +1,48 @@
 """Run one SecAgg+ round in this process: every client and the server, messages passed
-directly. What the coordinator will drive over gRPC; used by tests and the benchmark."""
+directly. What the coordinator drives over gRPC; used by tests and the benchmark."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from tsfl.identity import DeviceIdentity, IdentityAuthority
+from tsfl.secagg.advert import Trust
 from tsfl.secagg.protocol import RoundConfig, SecAggClient, SecAggServer
+from tsfl.secagg.ring import quantize
 
-STAGES = ("advertise", "share", "masked", "unmask")
+STAGES = ("advertise", "share", "masked", "consistency", "unmask")
+
+
+def enrol(cohort: Iterable[str], authority: IdentityAuthority | None = None
+          ) -> tuple[IdentityAuthority, dict[str, DeviceIdentity]]:
+    """An identity authority (fresh unless given) and a certified identity per client."""
+    ca = authority or IdentityAuthority.generate()
+    return ca, {c: DeviceIdentity.enrol(c, ca) for c in cohort}
+
+
+def clients_for(config: RoundConfig, identities: Mapping[str, DeviceIdentity],
+                authority: bytes, trust: Trust | None = None) -> dict[str, SecAggClient]:
+    """A client per cohort member, each with its own trust store — or all with
+    ``trust``: simulated devices of one process may share the certificates already
+    checked (a shortcut for large simulations; a benchmark keeps them apart)."""
+    return {c: SecAggClient(c, config, identities[c], trust or Trust([authority]))
+            for c in config.cohort}
 
 
 def run_round(config: RoundConfig, inputs: Mapping[str, np.ndarray],
-              seeds: Mapping[str, int], drop: Mapping[str, set[str]] | None = None
+              seeds: Mapping[str, int], drop: Mapping[str, set[str]] | None = None, *,
+              identities: Mapping[str, DeviceIdentity] | None = None,
+              authority: IdentityAuthority | None = None, trust: Trust | None = None
               ) -> tuple[np.ndarray, list[str]]:
     """The exact ring sum of the survivors' quantized inputs, and the survivors.
 
-    ``drop[stage]``: clients that vanish before sending that stage's message.
+    ``drop[stage]``: clients that vanish before sending that stage's message. Identities
+    are enrolled with a fresh authority unless given; ``trust``: see :func:`clients_for`.
     """
+    if identities is None or authority is None:
+        authority, identities = enrol(config.cohort, authority)
     drop = drop or {}
     gone: set[str] = set()
 
@@ -27,17 +51,22 @@ def run_round(config: RoundConfig, inputs: Mapping[str, np.ndarray],
         return [c for c in config.cohort if c not in gone]
 
     server = SecAggServer(config)
-    clients = {c: SecAggClient(c, config) for c in config.cohort}
+    clients = clients_for(config, identities, authority.public_key, trust)
     for c in alive("advertise"):
-        server.receive_keys(c, *clients[c].advertise())
+        server.receive_advert(c, clients[c].advertise())
+    server.close_adverts()
     for c in alive("share"):
-        server.receive_shares(c, clients[c].share_keys(dict(server.public_keys)))
+        routed = server.adverts_for(c)
+        server.receive_shares(c, clients[c].share_keys(routed["ads"], routed["eks"]))
     for c in alive("masked"):
-        rng = np.random.default_rng(seeds[c])
-        server.receive_masked(c, clients[c].masked_input(inputs[c], server.shares_for(c),
-                                                         rng))
-    survivors, dropped = server.unmask_request()
-    for c in alive("unmask"):
+        codes = quantize(inputs[c], config.ring, np.random.default_rng(seeds[c]))
+        server.receive_masked(c, clients[c].masked_input(codes, server.shares_for(c)))
+    survivors = server.unmask_request()
+    for c in alive("consistency"):
         if c in survivors:
-            server.receive_unmask(c, clients[c].unmask(survivors, dropped))
+            server.receive_signature(c, clients[c].consistency(survivors))
+    server.close_consistency()
+    for c in alive("unmask"):
+        if c in server.signatures:
+            server.receive_unmask(c, clients[c].unmask(server.signatures_for(c)))
     return server.result()

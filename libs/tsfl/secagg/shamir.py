@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import secrets
 
+from tsfl.errors import TsflError
+
 PRIME = (1 << 521) - 1
 SECRET_BYTES = 32
 
 
-class ShamirError(ValueError):
+class ShamirError(TsflError, ValueError):
     pass
 
 

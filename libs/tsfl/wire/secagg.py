@@ -1,11 +1,15 @@
 """SecAgg+ stage messages on the wire (gRPC ``SecAggStage``): msgpack maps, checked.
 
-Requests, per stage: ``advertise`` {c, s: 32-byte X25519 public keys}; ``share``
-{sealed: {neighbour: AES-GCM blob}}; ``masked`` {y: the masked vector, ⌈ring_bits/8⌉
-little-endian bytes per value, n: examples, metrics}; ``unmask`` {shares: {client:
-[b|s, 66-byte big-endian share]}}. Replies: after advertise {keys: {neighbour: [c, s]}},
-after share {shares: {neighbour: blob}}, after masked {survivors, dropped}, after unmask
-{}. Sizes are bounded before anything is allocated.
+Requests, per stage: ``advertise`` {c, s: 32-byte X25519 public keys, ekh: SHA-256 of
+the ML-KEM-768 key (empty without it), sig: the device's Ed25519 signature, cert: its
+identity certificate {id, pk, ca, sig}, ek: the 1184-byte ML-KEM-768 key (hybrid mode)};
+``share`` {sealed: {neighbour: [KEM ciphertext ‖] AES-GCM blob}}; ``masked`` {y: the
+masked vector, ⌈ring_bits/8⌉ little-endian bytes per value — the update, then the
+example count and metrics}; ``consistency`` {sig: the signature on the survivor set};
+``unmask`` {shares: {client: [b|s, 66-byte big-endian share]}}. Replies: after advertise
+{ads: {client: advertisement}, eks: {neighbour: ML-KEM key}}, after share {shares:
+{neighbour: blob}}, after masked {survivors}, after consistency {signatures: {neighbour:
+sig}}, after unmask {}. Sizes are bounded before anything is allocated.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def encode_request(stage: str, payload: dict[str, Any], ring_bits: int) -> bytes
         width = ring_width(ring_bits)
         y = np.ascontiguousarray(payload["y"], dtype="<u8")
         packed = y.view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
-        body = {"y": packed, "n": int(payload["n"]), "metrics": dict(payload["metrics"])}
+        body = {"y": packed}
     elif stage == "unmask":
         body = {"shares": {v: [k, int(x).to_bytes(SHARE_BYTES, "big")]
                            for v, (k, x) in payload["shares"].items()}}
@@ -64,7 +68,7 @@ def decode_request(stage: str, data: bytes, size: int, ring_bits: int,
         y, width = obj.get("y"), ring_width(ring_bits)
         if not isinstance(y, bytes) or len(y) != size * width:
             raise WireError("shape", f"masked vector must be {size} × {width} bytes")
-        return {"y": widen(y, width), "n": obj.get("n"), "metrics": obj.get("metrics")}
+        return {"y": widen(y, width)}
     if stage == "unmask":
         shares = obj.get("shares")
         if not isinstance(shares, dict):
@@ -80,29 +84,33 @@ def decode_request(stage: str, data: bytes, size: int, ring_bits: int,
 
 
 def encode_reply(stage: str, reply: dict[str, Any]) -> bytes:
-    if stage == "advertise":
-        return msgpack.packb({"keys": {v: [c, s] for v, (c, s) in reply["keys"].items()}})
     return msgpack.packb(reply)
+
+
+def _map_of(obj: Any, check: Any) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and check(v)
+                                         for k, v in obj.items())
 
 
 def decode_reply(stage: str, data: bytes, max_bytes: int = 256 * 1024 * 1024
                  ) -> dict[str, Any]:
     obj = _unpack(data, max_bytes)
     if stage == "advertise":
-        keys = obj.get("keys")
-        if not isinstance(keys, dict) or not all(
-                isinstance(k, list) and len(k) == 2 and all(isinstance(x, bytes) for x in k)
-                for k in keys.values()):
-            raise WireError("malformed", "advertise reply needs {neighbour: [c, s]}")
-        return {"keys": {v: (k[0], k[1]) for v, k in keys.items()}}
+        if not _map_of(obj.get("ads"), lambda a: isinstance(a, dict)) or not _map_of(
+                obj.get("eks", {}), lambda b: isinstance(b, bytes)):
+            raise WireError("malformed", "advertise reply needs {ads: {client: map}, eks}")
+        return {"ads": obj["ads"], "eks": obj.get("eks", {})}
     if stage == "share":
-        shares = obj.get("shares")
-        if not isinstance(shares, dict) or not all(isinstance(b, bytes)
-                                                   for b in shares.values()):
+        if not _map_of(obj.get("shares"), lambda b: isinstance(b, bytes)):
             raise WireError("malformed", "share reply needs {neighbour: blob}")
-        return {"shares": shares}
+        return {"shares": obj["shares"]}
     if stage == "masked":
-        for key in ("survivors", "dropped"):
-            if not isinstance(obj.get(key), list):
-                raise WireError("malformed", f"masked reply needs {key}")
+        survivors = obj.get("survivors")
+        if not isinstance(survivors, list) or not all(isinstance(c, str) for c in survivors):
+            raise WireError("malformed", "masked reply needs the survivors")
+        return {"survivors": survivors}
+    if stage == "consistency":
+        if not _map_of(obj.get("signatures"), lambda b: isinstance(b, bytes)):
+            raise WireError("malformed", "consistency reply needs {neighbour: signature}")
+        return {"signatures": obj["signatures"]}
     return obj
