@@ -1,8 +1,11 @@
-"""CKKS homomorphic encryption for aggregation (SEAL via TenSEAL's ``sealapi``).
+"""Homomorphic encryption for aggregation.
 
-Algorithms only: parameters (:mod:`params`), key sets (:mod:`keys`), which coordinates
-are encrypted (:mod:`selection`), and encrypted vectors with their streaming sum
-(:mod:`sealed`). Nothing here knows the bus, the database or gRPC.
+Two keyings (:mod:`job`): threshold RLWE encryption among the silos, in numpy
+(:mod:`tsfl.he.threshold`, the default), and shared-key CKKS through SEAL (TenSEAL's
+``sealapi``): parameters (:mod:`params`), key sets (:mod:`keys`), encrypted vectors with
+their streaming sum (:mod:`sealed`). Both: which coordinates are encrypted
+(:mod:`selection`) and signed sections (:mod:`signing`). Algorithms only: nothing here
+knows the bus, the database or gRPC.
 """
 
 from tsfl.he.errors import HeError

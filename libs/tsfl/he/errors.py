@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tsfl.errors import TsflError
 
-class HeError(ValueError):
+
+class HeError(TsflError, ValueError):
     """``code`` is a short machine-readable reason (``params``, ``key``, ``ciphertext``…)."""
 
     def __init__(self, code: str, message: str):

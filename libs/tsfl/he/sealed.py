@@ -14,15 +14,14 @@ and every input coefficient is checked to be below q before it is added.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from tsfl.he.errors import HeError
 from tsfl.he.keys import PublicKeySet, SecretKeySet
+from tsfl.he.signing import frame, split_frame
 
 
 def coeff_bytes(prime: int) -> int:
@@ -47,12 +46,12 @@ class SealedVector:
 
     def to_bytes(self, prime: int) -> bytes:
         """``>I`` header length, the msgpack header, then the coefficients packed to
-        ⌈log2 q / 8⌉ little-endian bytes each."""
+        ⌈log2 q / 8⌉ little-endian bytes each (unsigned: the device signs it with
+        :func:`tsfl.he.signing.sign_section`)."""
         width = coeff_bytes(prime)
         raw = np.ascontiguousarray(self.polys, dtype="<u8").view(np.uint8).reshape(-1, 8)
-        head = msgpack.packb({"key": self.key_id, "n": self.size, "w": self.weight,
-                              "t": self.terms, "b": width})
-        return b"".join((_HEAD_LEN.pack(len(head)), head, raw[:, :width].tobytes()))
+        return frame({"key": self.key_id, "n": self.size, "w": self.weight,
+                      "t": self.terms, "b": width}, raw[:, :width].tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, public: PublicKeySet, size: int,
@@ -63,33 +62,21 @@ class SealedVector:
         polys = widen(coeffs, coeff_bytes(public.prime))
         if int(polys.max()) >= public.prime:
             raise HeError("ciphertext", "a coefficient is not reduced mod q")
-        return cls(head["key"], size, head["w"], head["t"],
+        return cls(head["key"], size, float(head["w"]), head["t"],
                    polys.reshape(-1, 2, public.params.poly_degree))
 
 
-_HEAD_LEN = struct.Struct(">I")
 _MAX_HEAD = 1024
 
 
 def parse_section(data: bytes | memoryview, public: PublicKeySet, size: int,
                   max_terms: int | None = None) -> tuple[dict[str, Any], memoryview]:
-    """The checked header of an encrypted section and a zero-copy view of its packed
+    """The checked header of an encrypted section (as received, its signature block
+    included: :mod:`tsfl.he.signing` checks it) and a zero-copy view of its packed
     coefficients (their count is exact; their values are not looked at)."""
     p = public.params
-    view = memoryview(data).cast("B")
-    if len(view) < _HEAD_LEN.size:
-        raise HeError("sealed", "the encrypted section is shorter than its header")
-    (hlen,) = _HEAD_LEN.unpack_from(view)
-    if not 0 < hlen <= min(_MAX_HEAD, len(view) - _HEAD_LEN.size):
-        raise HeError("sealed", f"encrypted section header length {hlen} is out of bounds")
-    try:
-        head = msgpack.unpackb(view[_HEAD_LEN.size:_HEAD_LEN.size + hlen], raw=False,
-                               max_bin_len=0, max_array_len=0, max_map_len=8,
-                               max_str_len=256)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise HeError("sealed", f"unreadable encrypted section header: {exc}") from None
-    if not isinstance(head, dict):
-        raise HeError("sealed", "the encrypted section header must be a map")
+    head, coeffs = split_frame(data, _MAX_HEAD, max_bin_len=64, max_array_len=0,
+                               max_map_len=8, max_str_len=256)
     key, n, w, t, b = (head.get(k) for k in ("key", "n", "w", "t", "b"))
     if key != public.key_id:
         raise HeError("key", f"encrypted under key {key!r}, the job's is {public.key_id!r}")
@@ -103,10 +90,9 @@ def parse_section(data: bytes | memoryview, public: PublicKeySet, size: int,
         raise HeError("sealed", f"terms must be in 1..{limit}, got {t!r}")
     width = coeff_bytes(public.prime)
     expect = ciphertext_count(size, p.reals_per_ciphertext) * 2 * p.poly_degree * width
-    coeffs = view[_HEAD_LEN.size + hlen:]
     if b != width or len(coeffs) != expect:
         raise HeError("sealed", f"expected {expect} bytes of {width}-byte coefficients")
-    return {"key": key, "w": float(w), "t": t}, coeffs
+    return head, coeffs
 
 
 def widen(data: bytes | memoryview, width: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -217,7 +203,7 @@ class SealedSum:
         if (check or self._width == 8) and int(polys.max()) >= self.public.prime:
             raise HeError("ciphertext", "a coefficient is not reduced mod q")
         self._accumulate(polys.reshape(self._shape))
-        self.weight += head["w"]
+        self.weight += float(head["w"])
         self.terms += head["t"]
 
     def _admit(self, key_id: str, terms: int) -> None:
