@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tsfl.config import DataSpec, SyntheticSpec
+from tsfl.errors import TsflError
+
+if TYPE_CHECKING:
+    from tsfl.sim.population import PopulationData
 
 
-class DatasetError(ValueError):
+class DatasetError(TsflError, ValueError):
     """A dataset file or setting cannot be used."""
 
 
@@ -158,51 +163,22 @@ def load_csv(spec: DataSpec) -> FederatedData:
 def generate_synthetic(spec: SyntheticSpec, num_clients: int, test_fraction: float,
                        seed: int) -> FederatedData:
     """Synthetic(α, β) of Li et al., "Federated Optimization in Heterogeneous Networks"
-    (MLSys 2020), §5.1: for client k, u_k ~ N(0, α), W_k, b_k ~ N(u_k, 1);
-    B_k ~ N(0, β), v_k ~ N(B_k, 1), x ~ N(v_k, Σ) with Σ_jj = j^−1.2;
-    y = argmax softmax(W_k x + b_k). ``iid`` uses one shared W, b and v ~ N(0, 1).
-    Client sizes follow the paper's log-normal (clipped to [min, max])."""
-    rng = np.random.default_rng(seed)
-    d, c = spec.dim, spec.classes
-    sizes = rng.lognormal(spec.mean_samples, spec.sigma_samples, num_clients).astype(np.int64)
-    sizes = np.clip(sizes + spec.min_samples, spec.min_samples, spec.max_samples)
-    cov_diag = np.arange(1, d + 1, dtype=np.float64) ** -1.2
-    w_shared = rng.normal(0, 1, (d, c))
-    b_shared = rng.normal(0, 1, c)
-    xs_tr, ys_tr, xs_te, ys_te, parts = [], [], [], [], []
-    offset = 0
-    for k in range(num_clients):
-        if spec.iid:
-            w, b, v = w_shared, b_shared, rng.normal(0, 1, d)
-        else:
-            u = rng.normal(0, np.sqrt(spec.alpha)) if spec.alpha > 0 else 0.0
-            bk = rng.normal(0, np.sqrt(spec.beta)) if spec.beta > 0 else 0.0
-            w = rng.normal(u, 1, (d, c))
-            b = rng.normal(u, 1, c)
-            v = rng.normal(bk, 1, d)
-        n = int(sizes[k])
-        x = rng.normal(v, np.sqrt(cov_diag), (n, d))
-        y = np.argmax(x @ w + b, axis=1)
-        n_test = max(1, round(n * test_fraction))
-        xs_te.append(x[:n_test])
-        ys_te.append(y[:n_test])
-        xs_tr.append(x[n_test:])
-        ys_tr.append(y[n_test:])
-        parts.append(np.arange(offset, offset + n - n_test, dtype=np.int64))
-        offset += n - n_test
-    return FederatedData(
-        x_train=np.concatenate(xs_tr).astype(np.float32),
-        y_train=np.concatenate(ys_tr).astype(np.int64),
-        x_test=np.concatenate(xs_te).astype(np.float32),
-        y_test=np.concatenate(ys_te).astype(np.int64),
-        num_classes=c,
-        input_shape=(d,),
-        natural_partition=parts,
-    )
+    (MLSys 2020), §5.1, materialised whole: every client of the population
+    (:class:`~tsfl.sim.population.SyntheticPopulation`, which states the generator; each
+    client is drawn from its own seed), its natural split as the partition."""
+    from tsfl.sim.population import PopulationData, SyntheticPopulation
+
+    data = PopulationData(SyntheticPopulation(spec, num_clients, test_fraction, seed))
+    return FederatedData(x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+                         y_test=data.y_test, num_classes=data.num_classes,
+                         input_shape=data.input_shape,
+                         natural_partition=data.natural_partition)
 
 
-def load_dataset(spec: DataSpec, num_clients: int) -> FederatedData:
-    """Load or generate the dataset a job names."""
+def load_dataset(spec: DataSpec, num_clients: int) -> FederatedData | PopulationData:
+    """Load or generate the dataset a job names. Synthetic data is a population
+    (:class:`~tsfl.sim.population.PopulationData`): its training records are generated
+    per client when needed, never all at once unless ``x_train`` is read."""
     if spec.dataset == "digits":
         return load_digits(spec)
     if spec.dataset == "breast_cancer":
@@ -212,5 +188,8 @@ def load_dataset(spec: DataSpec, num_clients: int) -> FederatedData:
     if spec.dataset == "csv":
         return load_csv(spec)
     if spec.dataset == "synthetic":
-        return generate_synthetic(spec.synthetic, num_clients, spec.test_fraction, spec.split_seed)
+        from tsfl.sim.population import PopulationData, SyntheticPopulation
+
+        return PopulationData(SyntheticPopulation(spec.synthetic, num_clients,
+                                                  spec.test_fraction, spec.split_seed))
     raise DatasetError(f"unknown dataset {spec.dataset!r}")

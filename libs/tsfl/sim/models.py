@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from tsfl.config import ModelSpec
+from tsfl.errors import TsflError
 
 
-class ModelError(ValueError):
+class ModelError(TsflError, ValueError):
     """A model cannot be built from the spec."""
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tsfl.errors import TsflError
 
-class PartitionError(ValueError):
+
+class PartitionError(TsflError, ValueError):
     """The data cannot be split as asked (too few examples for the clients)."""
 
 
