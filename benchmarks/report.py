@@ -191,13 +191,15 @@ def transfer_table(data: dict) -> str:
 
 
 def he_table(data: dict) -> str:
-    lines = [f"{data['clients']} clients; times in ms (encrypt and decrypt: one client; "
-             "aggregate: the server's fold of all updates, parse included); bytes per update "
-             "÷ float32. Plot: `results/he.png`.", "",
+    lines = [f"{data['clients']} clients; times in ms (encrypt and decrypt: one client — "
+             "threshold decrypt: the opening's t partial decryptions + the combination; "
+             "aggregate: the server's fold of all updates, parse and checks included); bytes "
+             "per update ÷ float32. Plot: `results/he.png`.", "",
              "| P | contender | encrypt | aggregate | ÷ plaintext | decrypt | bytes ÷ f32 | "
              "max error |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    names = {"plaintext": "plaintext fold", "he": "tsfl CKKS",
-             "he_selective_10": "tsfl CKKS, 10% encrypted", "tenseal": "TenSEAL recipe"}
+    names = {"plaintext": "plaintext fold", "he": "tsfl CKKS, shared key",
+             "he_selective_10": "tsfl CKKS, shared key, 10% encrypted",
+             "threshold": "tsfl threshold (10 silos, t = 6)", "tenseal": "TenSEAL recipe"}
     for r in data["rows"]:
         for key, label in names.items():
             if key not in r:
@@ -218,24 +220,96 @@ def he_table(data: dict) -> str:
         ts = r.get("selective_vs_tenseal_bytes")
         lines.append(f"| {_size(r['p'])} | {sv['encrypt']:.2f}× | {sv['aggregate']:.2f}× | "
                      f"{sv['bytes']:.2f}× | {f'{ts:.2f}×' if ts else '–'} |")
+    rows = [r for r in data["rows"] if "threshold" in r]
+    if rows:
+        lines += ["", "Threshold keying, the opening (ms; per silo, or for the opening's "
+                  "decryption on one machine: t = 6 partial decryptions + the combination, "
+                  "and all 10 silos' partials + the combination):", "",
+                  "| P | key ceremony | sketch / silo | sum check / silo | partial / silo | "
+                  "combine | **decrypt (t)** | decrypt (all 10) | bytes ÷ f32 | max error |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            t = r["threshold"]
+            lines.append(
+                f"| {_size(r['p'])} | {t['keygen_s'] * 1e3:.0f} | {t['sketch_s'] * 1e3:.0f} | "
+                f"{t['sum_check_s'] * 1e3:.0f} | {t['partial_s'] * 1e3:.0f} | "
+                f"{t['combine_s'] * 1e3:.0f} | **{t['decrypt_s'] * 1e3:.0f}** | "
+                f"{t['decrypt_all_s'] * 1e3:.0f} | **{t['expansion']:.2f}** | "
+                f"{t['max_abs_error']:.1e} |")
+        lines += ["", "Threshold ÷ shared key (SEAL), same run:", "",
+                  "| P | encrypt | aggregate | decrypt (t) | bytes |",
+                  "|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            v = r["threshold_vs_shared"]
+            lines.append(f"| {_size(r['p'])} | {v['encrypt']:.2f}× | {v['aggregate']:.1f}× | "
+                         f"{v['decrypt']:.1f}× | {v['bytes']:.2f}× |")
     return "\n".join(lines)
 
 
 def secagg_table(data: dict) -> str:
     lines = [f"One round, {data['size']:,} parameters, every client and the server in one "
-             "process (client: mean per client; dropouts vanish before their masked vector). "
-             "Plot: `results/secagg.png`.", "",
-             "| clients | dropouts | tsfl client | tsfl server | tsfl total | Flower total | "
-             "Flower ÷ tsfl | tsfl per client | exact sum |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "process (client: mean per client; dropouts vanish before their masked vector; "
+             f"γ = {data.get('corruption', 0.05)}, δ = max(0.1, dropouts), σ = "
+             f"{data.get('security_bits', 40)}; median of {data.get('repeats', 1)} "
+             "alternating rounds at 100 clients, one at 1,000). *Later round*: "
+             "certificates checked in an earlier round; *first round*: every device checks "
+             "every certificate. *Before*: the semi-honest protocol this replaced (the "
+             "commit before issue #17), same inputs. Plot: `results/secagg.png`.", "",
+             "| clients | dropouts | k / t | client | server | later round | first round | "
+             "before | ÷ before (later / first) | hybrid PQ | Flower | Flower ÷ tsfl | "
+             "per client | exact sum |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in data["rows"]:
-        t, f = r["tsfl"], r.get("flower")
+        t, f, b, h = r["tsfl"], r.get("flower"), r.get("baseline"), r.get("hybrid")
+        exact = t["exact"] and r.get("tsfl_first", t)["exact"] and (h or t)["exact"]
         lines.append(
-            f"| {r['clients']} | {r['dropout']:.0%} | {t['client_s'] * 1e3:.0f} ms | "
-            f"{t['server_s']:.2f} s | {t['total_s']:.1f} s | "
+            f"| {r['clients']} | {r['dropout']:.0%} | {t['neighbours']} / {t['threshold']} | "
+            f"{t['client_s'] * 1e3:.0f} ms | {t['server_s']:.2f} s | {t['total_s']:.1f} s | "
+            + (f"{r['tsfl_first']['total_s']:.1f} s | " if "tsfl_first" in r else "– | ")
+            + (f"{b['total_s']:.1f} s (k {b['neighbours']}) | **{r['tsfl_vs_baseline']:.2f}×** "
+               f"/ {r['first_vs_baseline']:.2f}× | " if b else "– | – | ")
+            + (f"{h['total_s']:.1f} s | " if h else "– | ")
             + (f"{f['total_s']:.1f} s | **{r['flower_vs_tsfl']:.1f}×** | " if f else
                "not run | – | ")
-            + f"{t['bytes_per_client'] / 1e3:.0f} kB | {'yes' if t['exact'] else 'NO'} |")
+            + f"{t['bytes_per_client'] / 1e3:.0f} kB | {'yes' if exact else 'NO'} |")
+    agreement = data.get("key_agreement")
+    if agreement:
+        by_k: dict[int, dict[str, dict]] = {}
+        for a in agreement:
+            by_k.setdefault(a["k"], {})[a["key_agreement"]] = a
+        lines += ["", "Share-channel key agreement per client (its key pairs, then per "
+                      "neighbour the exchange, encapsulation and sealing key, per received "
+                      "share the decapsulation and opening key):", "",
+                  "| k | X25519 | X25519 + ML-KEM-768 | ratio | extra bytes per client |",
+                  "|---:|---:|---:|---:|---:|"]
+        for k, modes in sorted(by_k.items()):
+            x, hy = modes["x25519"], modes["x25519+mlkem768"]
+            lines.append(f"| {k} | {x['client_ms']:.1f} ms | {hy['client_ms']:.1f} ms | "
+                         f"{hy['client_ms'] / x['client_ms']:.1f}× | "
+                         f"{hy['extra_bytes'] / 1e3:.0f} kB |")
+    return "\n".join(lines)
+
+
+def scale_embedded_table(data: dict) -> str:
+    lines = ["| model | P | clients | plain clients/s | batched clients/s | batched ÷ plain "
+             "| max \\|Δθ\\| |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data["training"]:
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['clients']:,} | "
+                     f"{r['plain_clients_per_s']:,.0f} | {r['batched_clients_per_s']:,.0f} | "
+                     f"**{r['speedup']:.1f}×** | {r['max_abs_diff']:.1e} |")
+    if data.get("embedded"):
+        lines += ["", "| whole embedded round (logreg) | clients | off s/round | auto s/round "
+                  "| off ÷ auto |", "|---|---:|---:|---:|---:|"]
+        for r in data["embedded"]:
+            lines.append(f"| | {r['clients']:,} | {r['off_round_s']:.2f} | "
+                         f"{r['auto_round_s']:.2f} | **{r['speedup']:.2f}×** |")
+    m = data["memory"]
+    lines += ["", f"A {m['clients']:,}-client population, built ({m['build_s']:.1f} s) and one "
+              f"{m['cohort']:,}-client cohort trained from it: peak RSS "
+              f"**{m['peak_rss'] / 2**30:.2f} GiB** ({m['floor_rss'] / 2**20:.0f} MiB of it the "
+              f"interpreter and torch; {m['clients_made']:,} client objects made); the same "
+              f"population's records materialised whole: "
+              f"{m['eager_records_bytes'] / 2**30:.1f} GiB."]
     return "\n".join(lines)
 
 
@@ -247,7 +321,8 @@ def main() -> None:
                          ("robust_speed", robust_speed_table),
                          ("robustness", robustness_table), ("codecs", codecs_table),
                          ("compression", compression_table), ("transfer", transfer_table),
-                         ("he", he_table), ("secagg", secagg_table)):
+                         ("he", he_table), ("secagg", secagg_table),
+                         ("scale_embedded", scale_embedded_table)):
         data = _load(name)
         if data is None:
             continue

@@ -2,7 +2,9 @@
 
 consumes  tsfl.rounds, tsfl.updates.encrypted
 produces  tsfl.aggregates (the encrypted sum after the clear mean), tsfl.failures
-state     the job's public parameters only
+state     the job's public parameters, key commitment and trusted identity authorities;
+          sections that are unsigned, wrongly keyed or tampered with are refused and
+          audited (he.section.refused)
 """
 
 from tsfl.bus import topics

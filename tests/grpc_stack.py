@@ -21,6 +21,7 @@ class GrpcStack:
     store: Store
     jobs: JobManager
     channel: grpc.aio.Channel
+    address: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -32,7 +33,7 @@ async def coordinator_grpc(db: Path) -> AsyncIterator[GrpcStack]:
                                                      "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield GrpcStack(store, jobs, channel)
+        yield GrpcStack(store, jobs, channel, f"127.0.0.1:{port}")
     finally:
         await channel.close()
         await server.stop(None)

@@ -68,6 +68,19 @@ async def _play(stack) -> dict:
     out["missing_participants"] = await code(
         admin.ListParticipants, admin_pb2.ParticipantsRequest(job_id="no-such-job"),
         tokens["root"])
+    # listing: a submitter sees its own jobs, an operator every job
+    root_job = await admin.SubmitJob(submit, metadata=_md(tokens["root"]), timeout=120)
+    out["alice_lists"] = [j.job_id for j in (await admin.ListJobs(
+        admin_pb2.ListJobsRequest(), metadata=_md(tokens["alice"]))).jobs]
+    out["root_lists"] = [j.job_id for j in (await admin.ListJobs(
+        admin_pb2.ListJobsRequest(status="RUNNING"), metadata=_md(tokens["root"]))).jobs]
+    out["bad_status"] = await code(admin.ListJobs, admin_pb2.ListJobsRequest(status="x"),
+                                   tokens["root"])
+    out["anonymous_list"] = await code(admin.ListJobs, admin_pb2.ListJobsRequest(), None)
+    out["layout"] = (await admin.GetJob(ref, metadata=_md(tokens["alice"]))).layout_json
+    out["jobs"] = (job.job_id, root_job.job_id)
+    await admin.CancelJob(admin_pb2.JobRef(job_id=root_job.job_id),
+                          metadata=_md(tokens["root"]))
     # quotas: one running job per submitter
     policy = stack.jobs.policy
     stack.jobs.policy = dataclasses.replace(policy, max_jobs_per_owner=1)
@@ -148,3 +161,18 @@ def test_enrolment_tokens_are_stored_as_salted_scrypt(outcome):
     assert enrollment_matches(job_id, "enrol", stored)
     assert not enrollment_matches(job_id, "enrol!", stored)
     assert not enrollment_matches("another-job", "enrol", stored)  # salted per job
+
+
+def test_job_listing_is_authorised_per_job(outcome):
+    alice_job, root_job = outcome["jobs"]
+    assert outcome["alice_lists"] == [alice_job]
+    assert outcome["root_lists"] == [root_job, alice_job]  # newest first
+    assert outcome["bad_status"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert outcome["anonymous_list"] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_get_job_gives_the_model_layout(outcome):
+    import json
+
+    layout = json.loads(outcome["layout"])
+    assert layout and {"name", "shape"} <= set(layout[0])

@@ -45,7 +45,10 @@ def test_he_benchmark_runs_and_matches_the_plaintext_sum():
 
     data = he.bench([20_000], [20_000])
     row = data["rows"][0]
-    for key in ("he", "he_selective_10", "tenseal"):
+    for key in ("he", "he_selective_10", "threshold", "tenseal"):
         assert row[key]["max_abs_error"] < 1e-4
     assert row["he"]["expansion"] <= 4.0 < row["tenseal"]["expansion"]
     assert row["he_selective_10"]["encrypted"] == 2000
+    # 20k values pad their last 4096-coefficient ciphertext (3.75 × 20480 / 20000)
+    assert row["threshold"]["expansion"] < 3.9
+    assert set(row["threshold_vs_shared"]) == {"encrypt", "aggregate", "decrypt", "bytes"}

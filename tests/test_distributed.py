@@ -4,6 +4,7 @@ broker (Tansu) and PostgreSQL, devices over real gRPC."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from tsfl.config import parse_job
+from tsfl.he import HeJob
 from tsfl.runtime import stack
 from tsfl.runtime.broker import free_port, start_local_broker
 from tsfl.runtime.embedded import run_embedded
@@ -127,8 +129,29 @@ def test_distributed_job_equals_the_embedded_run(services, database, tmp_path):
     assert _job(state.grpc, job_id).status == "COMPLETED"
     final, rounds, parts = asyncio.run(_final_model(database, job_id))
     _check_counted_once(rounds, parts, JOB)
-    embedded = _embedded_final(tmp_path, JOB)
-    assert np.max(np.abs(final - embedded)) <= 1e-5
+    embedded = asyncio.run(run_embedded(parse_job(JOB), tmp_path / "embedded"))
+    assert np.max(np.abs(final - embedded.final_vector)) <= 1e-5
+    # model quality per round, distributed as embedded: the coordinator evaluates each
+    # released model on the same held-out split (recorded just after each release)
+    deadline = time.monotonic() + 60
+    while True:
+        rounds = asyncio.run(_final_model(database, job_id))[1]
+        if all((r["metrics"] or {}).get("test_accuracy") is not None for r in rounds):
+            break
+        assert time.monotonic() < deadline, [r["metrics"] for r in rounds]
+        time.sleep(0.5)
+    for r, m in zip(rounds, embedded.metrics, strict=True):
+        assert r["metrics"]["test_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-3)
+        assert r["metrics"]["test_loss"] == pytest.approx(m["test_loss"], abs=1e-3)
+    # ... and the CLI shows and exports them
+    from tsfl.cli.main import main
+
+    assert main(["job", "metrics", job_id, "--coordinator", state.grpc,
+                 "--out", str(tmp_path / "m")]) == 0
+    exported = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert [m["round"] for m in exported] == [1, 2, 3, 4, 5]
+    assert all(m["test_accuracy"] is not None for m in exported)
+    assert (tmp_path / "m" / "curves.png").stat().st_size > 0
 
 
 DP_JOB = {**JOB, "name": "dist-dp", "rounds": 3,
@@ -213,8 +236,8 @@ def test_kill_9_mid_round_then_restart_gives_the_same_model(services, database, 
     assert _job(state.grpc, job_id).status == "COMPLETED"
     final, rounds, parts = asyncio.run(_final_model(database, job_id))
     _check_counted_once(rounds, parts, JOB)
-    embedded = _embedded_final(tmp_path, JOB)
-    assert np.max(np.abs(final - embedded)) <= 1e-5
+    embedded = asyncio.run(run_embedded(parse_job(JOB), tmp_path / "embedded"))
+    assert np.max(np.abs(final - embedded.final_vector)) <= 1e-5
 
 
 BAD_JOB = {**JOB, "name": "bad", "rounds": 1, "clients": {"count": 4, "per_round": 4}}
@@ -393,28 +416,36 @@ def test_admin_cli_status_cancel_and_graceful_stop(services):
 
 
 HE_JOB = {**JOB, "name": "dist-he", "rounds": 3,
-          "crypto": {"mode": "he", "he": {"fraction": 0.5}}}
+          "crypto": {"mode": "he", "he": {"fraction": 0.5, "keying": "shared"}}}
 
 
 def test_distributed_he_job_equals_the_embedded_run(services, database, tmp_path):
-    """CKKS through all six services: the he service sums ciphertexts it cannot read, the
-    store holds zeros + the encrypted sum, and the key holder's model is the embedded one."""
+    """CKKS (shared keying) through all six services: the he service sums signed
+    ciphertexts it cannot read, the store holds zeros + the encrypted sum, and the key
+    holder's model is the embedded one."""
+    import json
+
     from tsfl.cli.distributed import run_fleet, with_he_key
     from tsfl.he import HeJob, SealedVector, SecretKeySet, open_vector
     from tsfl.he.job import he_params
+    from tsfl.identity import IdentityAuthority
     from tsfl.runtime.simulation import initial_model
 
     state, _ = services
     spec = parse_job(HE_JOB)
     layout, _ = initial_model(spec)
     keys = SecretKeySet(he_params(spec, layout))
-    keys.write(tmp_path / "keys")
+    public, _ = keys.write(tmp_path / "keys")
+    ca = IdentityAuthority.generate()  # as `tsfl keys init --authority` records it
+    raw = json.loads(public.read_text())
+    public.write_text(json.dumps({**raw, "authority": [ca.public_key.hex()]}))
     submitted = yaml.safe_load(with_he_key(yaml.safe_dump(HE_JOB), str(tmp_path / "keys")))
     assert submitted["crypto"]["he"]["key_id"] == keys.key_id
+    assert submitted["crypto"]["he"]["authority"] == [ca.public_key.hex()]
     job_id = _submit(state.grpc, submitted)
     contributed = asyncio.run(asyncio.wait_for(run_fleet(
         state.grpc, job_id, "enrol-me", parse_job(submitted), JOB["clients"]["count"],
-        [keys]), 300))
+        [keys], authority=ca), 300))
     assert sum(contributed) == 3 * 10
     assert _job(state.grpc, job_id).status == "COMPLETED"
     final, rounds, parts = asyncio.run(_final_model(database, job_id))
@@ -433,6 +464,57 @@ def test_distributed_he_job_equals_the_embedded_run(services, database, tmp_path
     final[job.selected] = open_vector(keys, total) / total.weight
     embedded = _embedded_final(tmp_path, HE_JOB)
     assert np.max(np.abs(final - embedded)) <= 1e-5
+
+
+def test_distributed_threshold_he_job_equals_the_embedded_run(services, database, tmp_path):
+    """Threshold keying through all six services: the 20 silos make their key in a
+    ceremony through the coordinator (which keeps its public part: the key id in the
+    spec), a cohort of 10 cannot open a sum alone (t = 11), so every silo opens every
+    model over gRPC; the silos' final model is the embedded one."""
+    from tsfl.core.layout import ParamLayout
+    from tsfl.identity import IdentityAuthority
+    from tsfl.wire.messages import encode_model
+
+    state, _ = services
+    ca = IdentityAuthority.generate()
+    job = {**HE_JOB, "name": "dist-he-t", "crypto": {"mode": "he", "he": {
+        "fraction": 0.5, "keying": "threshold", "authority": [ca.public_key.hex()]}}}
+    job_id = _submit(state.grpc, job)
+    silos: dict = {}
+    contributed = asyncio.run(asyncio.wait_for(run_fleet_silos(
+        state.grpc, job_id, job, ca, silos), 300))
+    assert sum(contributed) == 3 * 10
+    assert _job(state.grpc, job_id).status == "COMPLETED"
+    final, rounds, parts = asyncio.run(_final_model(database, job_id))
+    _check_counted_once(rounds, parts, job)
+    info = _job(state.grpc, job_id)
+    spec, layout = parse_job(yaml.safe_load(info.spec_yaml)), ParamLayout.from_json(
+        json.loads(info.layout_json))
+    he = HeJob.from_spec(spec, layout)
+    assert he is not None and not final[he.selected].any()
+    assert {s.key_id for d in silos.values() for s in d.keys.values()} == {he.key_id}
+
+    async def sealed() -> tuple[int, bytes]:
+        store = await Store.open(database)
+        try:
+            ckpt = await store.latest_checkpoint(job_id)
+            return ckpt["version"], ckpt["sealed"]
+        finally:
+            await store.close()
+
+    version, data = asyncio.run(sealed())
+    model = encode_model(job_id, version, final, layout, sealed=data)
+    embedded = _embedded_final(tmp_path, job)
+    for device in silos.values():  # each silo opened the final model with the others
+        view = device.open_model(model, final, *device.job(he.task_config(), layout))
+        assert np.max(np.abs(view - embedded)) <= 1e-5
+
+
+async def run_fleet_silos(address: str, job_id: str, job: dict, ca, silos: dict) -> list[int]:
+    from tsfl.cli.distributed import run_fleet
+
+    return await run_fleet(address, job_id, "enrol-me", parse_job(job),
+                           job["clients"]["count"], authority=ca, silos=silos)
 
 
 SECAGG_JOB = {**JOB, "name": "dist-secagg", "rounds": 3,

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tsfl.errors import TsflError
 from tsfl.spec_yaml import MAX_SPEC_BYTES, SpecYamlError, load_spec_text
 
 #: bounds checked before anything is built or stored (a spec is untrusted input)
@@ -180,6 +181,9 @@ class RoundSpec(Spec):
 class EvaluationSpec(Spec):
     every: PositiveInt = 1
     batch_size: PositiveInt = 1024
+    server: bool = Field(True, description=(
+        "distributed deployment: the coordinator evaluates each released model on the "
+        "dataset's held-out split (built-in datasets, or files in its data directory)"))
 
 
 class AdaptiveClippingSpec(Spec):
@@ -282,6 +286,10 @@ class SimulationSpec(Spec):
     network: NetworkSpec | None = Field(None, description=(
         "simulate link speeds: transfers are timed as bytes / bandwidth + latency (no "
         "sleeping), which feeds the per-device bandwidth estimates of adaptive compression"))
+    batched: Literal["auto", "off"] = Field("auto", exclude=True, description=(
+        "auto: train each round's cohort in one vectorised call where the model and "
+        "training allow it (same results as one client at a time); off: one at a time. "
+        "Not part of the job's identity (its hash and id): it changes no result"))
 
 
 class UplinkSpec(Spec):
@@ -394,12 +402,31 @@ class AttackSpec(Spec):
 
 
 class HeSpec(Spec):
-    """CKKS (``crypto.mode: he``): what must stay precise, and which coordinates to hide.
+    """HE (``crypto.mode: he``): what must stay precise, which coordinates to hide, and
+    who can decrypt.
 
     Devices send ``(n_k / weight_unit) · θ_k`` for the encrypted coordinates (θ_k: the
-    locally trained model, n_k: its examples); the he service only adds ciphertexts and
-    devices decrypt the sum and divide by Σ n_k / weight_unit.
+    locally trained model, n_k: its examples), signed with their identity key; the he
+    service only adds ciphertexts; the silos decrypt the sum and divide by
+    Σ n_k / weight_unit — together (``keying: threshold``: t of them, through the server,
+    which learns nothing) or each alone (``keying: shared``: one key all silos hold).
     """
+
+    keying: Literal["threshold", "shared"] = Field(
+        "threshold", description="threshold: a collective key, t-of-n silos open each sum; "
+                                 "shared: one CKKS key every silo holds (trusted silos)")
+    threshold: Annotated[int, Field(ge=2)] | None = Field(
+        None, description="threshold keying: silos needed to open a sum (default: a "
+                          "majority of clients.count, every client being a silo)")
+    flooding: Literal["fixed", "statistical"] = Field(
+        "fixed", description="threshold keying: flooding noise of a partial decryption "
+                             "(fixed: 2^20, 4x float32; statistical: 2^-40, more primes)")
+    authority: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = Field(
+        None, description="identity authorities (Ed25519 public keys, hex) whose "
+                          "certificates sign sections; tsfl run makes one per run")
+    stage_timeout_s: PositiveFloat = Field(
+        60.0, description="threshold keying: a key-ceremony step, a round's commitments "
+                          "and an opening step wait this long for silos")
 
     precision: Annotated[float, Field(gt=0, le=0.1)] = Field(
         1e-6, description="the largest absolute decryption error of the round's sum")
@@ -425,14 +452,37 @@ class HeSpec(Spec):
 
 class SecAggSpec(Spec):
     """SecAgg+ (``crypto.mode: secagg``): devices send ``(n_k / weight_unit) · Δ_k``
-    clipped to ±clip, quantized to ``quant_bits`` and masked; the server learns the sum."""
+    clipped to ±clip, quantized to ``quant_bits`` and masked, their example count and
+    metrics inside the masked vector; the server learns the sums. The graph degree k and
+    the threshold t follow from the threat model (corruption γ, dropout δ, security σ;
+    Bell et al. 2020, :mod:`tsfl.secagg.params`), and every device checks them."""
 
     clip: PositiveFloat = Field(1.0, description="each weighted coordinate is clipped here")
     quant_bits: Annotated[int, Field(ge=4, le=32)] = Field(
         20, description="levels per coordinate: 2^quant_bits − 1 (stochastic rounding)")
     weight_unit: PositiveFloat = Field(100.0, description="examples that count as weight 1")
-    threshold_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
-        0.5, description="Shamir threshold: more than this fraction of each neighbourhood")
+    corruption: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        0.05, description="γ: the fraction of a cohort that may collude with the server "
+                          "(devices refuse less than their own floor, 0.05 by default)")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.1, description="δ: the fraction of a cohort that may drop out; a round keeping "
+                         "fewer than ⌈(1 − δ)n⌉ clients aborts")
+    security_bits: Annotated[int, Field(ge=20, le=128)] = Field(
+        40, description="σ: each bad event of the graph (a neighbourhood the server can "
+                        "open, a disconnected graph, too few survivors) has probability "
+                        "≤ 2^−σ")
+    threshold_fraction: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None, description="raise the Shamir threshold above this fraction of a "
+                          "neighbourhood (≥ 0.5; the threshold derived from γ, δ, σ is the "
+                          "floor)")
+    key_agreement: Literal["x25519", "x25519+mlkem768"] = Field(
+        "x25519", description="share encryption: X25519, or hybrid X25519 + ML-KEM-768 "
+                              "(post-quantum)")
+    metrics: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]],
+                       Field(max_length=16)] = Field(
+        ["train_loss"], description="device metrics summed inside the masked vector "
+                                    "(example-weighted); others are not sent")
+    metric_clip: PositiveFloat = Field(1000.0, description="each metric is clipped to ±this")
     stage_timeout_s: PositiveFloat = Field(
         30.0, description="a stage ends when every expected device spoke or after this")
 
@@ -503,16 +553,7 @@ class JobSpec(Spec):
             if c == "he":
                 self._check_he()
             else:
-                from tsfl.secagg.ring import RingSpec
-
-                s = self.crypto.secagg
-                if self.clients.per_round < 3:
-                    raise ValueError("crypto.mode 'secagg' needs clients.per_round ≥ 3: with "
-                                     "fewer, the sum of the others reveals each update")
-                try:
-                    RingSpec(s.clip, s.quant_bits, self.clients.per_round)
-                except ValueError as exc:
-                    raise ValueError(f"crypto.secagg: {exc}") from None
+                self._check_secagg()
         r, n = self.robust, self.clients.per_round
         if r.aggregator != "none" and 2 * r.num_malicious >= n:
             raise ValueError(f"robust.num_malicious ({r.num_malicious}) must be below half "
@@ -550,6 +591,32 @@ class JobSpec(Spec):
             )
         return self
 
+    def _check_secagg(self) -> None:
+        from tsfl.secagg.params import derive
+        from tsfl.secagg.ring import RingSpec
+
+        s, n = self.crypto.secagg, self.clients.per_round
+        if n < 3:
+            raise ValueError("crypto.mode 'secagg' needs clients.per_round ≥ 3: with "
+                             "fewer, the sum of the others reveals each update")
+        if s.threshold_fraction is not None and s.threshold_fraction < 0.5:
+            raise ValueError(
+                f"crypto.secagg.threshold_fraction {s.threshold_fraction} makes the Shamir "
+                "threshold t ≤ k/2: a server that splits the unmask request (some neighbours "
+                "asked for b_u, the others for s_u) rebuilds both secrets of a client and "
+                "its input; use at least 0.5, or leave it unset (t is derived from "
+                "corruption, dropout and security_bits)")
+        if self.simulation.dropout > s.dropout:
+            raise ValueError(
+                f"simulation.dropout {self.simulation.dropout} exceeds "
+                f"crypto.secagg.dropout {s.dropout}: devices abort a round that keeps "
+                "fewer than ⌈(1 − δ)n⌉ clients; raise crypto.secagg.dropout")
+        try:
+            RingSpec(s.clip, s.quant_bits, n)
+            derive(n, s.corruption, s.dropout, s.security_bits, None, s.threshold_fraction)
+        except ValueError as exc:
+            raise ValueError(f"crypto.secagg: {exc}") from None
+
     def _check_server_side(self, mode: str) -> None:
         if mode == "secagg":
             if self.compression.uplink.chain != ["f32"] or self.compression.skip_below:
@@ -575,8 +642,16 @@ class JobSpec(Spec):
                              "downlink full")
         h = self.crypto.he
         try:
-            choose_params(h.precision, h.value_bound, self.clients.per_round,
-                          security=h.security, poly_degree=h.poly_degree)
+            if h.keying == "shared":
+                choose_params(h.precision, h.value_bound, self.clients.per_round,
+                              security=h.security, poly_degree=h.poly_degree)
+                return
+            from tsfl.he.job import threshold_params
+
+            if h.threshold is not None and h.threshold > self.clients.count:
+                raise HeError("params", f"threshold {h.threshold} exceeds the "
+                                        f"{self.clients.count} silos (clients.count)")
+            threshold_params(self)
         except HeError as exc:
             raise ValueError(f"crypto.he: {exc}") from None
 
@@ -585,7 +660,7 @@ class JobSpec(Spec):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class ConfigError(Exception):
+class ConfigError(TsflError):
     """A job spec is invalid; ``problems`` holds one readable line per issue."""
 
     def __init__(self, problems: list[str], source: str = "job spec"):
@@ -656,15 +731,14 @@ def bundled_examples() -> list[str]:
 
 
 def find_job_file(name: str | Path) -> Path:
-    """A job spec by path, or a bundled example by name (``digits-dp``, from any
-    directory); FileNotFoundError naming the examples otherwise."""
+    """A job spec by path, or a bundled example by bare name (``digits-dp``, from any
+    directory); FileNotFoundError naming the examples for an unknown bare name."""
     path = Path(name)
-    if path.is_file():
-        return path
     text = str(name)
-    if "/" not in text and "\\" not in text:
-        example = bundled_example(text.removesuffix(".yaml"))
-        if example.is_file():
-            return example
+    if path.is_file() or "/" in text or "\\" in text or path.suffix in (".yaml", ".yml"):
+        return path  # a path: reading it says what is wrong with it
+    example = bundled_example(text)
+    if example.is_file():
+        return example
     raise FileNotFoundError(f"no job spec {text!r} (a file, or one of the bundled examples: "
                             f"{', '.join(bundled_examples())})")

@@ -33,12 +33,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from tsfl.errors import ErrorKind, TsflError
+
 MAX_DEVICE_ID = 128
 _CERT_DOMAIN = b"tsfl-identity-cert"
 
 
-class IdentityError(ValueError):
+class IdentityError(TsflError, ValueError):
     """A certificate or signature that does not verify, or a malformed one."""
+
+    kind = ErrorKind.DENIED
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from tsfl.errors import TsflError
+
 MAX_SPEC_BYTES = 256 * 1024
 MAX_DEPTH = 32
 MAX_NODES = 20_000
@@ -23,7 +25,7 @@ MAX_NODES = 20_000
 MAX_SCALAR = 1024
 
 
-class SpecYamlError(ValueError):
+class SpecYamlError(TsflError, ValueError):
     """The text is not a spec we read: too large, too deep, aliased, or not YAML."""
 
 

@@ -15,15 +15,21 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from tsfl.errors import ErrorKind, TsflError
 
-class BusError(RuntimeError):
+
+class BusError(TsflError, RuntimeError):
     """Misuse of the bus (unknown topic, closed bus, ...)."""
+
+    kind = ErrorKind.INTERNAL
 
 
 class BusUnavailable(BusError):
     """The broker could not be reached (down, restarting, partitioned): a transient
     failure, so the call may be retried later (a record published twice is harmless:
     delivery is at-least-once and every consumer is idempotent by key)."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)

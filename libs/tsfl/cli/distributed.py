@@ -236,34 +236,114 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
     spec = parse_job(yaml.safe_load(info.spec_yaml))
     he_keys = []
-    if args.he_keys:
+    authority = None
+    threshold = spec.crypto.mode == "he" and spec.crypto.he.keying == "threshold"
+    if threshold:  # silos: a key ceremony through the coordinator, then openings
+        try:
+            authority = threshold_authority(spec, args.authority_key)
+        except (OSError, ValueError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+    elif args.he_keys:
         from tsfl.he import HeError, read_secret
+        from tsfl.identity import IdentityAuthority
 
         try:
             he_keys.append(read_secret(args.he_keys))
-        except HeError as exc:
+            if not args.authority_key:
+                raise HeError("identity", "--he-keys needs --authority-key: each device "
+                                          "signs its encrypted sections with an identity "
+                                          "that authority certifies")
+            authority = IdentityAuthority.load(args.authority_key)
+        except (HeError, OSError, ValueError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+    if spec.crypto.mode == "secagg":  # devices sign their keys, trust only this authority
+        from tsfl.identity import IdentityAuthority
+
+        try:
+            if not args.authority_key:
+                raise ValueError("a SecAgg+ job needs --authority-key: each device signs "
+                                 "its keys with an identity that authority certifies, and "
+                                 "uses only keys its certificates vouch for")
+            authority = IdentityAuthority.load(args.authority_key)
+        except (OSError, ValueError) as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return 2
     counts = asyncio.run(run_fleet(args.coordinator, args.job, args.token, spec, args.count,
-                                   he_keys, tls))
+                                   he_keys, tls, authority,
+                                   share_dir=args.he_keys if threshold else None))
     err.print(f"{len(counts)} devices done, {sum(counts)} updates contributed")
     return 0
 
 
+def threshold_authority(spec, authority_key: str | None) -> Any:
+    """The identity authority of a threshold-HE job's simulated silos: the private key
+    given (``--authority-key``), which must be one the job trusts (``crypto.he.authority``:
+    the silos' certificates sign every ceremony and opening message)."""
+    from tsfl.identity import IdentityAuthority
+
+    if not authority_key:
+        raise ValueError("a threshold-HE job needs --authority-key: each silo signs its "
+                         "key-ceremony, section and opening messages with an identity that "
+                         "authority certifies, and trusts only certificates it issued")
+    authority = IdentityAuthority.load(authority_key)
+    if authority.public_key.hex() not in (spec.crypto.he.authority or []):
+        raise ValueError(f"{authority_key} is not one of the job's identity authorities "
+                         "(crypto.he.authority)")
+    return authority
+
+
 async def run_fleet(address: str, job_id: str, token: str, spec, count: int,
-                    he_keys: Sequence[Any] = (), tls: Any = None) -> list[int]:
+                    he_keys: Sequence[Any] = (), tls: Any = None,
+                    authority: Any = None, *, share_dir: str | None = None,
+                    silos: dict[str, Any] | None = None) -> list[int]:
     """``count`` simulated devices (the embedded run's partitions) as real gRPC clients;
-    ``he_keys``: the secret key set of an HE job, which every device of the fleet holds."""
+    ``he_keys``: the secret key set of an HE job (shared keying), which every device of the
+    fleet holds; ``authority`` (an :class:`~tsfl.identity.IdentityAuthority`) certifies
+    each device's identity, with which it signs its encrypted sections (HE) or its keys
+    (SecAgg+, whose devices trust only that authority; a fresh one when none is given).
+    Threshold HE: each device is a silo trusting only ``authority``; it makes its share in
+    the job's key ceremony (written under ``share_dir``/JOB/DEVICE.share when given) and
+    opens each model with the others; ``silos`` receives each one's
+    :class:`~tsfl.sdk.he.HeDevice`."""
+    from tsfl.identity import DeviceIdentity
     from tsfl.rpc.client import start_client
     from tsfl.runtime.simulation import build_federation
+    from tsfl.sdk.he import HeDevice, SiloKeys
 
     fed = build_federation(spec)
     ids = fed.client_ids[:count]
+
+    if spec.crypto.mode == "secagg":  # no authority given: one for this fleet alone
+        from tsfl.runtime.secagg_setup import secagg_devices
+
+        for cid, device in secagg_devices(spec, ids, authority).items():
+            fed.clients[cid].secagg_device = device  # ClientRunner's default
+
+    def keys_of(cid: str) -> list[Any]:
+        if authority is None:
+            return list(he_keys)
+        identity = DeviceIdentity.enrol(cid, authority)
+        return [SiloKeys(k, identity) for k in he_keys]
+
+    def silo(cid: str) -> HeDevice | None:
+        if not (spec.crypto.mode == "he" and spec.crypto.he.keying == "threshold"):
+            return None
+        if authority is None:
+            raise ValueError("threshold-HE silos need their identity authority")
+        device = HeDevice(identity=DeviceIdentity.enrol(cid, authority),
+                          trusted=[authority.public_key], share_dir=share_dir)
+        if silos is not None:
+            silos[cid] = device
+        return device
+
     # They share one model workspace and train one at a time in this event loop
     # (offload=False), like the embedded simulation.
     return list(await asyncio.gather(*(
         start_client(address, fed.clients[cid], job_id=job_id, device_id=cid, token=token,
-                     layout=fed.workspace.layout, offload=False, he_keys=he_keys, tls=tls)
+                     layout=fed.workspace.layout, offload=False, he_keys=keys_of(cid),
+                     tls=tls, he=silo(cid))
         for cid in ids)))
 
 
@@ -273,21 +353,36 @@ def cmd_job(args: argparse.Namespace) -> int:
     from tsfl.v1 import admin_pb2
 
     args.coordinator = coordinator_address(args)
+    if args.target is None and args.action != "list":
+        err.print(f"[bold red]error:[/] tsfl job {args.action} needs "
+                  f"{'a job spec' if args.action == 'submit' else 'a job id'}")
+        return 2
     channel, admin = _admin(args.coordinator, admin_token(args))
     try:
-        if args.action == "submit":
+        if args.action == "list":
+            jobs = admin.ListJobs(admin_pb2.ListJobsRequest(status=(args.target or "").upper()),
+                                  timeout=30)
+            table = Table("job", "status", "rounds", "accuracy", "devices", "reason")
+            for j in jobs.jobs:
+                acc = f"{j.test_accuracy:.4f}" if j.HasField("test_accuracy") else ""
+                table.add_row(j.job_id, j.status, f"{j.rounds_done}/{j.rounds_total}", acc,
+                              str(j.devices), j.reason)
+            out.print(table)
+        elif args.action == "submit":
             try:
                 text = find_job_file(args.target).read_text(encoding="utf-8")
             except OSError as exc:
                 err.print(f"[bold red]error:[/] cannot read {args.target}: "
                           f"{getattr(exc, 'strerror', None) or exc}", highlight=False)
                 return 2
-            if args.he_keys:
-                try:
+            try:
+                if args.he_keys:
                     text = with_he_key(text, args.he_keys)
-                except ValueError as exc:
-                    err.print(f"[bold red]error:[/] {exc}", highlight=False)
-                    return 2
+                if args.authority:
+                    text = with_authority(text, args.authority)
+            except ValueError as exc:
+                err.print(f"[bold red]error:[/] {exc}", highlight=False)
+                return 2
             info = admin.SubmitJob(admin_pb2.SubmitJobRequest(
                 spec_yaml=text, enrollment_token=args.token or ""), timeout=120)
             out.print(info.job_id, highlight=False)
@@ -301,18 +396,34 @@ def cmd_job(args: argparse.Namespace) -> int:
                                   "rounds_done": info.rounds_done,
                                   "rounds_total": info.rounds_total,
                                   "model_version": info.model_version,
-                                  "devices": info.devices}, indent=2))
+                                  "devices": info.devices,
+                                  "test_accuracy": info.test_accuracy
+                                  if info.HasField("test_accuracy") else None}, indent=2))
         elif args.action == "cancel":
             info = admin.CancelJob(admin_pb2.JobRef(job_id=args.target), timeout=30)
             out.print(f"{info.job_id}: {info.status}", highlight=False)
         elif args.action == "rounds":
             rounds = admin.ListRounds(admin_pb2.JobRef(job_id=args.target), timeout=30)
             table = Table("round", "state", "accepted", "rejected", "cohort", "model",
-                          "reason")
+                          "accuracy", "loss", "ε", "reason")
             for r in rounds.rounds:
+                m = round_metrics(r)
                 table.add_row(str(r.round), r.state, str(r.accepted), str(r.rejected),
-                              str(r.cohort_size), str(r.model_version or ""), r.reason)
+                              str(r.cohort_size), str(r.model_version or ""),
+                              _num(m["test_accuracy"]), _num(m["test_loss"]),
+                              _num(m["epsilon"]), r.reason)
             out.print(table)
+        elif args.action == "metrics":
+            from tsfl.runtime.report import plot_curves, write_json
+
+            rounds = admin.ListRounds(admin_pb2.JobRef(job_id=args.target), timeout=30)
+            metrics = [round_metrics(r) for r in rounds.rounds if r.state == "PUBLISHED"]
+            directory = Path(args.out or f"runs/{args.target}")
+            directory.mkdir(parents=True, exist_ok=True)
+            write_json(directory / "metrics.json", metrics)
+            plot_curves(metrics, directory / "curves.png", args.target)
+            err.print(f"{len(metrics)} rounds -> {directory}/metrics.json, curves.png",
+                      highlight=False)
         elif args.action == "participants":
             parts = admin.ListParticipants(admin_pb2.ParticipantsRequest(
                 job_id=args.target, round=args.round or 0), timeout=30)
@@ -333,7 +444,11 @@ def cmd_job(args: argparse.Namespace) -> int:
                         final = r.job_status
                         break
                     done = r.round if r.state in ("PUBLISHED", "FAILED") else r.round - 1
-                    progress.update(bar, completed=done, st=r.state)
+                    line = round_line(r)
+                    progress.update(bar, completed=done, st=line or r.state)
+                    if line and (r.state == "FAILED" or r.HasField("test_accuracy")
+                                 or r.HasField("train_loss")):
+                        progress.console.print(f"round {r.round}: {line}", highlight=False)
             out.print(f"{args.target}: {final}", highlight=False)
             return 0 if final == "COMPLETED" else 1
     except grpc.RpcError as exc:
@@ -343,16 +458,53 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def round_metrics(r: Any) -> dict[str, Any]:
+    """A RoundInfo as a metrics.json row (the keys ``tsfl run`` writes)."""
+    def opt(name: str) -> float | None:
+        return getattr(r, name) if r.HasField(name) else None
+
+    return {"round": r.round, "model_version": r.model_version,
+            "test_accuracy": opt("test_accuracy"), "test_loss": opt("test_loss"),
+            "train_loss": opt("train_loss"), "epsilon": opt("epsilon"),
+            "accepted": r.accepted, "rejected": r.rejected, "cohort": r.cohort_size,
+            "bytes_up": r.bytes_up, "bytes_down": r.bytes_down}
+
+
+def round_line(r: Any) -> str:
+    """One round, for a person: state, accuracy, loss, ε (what is known)."""
+    m = round_metrics(r)
+    parts = [r.state]
+    if m["test_accuracy"] is not None:
+        parts.append(f"acc {m['test_accuracy']:.4f}")
+    if m["test_loss"] is not None:
+        parts.append(f"loss {m['test_loss']:.4f}")
+    elif m["train_loss"] is not None:
+        parts.append(f"train loss {m['train_loss']:.4f}")
+    if m["epsilon"] is not None:
+        parts.append(f"ε {m['epsilon']:.3g}")
+    parts.append(f"{r.accepted}/{r.cohort_size} accepted")
+    if r.reason:
+        parts.append(f"({r.reason})")
+    return "  ".join(parts)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
 def with_he_key(spec_yaml: str, keys_dir: str) -> str:
-    """The spec with ``crypto.he.key_id`` set from a key set's public part (only the
-    public part is read: the secret never goes near the coordinator)."""
+    """The spec with ``crypto.he`` key id, identity authority and ``keying: shared`` set
+    from a shared key set's public part (only the public part is read: the secret never
+    goes near the coordinator)."""
     import yaml
 
     from tsfl.he import HeError, read_public
 
     try:
         public = read_public(keys_dir)
-    except HeError as exc:
+        raw = json.loads((Path(keys_dir) / "public.json").read_text()
+                         if Path(keys_dir).is_dir() else Path(keys_dir).read_text())
+    except (HeError, OSError, ValueError) as exc:
         raise ValueError(str(exc)) from None
     data = yaml.safe_load(spec_yaml)
     if not isinstance(data, dict):
@@ -365,23 +517,69 @@ def with_he_key(spec_yaml: str, keys_dir: str) -> str:
         raise ValueError(f"the spec names key {he['key_id']!r}, {keys_dir} holds "
                          f"{public.key_id!r}")
     he["key_id"] = public.key_id
+    he["keying"] = "shared"
+    if raw.get("authority"):
+        he["authority"] = list(raw["authority"])
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def with_authority(spec_yaml: str, authority: str) -> str:
+    """The spec with ``crypto.he.authority`` set to an identity authority's public key
+    (hex or a ``.pub`` file): a threshold-HE job's silos are certified by it, and make
+    their key in a ceremony through the coordinator before round 1."""
+    import yaml
+
+    from tsfl.identity import IdentityError, read_authority_public
+
+    try:
+        public = read_authority_public(authority)
+    except (IdentityError, OSError) as exc:
+        raise ValueError(str(exc)) from None
+    data = yaml.safe_load(spec_yaml)
+    crypto = data.get("crypto") if isinstance(data, dict) else None
+    if not isinstance(crypto, dict) or crypto.get("mode") != "he":
+        raise ValueError("--authority is for jobs with crypto.mode he")
+    he = crypto.get("he") if isinstance(crypto.get("he"), dict) else {}
+    crypto["he"] = {**he, "authority": [public.hex()]}
     return yaml.safe_dump(data, sort_keys=False)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """``tsfl keys init JOB.yaml --out DIR``: the key authority's step for an HE job."""
+    """``tsfl keys init JOB.yaml --out DIR --authority CA.pub``: the key authority's
+    step for a shared-key HE job; ``tsfl keys authority --out CA.key``: a fresh identity
+    authority (private key mode 0600, public key in ``CA.key.pub``), which certifies the
+    devices that sign encrypted sections."""
+    if args.action == "authority":
+        from tsfl.identity import IdentityAuthority
+
+        if Path(args.out).exists() and not args.force:
+            err.print(f"[bold red]error:[/] {args.out} exists (--force replaces it)",
+                      highlight=False)
+            return 2
+        ca = IdentityAuthority.generate()
+        ca.save(args.out)
+        out.print(ca.public_key.hex(), highlight=False)
+        err.print(f"identity authority: {args.out} (keep it off the server), public key "
+                  f"{args.out}.pub", highlight=False)
+        return 0
+    if not args.job or not args.authority:
+        err.print("[bold red]error:[/] tsfl keys init needs JOB.yaml and --authority",
+                  highlight=False)
+        return 2
     from tsfl.config import ConfigError, load_job
     from tsfl.he import HeError, SecretKeySet
     from tsfl.he.job import he_params
+    from tsfl.identity import IdentityError, read_authority_public
     from tsfl.runtime.simulation import initial_model
 
     try:
         spec = load_job(args.job)
         if spec.crypto.mode != "he":
             raise HeError("params", f"{args.job} does not use crypto.mode he")
+        authority = read_authority_public(args.authority)
         layout, _ = initial_model(spec)
         keys = SecretKeySet(he_params(spec, layout))
-    except (ConfigError, HeError, OSError) as exc:
+    except (ConfigError, HeError, IdentityError, OSError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     out_dir = Path(args.out)
@@ -390,8 +588,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
                   "--force replaces it)", highlight=False)
         return 2
     public, secret = keys.write(out_dir)
+    raw = json.loads(public.read_text())
+    raw["authority"] = [authority.hex()]  # whose certificates sign the devices' sections
+    public.write_text(json.dumps(raw, indent=2) + "\n")
     p = keys.params
     out.print(keys.key_id, highlight=False)
+    err.print("a shared key set (crypto.he.keying: shared, trusted silos; tsfl job submit "
+              "--he-keys sets it). ", end="", highlight=False)
     err.print(f"CKKS N={p.poly_degree}, q {p.prime_bits} bits, scale 2^{p.scale_bits}, "
               f"{p.security}-bit security. Public part (for the coordinator: tsfl job submit "
               f"--he-keys {out_dir}): {public}. Secret key (devices only: tsfl devices "
@@ -515,27 +718,45 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("--token", required=True, help="the job's enrollment token")
     dev.add_argument("--count", type=int, required=True)
     dev.add_argument("--he-keys", metavar="DIR",
-                     help="the HE job's key set (tsfl keys init): devices encrypt with it")
+                     help="shared keying: the HE job's key set (tsfl keys init), devices "
+                          "encrypt with it; threshold keying: where each silo writes the "
+                          "share it makes in the key ceremony (DIR/JOB/DEVICE.share)")
+    dev.add_argument("--authority-key", "--identity-authority", metavar="FILE",
+                     help="HE and SecAgg+: the identity authority's private key (PEM); it "
+                          "certifies each simulated device, which signs its encrypted "
+                          "sections or SecAgg+ keys (SecAgg+ devices trust only it)")
     dev.add_argument("--tls-cert", help="mTLS: the devices' client certificate (PEM)")
     dev.add_argument("--tls-key", help="mTLS: its private key (PEM)")
     dev.set_defaults(func=cmd_devices)
 
     job = sub.add_parser("job", help="submit, inspect, watch or cancel jobs")
-    job.add_argument("action", choices=["submit", "status", "watch", "cancel", "rounds",
-                                        "participants"])
-    job.add_argument("target", help="submit: JOB.yaml or a bundled example's name "
-                                    "(digits-dp); else the job id")
+    job.add_argument("action", choices=["submit", "list", "status", "watch", "cancel",
+                                        "rounds", "participants", "metrics"])
+    job.add_argument("target", nargs="?", help="submit: JOB.yaml or a bundled example's "
+                                               "name (digits-dp); list: a status filter; "
+                                               "else the job id")
     job.add_argument("--round", type=int, help="participants: only this round")
+    job.add_argument("--out", help="metrics: directory for metrics.json and curves.png "
+                                   "(default runs/JOB_ID)")
     job.add_argument("--token", help="submit: the enrollment token devices will present")
     job.add_argument("--he-keys", metavar="DIR", help="submit: the HE key set's public part "
                      "(its key id goes into crypto.he.key_id)")
+    job.add_argument("--authority", metavar="CA.pub",
+                     help="submit: the identity authority (public key, hex or .pub file) "
+                          "certifying the silos of a threshold-HE job (crypto.he.authority)")
     job.set_defaults(func=cmd_job)
 
-    keys = sub.add_parser("keys", help="HE key sets: tsfl keys init JOB.yaml --out DIR")
-    keys.add_argument("action", choices=["init"])
-    keys.add_argument("job", help="the job spec (crypto.mode he) the keys are for")
-    keys.add_argument("--out", required=True, help="directory for public.json and secret.key")
+    keys = sub.add_parser("keys", help="HE keys: tsfl keys init JOB.yaml --out DIR "
+                                       "--authority CA.pub; tsfl keys authority --out CA.key")
+    keys.add_argument("action", choices=["init", "authority"])
+    keys.add_argument("job", nargs="?", help="init: the job spec (crypto.mode he, keying "
+                                             "shared) the keys are for")
+    keys.add_argument("--out", required=True, help="init: directory for public.json and "
+                                                   "secret.key; authority: the key file")
     keys.add_argument("--force", action="store_true", help="replace an existing key set")
+    keys.add_argument("--authority",
+                      help="the identity authority (public key, hex or .pub file) whose "
+                           "device certificates sign encrypted sections")
     keys.set_defaults(func=cmd_keys)
 
     audit = sub.add_parser("audit", help="print a job's audit trail and check its hash chain")

@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the job's seed")
     run.add_argument("--rounds", type=int, help="override the number of rounds")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--he-keys", metavar="DIR", help="the HE key set of a crypto.mode he job "
-                     "(tsfl keys init); default: a fresh one per run, in OUT/keys")
+    run.add_argument("--he-keys", metavar="DIR", help="the shared HE key set of a crypto.mode "
+                     "he job with keying shared (tsfl keys init); default: a fresh key per run "
+                     "(threshold keying: the silos' ceremony), in OUT/keys")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a job spec and exit")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tsfl.errors import TsflError
 
-class CodecError(ValueError):
+
+class CodecError(TsflError, ValueError):
     """An encoded payload (or codec setting) that cannot be accepted.
 
     ``code`` is stable and machine-readable; the wire layer reports it as is.

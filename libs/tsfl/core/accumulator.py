@@ -14,9 +14,10 @@ import numpy as np
 from scipy.linalg.blas import saxpy
 
 from tsfl.core.layout import VECTOR_DTYPE
+from tsfl.errors import TsflError
 
 
-class AccumulatorError(ValueError):
+class AccumulatorError(TsflError, ValueError):
     """A vector or weight the accumulator cannot take."""
 
 

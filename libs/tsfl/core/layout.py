@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from tsfl.errors import TsflError
+
 VECTOR_DTYPE = np.dtype(np.float32)
 
 
-class LayoutError(ValueError):
+class LayoutError(TsflError, ValueError):
     """A tensor set does not match the layout (names, shapes or sizes)."""
 
 
@@ -120,6 +122,28 @@ class ParamLayout:
             return cls((str(d["name"]), tuple(d["shape"]), str(d["dtype"])) for d in data)
         except (KeyError, TypeError) as exc:
             raise LayoutError(f"malformed layout description: {exc}") from exc
+
+    def differences(self, other: ParamLayout, here: str = "here",
+                    there: str = "there") -> list[str]:
+        """How ``other`` differs from this layout, tensor by tensor (empty: the same),
+        e.g. ``"fc.weight: shape (64, 10) in the job, (32, 10) in this model"`` — for a
+        device whose model does not match its job's."""
+        out = []
+        mine, theirs = self._by_name, other._by_name
+        for name in mine.keys() - theirs.keys():
+            out.append(f"{name}: in {here}, missing from {there}")
+        for name in theirs.keys() - mine.keys():
+            out.append(f"{name}: in {there}, not in {here}")
+        for name in mine.keys() & theirs.keys():
+            a, b = mine[name], theirs[name]
+            if a.shape != b.shape:
+                out.append(f"{name}: shape {a.shape} in {here}, {b.shape} in {there}")
+            if a.dtype != b.dtype:
+                out.append(f"{name}: dtype {a.dtype} in {here}, {b.dtype} in {there}")
+        if not out and self.specs != other.specs:
+            out.append(f"the same tensors in another order: {[p.name for p in self.specs]} "
+                       f"in {here}, {[p.name for p in other.specs]} in {there}")
+        return sorted(out)
 
     @property
     def digest(self) -> str:

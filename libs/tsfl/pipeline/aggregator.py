@@ -26,7 +26,8 @@ from tsfl.config import JobSpec
 from tsfl.core.fold import EstimatorFold, RoundFold
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
-from tsfl.he import HeError, HeJob, SealedSum
+from tsfl.he import HeError, HeJob
+from tsfl.he.job import CheckedSection, RoundSum
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.round_metrics import observe_aggregation
@@ -50,7 +51,8 @@ class _Round:
     closing: set[str] | None = None
     closing_at: float = 0.0  # when the CLOSING event arrived (monotonic)
     held: list[Record] = field(default_factory=list)  # settled once the round is published
-    sealed: SealedSum | None = None  # HE jobs: the encrypted coordinates' running sum
+    sealed: RoundSum | None = None  # HE jobs: the encrypted coordinates' running sum
+    sections: dict[str, CheckedSection] = field(default_factory=dict)  # HE: checked, unfolded
 
     def settled(self, client: str) -> bool:
         return client in self.folded or client in self.rejected
@@ -135,8 +137,8 @@ class Aggregator(BusRole):
             try:
                 state = await self._load_job(job_id)
             except (LookupError, HeError) as exc:
-                if job_id in self._elsewhere:
-                    self.log.debug("%s", exc)
+                if job_id in self._elsewhere or getattr(exc, "code", None) == "pending":
+                    self.log.debug("%s", exc)  # another role's job, or a key still to come
                 else:
                     self.log.warning("%s", exc)
                 return None
@@ -177,7 +179,7 @@ class Aggregator(BusRole):
                 state.version = meta[0]
             state.round = _Round(number, self._new_fold(state))
             if state.he is not None:
-                state.round.sealed = SealedSum(state.he.public, int(state.he.selected.size))
+                state.round.sealed = state.he.new_sum()
         return state.round
 
     @staticmethod
@@ -236,10 +238,16 @@ class Aggregator(BusRole):
             await self._reject(state, rnd, client, f"{exc.code}: {exc}")
             await self._maybe_finalize(state)
             return
+        if not await self._admit(state, rnd, update):
+            return  # not the client's update (a forgery): the client's own may still come
         rnd.updates[client] = update
         if not state.screened:
             rnd.verdicts.setdefault(client, (1.0, "", 1.0))
         await self._try_fold(state, rnd, client)
+
+    async def _admit(self, state: _JobState, rnd: _Round, update: Update) -> bool:
+        """Whether ``update`` is its client's to fold (the he role checks signatures)."""
+        return True
 
     async def _try_fold(self, state: _JobState, rnd: _Round, client: str) -> None:
         if client not in rnd.updates or client not in rnd.verdicts:
@@ -269,7 +277,9 @@ class Aggregator(BusRole):
             return True
         assert rnd.sealed is not None and update.sealed is not None
         try:
-            rnd.sealed.add_section(update.sealed, max_terms=1)
+            section = rnd.sections.pop(update.client_id, None) or state.he.check_section(
+                update.sealed, state.job_id, rnd.number, update.client_id)
+            rnd.sealed.add(section)
         except HeError as exc:
             self.log.warning("%s round %d: %s's encrypted section: %s", state.job_id,
                              rnd.number, update.client_id, exc)
@@ -304,7 +314,7 @@ class Aggregator(BusRole):
                 train_loss=train_loss, mean=result.mean, weight_total=result.total_weight,
                 weighting="uniform" if state.uniform_weights else "examples",
                 unclipped=sum(1 for c in accepted if c in rnd.unclipped),
-                sealed=(rnd.sealed.result().to_bytes(state.he.public.prime)
+                sealed=(rnd.sealed.result(state.job_id, rnd.number)
                         if state.he is not None and rnd.sealed is not None else None))
         else:
             msg = events.aggregate_message(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import math
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,32 +25,43 @@ from tsfl.bus.base import Bus, Record
 from tsfl.compress import CodecChain, CodecError
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
-from tsfl.he import HeError, HeJob, SealedVector
-from tsfl.he.sealed import ciphertext_count, coeff_bytes
+from tsfl.errors import TsflError
+from tsfl.he import HeError, HeJob
+from tsfl.he.job import he_size, needs_ceremony, threshold_keyed, threshold_params
+from tsfl.he.signing import refusal_code
+from tsfl.he.threshold.keys import JobKey
+from tsfl.he.threshold.params import ThresholdParams
 from tsfl.pipeline import events
 from tsfl.pipeline.credentials import enrollment_digest, session_hash, session_matches
+from tsfl.pipeline.evaluation import ServerEvaluator
+from tsfl.pipeline.he_ceremony import CeremonyRelay
+from tsfl.pipeline.he_commit import CommitBoard
+from tsfl.pipeline.he_opening import OpeningStages
 from tsfl.pipeline.role import BusRole
-from tsfl.pipeline.round_metrics import observe_round_end
+from tsfl.pipeline.round_metrics import observe_evaluation, observe_round_end
 from tsfl.pipeline.secagg_stages import SecAggOutcome, SecAggRefused, SecAggStages
 from tsfl.pipeline.selection import client_seed
 from tsfl.privacy.clipping import l2_norm
 from tsfl.privacy.plan import build_plan
 from tsfl.sdk.runner import RoundTask, UploadReceipt
-from tsfl.secagg.protocol import RoundConfig
+from tsfl.secagg.extras import Extras
+from tsfl.secagg.protocol import RoundConfig, round_id_for
 from tsfl.secagg.ring import RingSpec, dequantize_sum
 from tsfl.storage.store import RoundState, Store, StoreError
 from tsfl.strategies import build_strategy
 from tsfl.wire.envelope import WireError
+from tsfl.wire.he import he_message_bounds
 from tsfl.wire.messages import (
     decode_model,
     decode_update,
     encode_model,
     encode_model_delta,
+    model_sealed,
     peek_update_meta,
 )
 
 
-class UploadRefused(Exception):
+class UploadRefused(TsflError):
     """No upload of this device is expected now; ``code`` is the refusal's."""
 
     def __init__(self, code: str, message: str):
@@ -104,6 +115,7 @@ class _ActiveRound:
     sealed_values: int = 0  # HE: the values they encrypt
     norms: list[float] = field(default_factory=list)  # L2 norms of the accepted uploads
     secagg: SecAggStages | None = None  # secagg jobs: the SecAgg+ round in progress
+    he_commits: CommitBoard | None = None  # threshold HE: the round's section commitments
     selected: asyncio.Future[list[str]] | None = None
     done: asyncio.Future[RoundResult] | None = None
     deadline: asyncio.TimerHandle | None = None
@@ -125,8 +137,13 @@ class _Job:
     history: dict[int, np.ndarray] = field(default_factory=dict)  # version → model (deltas)
     delta_cache: dict[int, bytes] = field(default_factory=dict)  # base → delta to current
     he: HeJob | None = None  # HE jobs: public key set and the encrypted coordinates
-    previous_norms: collections.deque[list[float]] = field(  # recent rounds' update norms
+    he_opening: OpeningStages | None = None  # threshold HE: the current model's opening
+    he_ceremony: CeremonyRelay | None = None  # threshold HE: the silos' key ceremony
+    he_shape: tuple[ThresholdParams, int] | None = None  # threshold HE: params, size
+    previous_norms: collections.deque[float] = field(  # recent rounds' median update norms
         default_factory=lambda: collections.deque(maxlen=NORM_WINDOW))
+    evaluator: ServerEvaluator | None = None  # distributed: evaluates each release
+    last_test_loss: float | None = None
 
 
 def ingest_topic(spec: JobSpec) -> str:
@@ -202,23 +219,38 @@ def local_dp_config(spec: JobSpec, model_size: int) -> dict[str, Any] | None:
             "delta": plan.delta, "target_epsilon": plan.target_epsilon}
 
 
+def secagg_extras(spec: JobSpec) -> Extras:
+    """The ring coordinates after the update that carry n and the metrics."""
+    s = spec.crypto.secagg
+    return Extras(s.quant_bits, tuple(s.metrics), s.metric_clip)
+
+
 def secagg_round_config(job_id: str, spec: JobSpec, number: int, cohort: list[str],
                         size: int) -> RoundConfig:
-    """The public parameters of a SecAgg+ round: every party derives them alike."""
+    """The public parameters of a SecAgg+ round: every party derives them alike ((k, t)
+    from the threat model; the graph seed later, from the signed advertisements).
+    Raises ``ValueError`` when no graph fits this cohort."""
     s = spec.crypto.secagg
-    round_id = hashlib.sha256(f"tsfl-secagg\x00{job_id}\x00{number}".encode()).digest()[:16]
-    return RoundConfig.build(round_id, cohort, RingSpec(s.clip, s.quant_bits, len(cohort)),
-                             size, client_seed(spec.seed, number, "secagg-graph"),
-                             s.threshold_fraction)
+    return RoundConfig.build(round_id_for(job_id, number), cohort,
+                             RingSpec(s.clip, s.quant_bits, len(cohort)),
+                             size + secagg_extras(spec).width, corruption=s.corruption,
+                             dropout=s.dropout, security_bits=s.security_bits,
+                             threshold_fraction=s.threshold_fraction,
+                             key_agreement=s.key_agreement)
 
 
-def secagg_task_config(config: RoundConfig, weight_unit: float) -> dict[str, Any]:
+def secagg_task_config(config: RoundConfig, spec: JobSpec) -> dict[str, Any]:
+    s = spec.crypto.secagg
     return {"round_id": config.round_id.hex(), "cohort": list(config.cohort),
             "ring": {"clip": config.ring.clip, "quant_bits": config.ring.quant_bits,
                      "clients": config.ring.clients},
-            "size": config.size, "neighbours": config.neighbours,
-            "threshold": config.threshold, "graph_seed": config.graph_seed,
-            "weight_unit": weight_unit}
+            "size": config.size - secagg_extras(spec).width,
+            "neighbours": config.neighbours, "threshold": config.threshold,
+            "corruption": config.corruption, "dropout": config.dropout,
+            "security_bits": config.security_bits,
+            "threshold_fraction": config.threshold_fraction,
+            "key_agreement": config.key_agreement, "metrics": list(s.metrics),
+            "metric_clip": s.metric_clip, "weight_unit": s.weight_unit}
 
 
 token_hash = session_hash  # the stored form of a session token
@@ -233,6 +265,14 @@ class Coordinator(BusRole):
                          group_id)
         self.max_update_bytes = max_update_bytes
         self.jobs: dict[str, _Job] = {}
+        self._tasks: set[asyncio.Future[None]] = set()  # background work (stop cancels)
+        #: evaluate each released model server-side (the distributed deployment; the
+        #: embedded runner evaluates centrally itself)
+        self.evaluate_releases = False
+        #: whether its devices' transport carries threshold-HE openings (:meth:`he_open`)
+        #: and key ceremonies (:meth:`he_setup`): the in-process one and the gRPC device
+        #: API (``HeOpen``, ``HeSetup``) do
+        self.he_openings = False
 
     async def stop(self) -> None:
         for job in self.jobs.values():
@@ -240,7 +280,48 @@ class Coordinator(BusRole):
                 job.round.deadline.cancel()
             if job.round and job.round.secagg:
                 job.round.secagg.cancel()
+            if job.he_opening is not None:
+                job.he_opening.cancel()
+            if job.he_ceremony is not None:
+                job.he_ceremony.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         await super().stop()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the round (a reference is kept; stop() cancels it)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record_release(self, job: _Job, result: RoundResult, model: bytes) -> None:
+        """Store a published round's metrics: the released model's server-side evaluation
+        (:mod:`tsfl.pipeline.evaluation`), its training loss, ε and bytes."""
+        number = result.round
+        try:
+            metrics: dict[str, Any] = {
+                "train_loss": result.train_loss, "epsilon": result.epsilon,
+                "bytes_up": result.bytes_up, "bytes_down": result.bytes_down,
+                "accepted": len(result.accepted)}
+            if job.evaluator is None and ServerEvaluator.applies(job.spec):
+                job.evaluator = ServerEvaluator(job.spec)
+            if job.evaluator is not None and number % job.spec.evaluation.every == 0:
+                vector = decode_model(model, job.layout)[2]
+                evaluation = await job.evaluator.evaluate(vector)
+                if evaluation is not None:
+                    metrics.update(evaluation)
+                    observe_evaluation(job.job_id, evaluation["test_accuracy"],
+                                       evaluation["test_loss"], job.last_test_loss)
+                    job.last_test_loss = evaluation["test_loss"]
+                    self.log.info("round %d: test accuracy %.4f, loss %.4f", number,
+                                  evaluation["test_accuracy"], evaluation["test_loss"],
+                                  extra={"job": job.job_id, "round": number})
+            await self.store.set_round_metrics(job.job_id, number, metrics)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # metrics never fail a job
+            self.log.warning("recording round %d's metrics failed: %s", number, exc,
+                             extra={"job": job.job_id, "round": number})
 
     # -- jobs ------------------------------------------------------------------------------
     async def submit_job(self, job_id: str, spec: JobSpec, layout: ParamLayout,
@@ -249,8 +330,18 @@ class Coordinator(BusRole):
         """Persist the job and its initial model (version 0), then announce it."""
         if layout.total_size != initial.shape[0]:
             raise ValueError("initial model does not match its layout")
+        if threshold_keyed(spec) and not self.he_openings:
+            raise ValueError("crypto.he.keying 'threshold' needs devices that open each sum "
+                             "together through the coordinator, which this coordinator's "
+                             "devices cannot; use keying 'shared' (trusted silos) here")
         try:
-            HeJob.from_spec(spec, layout)
+            if needs_ceremony(spec):  # the silos make the key before round 1
+                if not spec.crypto.he.authority:
+                    raise HeError("key", "crypto.he.authority is missing: the identity "
+                                         "authority that certifies the silos")
+                he_message_bounds(threshold_params(spec), he_size(spec, layout))
+            else:
+                HeJob.from_spec(spec, layout)
         except HeError as exc:
             raise ValueError(f"crypto.he: {exc}") from None
         enrolment = (await asyncio.to_thread(enrollment_digest, job_id, enrollment_token)
@@ -268,7 +359,10 @@ class Coordinator(BusRole):
         strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
         job = _Job(job_id, spec, layout, version, model_bytes, strategy.client_config,
                    last_round=last_round, local_dp=local_dp_config(spec, layout.total_size),
-                   uplink=uplink_config(spec), he=HeJob.from_spec(spec, layout))
+                   uplink=uplink_config(spec),
+                   he=None if needs_ceremony(spec) else HeJob.from_spec(spec, layout))
+        if threshold_keyed(spec):
+            job.he_shape = (threshold_params(spec), he_size(spec, layout))
         self.jobs[job_id] = job
         return job
 
@@ -428,8 +522,14 @@ class Coordinator(BusRole):
             job.spec.round.deadline_s,
             lambda: asyncio.ensure_future(self._on_deadline(job.job_id, active.number)))
         if job.spec.crypto.mode == "secagg":
-            config = secagg_round_config(job.job_id, job.spec, active.number, cohort,
-                                         job.layout.total_size)
+            try:
+                config = secagg_round_config(job.job_id, job.spec, active.number, cohort,
+                                             job.layout.total_size)
+            except ValueError as exc:  # e.g. a sampled cohort too small for the threat model
+                await self._fail(job, active, f"secagg: {exc}")
+                if active.selected and not active.selected.done():
+                    active.selected.set_result(cohort)
+                return
 
             async def done(outcome: SecAggOutcome) -> None:
                 await self._on_secagg_done(job, active, outcome)
@@ -493,6 +593,8 @@ class Coordinator(BusRole):
             active.deadline.cancel()
         if active.secagg is not None:
             active.secagg.cancel()
+        if active.he_commits is not None:  # no one waits for a failed round's commitments
+            active.he_commits.close()
         await self.store.transition_round(job.job_id, active.number, RoundState.FAILED,
                                           reason=reason)
         await self.bus.publish(topics.ROUNDS, events.round_event(
@@ -532,8 +634,7 @@ class Coordinator(BusRole):
                 if job.he is not None:
                     config["he"] = job.he.task_config()
                 if active.secagg is not None:
-                    config["secagg"] = secagg_task_config(
-                        active.secagg.config, job.spec.crypto.secagg.weight_unit)
+                    config["secagg"] = secagg_task_config(active.secagg.config, job.spec)
                 return RoundTask(job.job_id, active.number, job.version, config)
         return None
 
@@ -591,18 +692,22 @@ class Coordinator(BusRole):
             return await self._refuse(job, job.round, client_id, "secagg",
                                       "this job aggregates with SecAgg+: devices send masked "
                                       "inputs through the secagg stages, never an update")
+        if job.spec.crypto.mode == "he" and job.he is None:
+            return await self._refuse(job, job.round, client_id, "he_key",
+                                      "the job's key ceremony has not completed")
+        section = None
         try:  # all of it (checksum, layout, sizes, values): the device hears what is wrong
             update = decode_update(data, job.layout, max_bytes=self.max_update_bytes,
                                    he_clear=job.he.clear if job.he else None)
-            if job.he is not None:  # key, sizes, and every coefficient below q
+            if job.he is not None:  # key, sizes, residues, the device's signature
                 assert update.sealed is not None
-                SealedVector.from_bytes(update.sealed, job.he.public,
-                                        int(job.he.selected.size), max_terms=1)
+                section = job.he.check_section(update.sealed, job.job_id, meta["round"],
+                                               client_id)
         except WireError as exc:
             return await self._refuse(job, job.round, client_id, exc.code, str(exc))
         except HeError as exc:
-            return await self._refuse(job, job.round, client_id,
-                                      "he_key" if exc.code == "key" else "sealed", str(exc))
+            return await self._refuse(job, job.round, client_id, refusal_code(exc.code),
+                                      str(exc))
         active = job.round
         if meta["client_id"] != client_id:
             return await self._refuse(job, active, client_id, "identity",
@@ -626,6 +731,12 @@ class Coordinator(BusRole):
         if client_id in active.uploaded:
             return await self._refuse(job, active, client_id, "duplicate",
                                       "this update was already accepted")
+        if section is not None and job.he is not None and job.he.keying == "threshold":
+            committed = active.he_commits.digest(client_id) if active.he_commits else None
+            if committed != section.entry["d"]:  # commit before reveal
+                return await self._refuse(job, active, client_id, "he_commit", (
+                    "this section is not the one committed to" if committed else
+                    "no commitment to this section among the round's closed commitments"))
         bound = self._norm_bound(job)
         norm = l2_norm(update.delta)
         if bound is not None and not norm <= bound:
@@ -680,7 +791,7 @@ class Coordinator(BusRole):
             return r.max_update_norm
         cap = 1e4 * math.sqrt(max(job.layout.total_size, 1))
         if len(job.previous_norms) >= NORM_MIN_HISTORY:
-            reference = max(float(np.median(norms)) for norms in job.previous_norms)
+            reference = max(job.previous_norms)  # O(window), per upload
             return min(cap, r.norm_bound_factor * reference)
         return cap
 
@@ -697,6 +808,8 @@ class Coordinator(BusRole):
         if job.spec.crypto.mode == "secagg":
             raise UploadRefused("secagg", "this job aggregates with SecAgg+: devices never "
                                           "upload an update")
+        if job.spec.crypto.mode == "he" and job.he is None:
+            raise UploadRefused("he_key", "the job's key ceremony has not completed")
         active = job.round
         if active is None or client_id not in active.seeds:
             raise UploadRefused("not_selected", "not selected for the open round")
@@ -707,10 +820,7 @@ class Coordinator(BusRole):
             raise UploadRefused("duplicate", "this device already answered this round")
         bound = 8 * job.layout.total_size + 64 * 1024
         if job.he is not None:  # the ciphertexts: count × 2 polynomials × N coefficients
-            pub = job.he.public
-            count = ciphertext_count(int(job.he.selected.size),
-                                     pub.params.reals_per_ciphertext)
-            bound += count * 2 * pub.params.poly_degree * coeff_bytes(pub.prime) + 64 * 1024
+            bound += job.he.section_bound()
         return min(bound, self.max_update_bytes)
 
     async def decline_task(self, client_id: str, job_id: str, number: int, code: str,
@@ -720,12 +830,34 @@ class Coordinator(BusRole):
         waiting for it. Anything else (not selected, already uploaded) is ignored."""
         job = self.jobs.get(job_id)
         active = job.round if job is not None else None
+        if (job is not None and active is not None and active.number == number
+                and active.secagg is not None and client_id in active.seeds
+                and active.state is RoundState.COLLECTING):
+            # a SecAgg+ device that stopped (secagg_*: a protocol check failed, it names
+            # which — audited even after its masked input) or declined its task; the
+            # stages stop waiting for it, and they settle the round
+            if code.startswith("secagg_"):
+                await self.store.append_audit(job_id, "secagg.device_abort", {
+                    "round": number, "client_id": client_id, "code": code[:64],
+                    "message": message[:512]})
+                self.log.warning("%s stopped SecAgg+ round %d of %s: %s (%s)", client_id,
+                                 number, job_id, code[:64], message[:512])
+            if client_id not in active.uploaded and client_id not in active.declined:
+                active.declined.add(client_id)
+                await self.store.reject_participant(
+                    job_id, number, client_id,
+                    f"declined by the device ({code[:64]}): {message[:512]}",
+                    actor=f"device:{client_id}")
+            await active.secagg.withdraw(client_id)
+            return
         if (job is None or active is None or active.number != number
                 or active.state is not RoundState.COLLECTING or client_id not in active.seeds
                 or client_id in active.uploaded or client_id in active.declined):
             return
         code, message = code[:64], message[:512]
         active.declined.add(client_id)
+        if active.he_commits is not None:  # its commitment is not waited for
+            active.he_commits.withdraw(client_id)
         await self.store.reject_participant(job_id, number, client_id,
                                             f"declined by the device ({code}): {message}",
                                             actor=f"device:{client_id}")
@@ -779,9 +911,9 @@ class Coordinator(BusRole):
         if stage == "masked":  # the device's contribution: counted like an upload
             y = payload["y"]
             nbytes = int(y.size) * ((stages.config.ring.ring_bits + 7) // 8)
+            # its example count and metrics are inside the masked vector: only sums exist
             await self.store.record_upload(job.job_id, active.number, client_id,
-                                           num_examples=int(payload["n"]), bytes_up=nbytes,
-                                           metrics={})
+                                           num_examples=0, bytes_up=nbytes, metrics={})
             active.uploaded.append(client_id)
             active.bytes_up += nbytes
             stats = active.codec_stats.setdefault("secagg", {"updates": 0, "bytes": 0})
@@ -789,6 +921,173 @@ class Coordinator(BusRole):
             stats["bytes"] += nbytes
         await stages.proceed(stage)
         return await stages.reply(client_id, stage)
+
+    async def he_open(self, client_id: str, job_id: str, version: int, stage: str,
+                      payload: dict[str, Any]) -> dict[str, Any]:
+        """One step of a silo opening the current model's threshold-HE sum
+        (:mod:`tsfl.pipeline.he_opening`); returns when the step is complete. Refusals
+        and failures raise :class:`HeError` (refusals are audited)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise HeError("unknown_job", f"no running job {job_id!r}")
+        if job.he is None or not isinstance(job.he.public, JobKey):
+            raise HeError("opening", f"{job_id!r} is not a threshold-HE job with a key")
+        if version != job.version:
+            raise HeError("stale_model", f"model v{version} of {job_id} is not the current "
+                                         f"one (v{job.version})")
+        if stage == "commit":  # commit before reveal: the round's board of commitments
+            board = self._commit_board(job, payload.get("round"))
+            try:
+                return await board.submit(client_id, payload.get("commit"))
+            except HeError as exc:
+                await self.store.append_audit(job_id, "he.commit.refused", {
+                    "round": board.round, "client_id": client_id, "code": exc.code,
+                    "message": str(exc)[:512]})
+                raise
+        opening = job.he_opening
+        if (opening is None or opening.version != version
+                or (opening.failure is not None and stage == "sketch")):  # start afresh
+            sealed = model_sealed(job.model_bytes)
+            if sealed is None:
+                raise HeError("opening", f"model v{version} has no encrypted sum")
+            if opening is not None:
+                opening.cancel()
+            opening = job.he_opening = OpeningStages(
+                job_id, version, job.he.public, job.he.size, bytes(sealed),
+                job.he.authorities, job.spec.crypto.he.stage_timeout_s)
+        try:
+            return await opening.submit(client_id, stage, payload)
+        except HeError as exc:
+            await self.store.append_audit(job_id, "he.opening.refused", {
+                "version": version, "client_id": client_id, "stage": stage,
+                "message": str(exc)[:512]})
+            raise
+
+    def _commit_board(self, job: _Job, number: Any) -> CommitBoard:
+        """The open round's board of section commitments (made on first use)."""
+        active = job.round
+        if (active is None or active.number != number
+                or active.state is not RoundState.COLLECTING):
+            raise HeError("wrong_step", f"round {number!r} of {job.job_id} takes no "
+                                        "commitments now")
+        if active.he_commits is None:
+            assert job.he is not None
+            active.he_commits = CommitBoard(
+                job.job_id, active.number, job.he.key_id,
+                [c for c in active.cohort if c not in active.declined], job.he.authorities,
+                job.spec.crypto.he.stage_timeout_s)
+        return active.he_commits
+
+    def expect_he_commits(self, job_id: str, devices: list[str]) -> None:
+        """Simulation: only ``devices`` of the open round will commit (the others
+        vanished), so its commitments close once they all have."""
+        job = self.jobs[job_id]
+        assert job.round is not None
+        self._commit_board(job, job.round.number).expect(devices)
+
+    # -- threshold HE: the silos' key ceremony ---------------------------------------------
+    def _he_status(self, job: _Job) -> dict[str, Any]:
+        """What a silo polls: the key ceremony (when one runs or ran) and the model whose
+        sum the silos open now (the current one, when it holds an encrypted sum)."""
+        opening = None
+        if (job.he is not None and isinstance(job.he.public, JobKey)
+                and model_sealed(job.model_bytes) is not None):
+            opening = {"version": job.version, "he": job.he.task_config()}
+        return {"ceremony": job.he_ceremony.info() if job.he_ceremony else None,
+                "opening": opening}
+
+    def needs_he_ceremony(self, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        return job is not None and job.he is None and needs_ceremony(job.spec)
+
+    async def run_he_ceremony(self, job_id: str, participants: list[str]) -> str:
+        """Relay the key ceremony of ``participants`` (the job's silos) and install the
+        key it makes: the spec's key id (stored, audited ``he.key.created``), the job's
+        public part. Returns the key id; :class:`HeError` ``aborted`` with the reason
+        when the ceremony failed (a silo aborted, or a step timed out)."""
+        job = self.jobs[job_id]
+        if job.he is not None:
+            return job.he.key_id
+        assert job.he_shape is not None
+        h = job.spec.crypto.he
+        relay = CeremonyRelay(job_id, job.he_shape[0], participants,
+                              [bytes.fromhex(a) for a in h.authority or ()], h.stage_timeout_s)
+        if job.he_ceremony is not None:
+            job.he_ceremony.cancel()
+        job.he_ceremony = relay
+        await self.store.append_audit(job_id, "he.ceremony.started", {
+            "attempt": relay.attempt, "participants": relay.ids})
+        try:
+            public = await relay.wait()
+        except HeError as exc:
+            await self.store.append_audit(job_id, "he.ceremony.failed", {
+                "attempt": relay.attempt, "reason": str(exc)[:1024]})
+            raise
+        he = h.model_copy(update={"key_id": public.key_id})
+        spec = job.spec.model_copy(update={"crypto": job.spec.crypto.model_copy(
+            update={"he": he})})
+        await self.store.set_job_key(job_id, spec.model_dump(mode="json"), spec.sha256(), {
+            "key_id": public.key_id, "attempt": relay.attempt, "participants": relay.ids,
+            "threshold": public.params.threshold, "confirmations": len(relay.ids)})
+        job.spec = spec
+        job.he = HeJob.from_spec(spec, job.layout)
+        self.log.info("threshold key %s made by %d silos", public.key_id[:16], len(relay.ids),
+                      extra={"job": job_id})
+        return public.key_id
+
+    async def he_setup(self, client_id: str, job_id: str, stage: str,
+                       payload: dict[str, Any]) -> dict[str, Any]:
+        """One key-ceremony step of a silo (:mod:`tsfl.pipeline.he_ceremony`), ``status``
+        (what to take part in now) or ``abort`` (the silo found the transcript wrong).
+        Refusals raise :class:`HeError` (audited)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise HeError("unknown_job", f"no running job {job_id!r}")
+        if not threshold_keyed(job.spec):
+            raise HeError("not_threshold", f"{job_id!r} is not a threshold-HE job")
+        if stage == "status":
+            return self._he_status(job)
+        relay = job.he_ceremony
+        if relay is None:
+            raise HeError("wrong_step", f"no key ceremony runs for {job_id!r}")
+        if stage == "abort":
+            code = str(payload.get("code", ""))[:64]
+            message = str(payload.get("message", ""))[:512]
+            await self.store.append_audit(job_id, "he.ceremony.abort", {
+                "attempt": relay.attempt, "client_id": client_id, "code": code,
+                "message": message})
+            self.log.warning("%s aborted the key ceremony of %s: %s (%s)", client_id, job_id,
+                             message, code)
+            relay.abort(client_id, code, message)
+            return {}
+        try:
+            return await relay.submit(client_id, stage, payload)
+        except HeError as exc:
+            if exc.code != "aborted":
+                await self.store.append_audit(job_id, "he.ceremony.refused", {
+                    "attempt": relay.attempt, "client_id": client_id, "stage": stage,
+                    "code": exc.code, "message": str(exc)[:512]})
+            raise
+
+    async def wait_opened(self, job_id: str, version: int, timeout_s: float) -> bool:
+        """Whether the silos opened model ``version``'s sum (the final model's, before
+        the job ends): waits, at most ``timeout_s``, until every silo holding a share (or
+        every one that joined the opening) received the partial decryptions."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        opened = False
+        while loop.time() < deadline:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return opened
+            opening = job.he_opening
+            if opening is not None and opening.version == version and opening.opened:
+                opened = True
+                silos = set(job.he_ceremony.ids) if job.he_ceremony else opening.joined
+                if silos <= opening.delivered:
+                    return True
+            await asyncio.sleep(0.1)
+        return opened
 
     async def _on_secagg_done(self, job: _Job, active: _ActiveRound,
                               outcome: SecAggOutcome) -> None:
@@ -799,21 +1098,23 @@ class Coordinator(BusRole):
         if outcome.total is None:
             await self._fail(job, active, outcome.reason or "secagg aborted")
             return
-        await self._close(job, active)
         cfg = active.secagg.config if active.secagg else None
         assert cfg is not None
-        unit = job.spec.crypto.secagg.weight_unit
-        weight = sum(outcome.examples.values()) / unit
-        total = dequantize_sum(outcome.total, len(outcome.survivors), cfg.ring)
+        extras = secagg_extras(job.spec)
+        size = cfg.size - extras.width
+        examples, sums = extras.decode_sum(outcome.total[size:])
+        if examples <= 0:
+            await self._fail(job, active, "secagg: the survivors' example count sums to 0")
+            return
+        await self._close(job, active)
+        weight = examples / job.spec.crypto.secagg.weight_unit
+        total = dequantize_sum(outcome.total[:size], len(outcome.survivors), cfg.ring)
         mean = (total.astype(np.float64) / weight).astype(np.float32)
-        losses = {c: m["train_loss"] for c, m in outcome.metrics.items() if "train_loss" in m}
-        loss_w = sum(outcome.examples[c] for c in losses)
-        train_loss = (sum(losses[c] * outcome.examples[c] for c in losses) / loss_w
-                      if loss_w else None)
+        train_loss = sums.get("train_loss")
         msg = events.aggregate_message(
             job.job_id, active.number, job.version, layout=job.layout.digest, ok=True,
             accepted=list(outcome.survivors), rejected={},
-            num_examples=sum(outcome.examples.values()), train_loss=train_loss, mean=mean,
+            num_examples=examples, train_loss=train_loss, mean=mean,
             weight_total=weight, weighting="examples")
         await self.bus.publish(topics.AGGREGATES, msg,
                                key=topics.round_key(job.job_id, active.number))
@@ -871,7 +1172,7 @@ class Coordinator(BusRole):
                                         rejected=rejected, dropped=dropped)
         active.state = RoundState.PUBLISHED
         if active.norms:
-            job.previous_norms.append(list(active.norms))
+            job.previous_norms.append(float(np.median(active.norms)))
         if job.spec.compression.downlink == "delta":
             job.history[job.version] = decode_model(job.model_bytes, job.layout)[2]
             for old in sorted(job.history)[:-DOWNLINK_WINDOW]:
@@ -881,9 +1182,12 @@ class Coordinator(BusRole):
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.PUBLISHED, job.job_id, active.number, model_version=version),
             key=job.job_id.encode())
-        self._resolve(active, RoundResult(
+        result = RoundResult(
             active.number, True, version, accepted, rejected, dropped,
             int(outcome.get("num_examples") or 0), outcome.get("train_loss"), active.bytes_up,
             active.bytes_down, epsilon=extra.get("epsilon"), codecs=dict(active.codec_stats),
             slowest_upload_s=active.slowest_upload_s, sealed_bytes=active.sealed_bytes,
-            sealed_values=active.sealed_values), job)
+            sealed_values=active.sealed_values)
+        self._resolve(active, result, job)
+        if self.evaluate_releases:
+            self._background(self._record_release(job, result, data))

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tsfl.errors import ErrorKind, TsflError
+
 ROLES = ("viewer", "submitter", "operator")
 TOKEN_PREFIX = "tsfl-admin"
 _TOKEN = re.compile(r"^tsfl-admin\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$")
@@ -36,9 +38,11 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _CACHE_S = 60.0  # a verified token is trusted this long without re-hashing
 
 
-class AdminAuthError(Exception):
+class AdminAuthError(TsflError):
     """``code`` is ``unauthenticated`` (no or bad credential) or ``denied`` (the caller's
     role does not allow the action)."""
+
+    kind = ErrorKind.DENIED
 
     def __init__(self, code: str, message: str):
         super().__init__(message)

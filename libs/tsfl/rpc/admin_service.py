@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,9 @@ from tsfl.rpc.admin_auth import AdminAuth, AdminAuthError, Principal, bearer
 from tsfl.runtime.admission import QuotaExceeded
 from tsfl.runtime.jobs import JobManager
 from tsfl.v1 import admin_pb2, admin_pb2_grpc
+
+JOB_STATUSES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+MAX_LISTED_JOBS = 1000
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -63,11 +67,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         reason = row["reason"] or ""
         if row["status"] == "RUNNING" and not reason:  # why it does not progress, if known
             reason = self.jobs.broker_outage() or ""
-        return admin_pb2.JobInfo(
+        info = admin_pb2.JobInfo(
             job_id=job_id, name=row["name"], status=row["status"], reason=reason,
             rounds_total=int(row["spec"].get("rounds", 0)), rounds_done=done,
             model_version=ckpt_version, spec_yaml=yaml.safe_dump(row["spec"], sort_keys=False),
-            devices=len(await self.store.list_device_ids(job_id)))
+            devices=len(await self.store.list_device_ids(job_id)),
+            layout_json=json.dumps(row["layout"]))
+        evaluated = [r["metrics"] for r in rounds
+                     if (r.get("metrics") or {}).get("test_accuracy") is not None]
+        if evaluated:
+            info.test_accuracy = float(evaluated[-1]["test_accuracy"])
+            info.test_loss = float(evaluated[-1]["test_loss"])
+        return info
 
     async def SubmitJob(self, request: admin_pb2.SubmitJobRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
@@ -91,6 +102,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         info.enrollment_token = sub.enrollment_token
         return info
 
+    async def ListJobs(self, request: admin_pb2.ListJobsRequest,
+                       context: grpc.aio.ServicerContext) -> admin_pb2.JobList:
+        caller = await self._caller(context)
+        if request.status and request.status not in JOB_STATUSES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"status is one of {', '.join(JOB_STATUSES)}")
+        rows = await self.store.list_jobs(request.status or None)
+        readable = []
+        for row in reversed(rows):  # newest first
+            try:
+                self.auth.may_read(caller, row)
+            except AdminAuthError:
+                continue
+            readable.append(row)
+            if len(readable) >= MAX_LISTED_JOBS:
+                break
+        return admin_pb2.JobList(jobs=[await self._info(r["id"], context) for r in readable])
+
     async def GetJob(self, request: admin_pb2.JobRef,
                      context: grpc.aio.ServicerContext) -> admin_pb2.JobInfo:
         await self._job(context, request.job_id)
@@ -113,14 +142,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def WatchJob(self, request: admin_pb2.JobRef,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.RoundInfo]:
         await self._job(context, request.job_id)
-        seen: dict[int, str] = {}
+        seen: dict[int, tuple[str, bool]] = {}
         while True:
             row = await self.store.get_job(request.job_id)
             if row is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
             for r in await self.store.list_rounds(request.job_id):
-                if seen.get(r["number"]) != r["state"]:
-                    seen[r["number"]] = r["state"]
+                # a round's state changes, and its metrics arrive after its release
+                key = (r["state"], bool(r.get("metrics")))
+                if seen.get(r["number"]) != key:
+                    seen[r["number"]] = key
                     yield _round_info(r, row["status"])
             if row["status"] != "RUNNING":
                 yield admin_pb2.RoundInfo(round=0, state="", job_status=row["status"],
@@ -156,7 +187,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
 
 def _round_info(r: dict[str, Any], job_status: str) -> admin_pb2.RoundInfo:
-    return admin_pb2.RoundInfo(round=r["number"], state=r["state"], reason=r["reason"] or "",
+    info = admin_pb2.RoundInfo(round=r["number"], state=r["state"], reason=r["reason"] or "",
                                accepted=r["accepted"], rejected=r["rejected"],
                                cohort_size=r["cohort_size"], model_version=r["model_version"],
                                job_status=job_status)
+    metrics = r.get("metrics") or {}
+    for name in ("test_accuracy", "test_loss", "train_loss", "epsilon"):
+        value = metrics.get(name)
+        if isinstance(value, int | float) and math.isfinite(value):
+            setattr(info, name, float(value))
+    for name in ("bytes_up", "bytes_down"):
+        if isinstance(metrics.get(name), int):
+            setattr(info, name, metrics[name])
+    return info

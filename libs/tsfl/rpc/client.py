@@ -17,16 +17,20 @@ import grpc
 import xxhash
 
 from tsfl.core.layout import ParamLayout
-from tsfl.he import SecretKeySet
+from tsfl.errors import ErrorKind, TsflError
+from tsfl.he import HeError, SecretKeySet
 from tsfl.rpc.common import CHUNK_BYTES, DEVICE_HEADER, MAX_UNARY_BYTES, grpc_options
 from tsfl.rpc.retry import TRANSIENT, Backoff
 from tsfl.sdk.client import NumPyClient
-from tsfl.sdk.he import HeDevice
+from tsfl.sdk.he import HeDevice, SiloKeys
+from tsfl.sdk.he_silo import SiloAborted
 from tsfl.sdk.privacy_guard import DevicePrivacy
 from tsfl.sdk.runner import ClientRunner, RoundTask, UploadReceipt
+from tsfl.sdk.secagg import SecAggDevice
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.secagg.ring import RingSpec
 from tsfl.v1 import device_pb2, device_pb2_grpc
+from tsfl.wire import he as he_wire
 from tsfl.wire.envelope import WireError
 from tsfl.wire.secagg import decode_reply, encode_request
 
@@ -45,6 +49,21 @@ class TLSConfig:
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+
+class LayoutMismatch(TsflError, ValueError):
+    """This device's model is not the job's: nothing was trained or sent."""
+
+
+def check_layout(job_id: str, job_layout: ParamLayout | None, mine: ParamLayout) -> None:
+    """Refuse to take part with a model whose tensors differ from the job's, naming each
+    difference (before any training, not at the first model download)."""
+    if job_layout is None or job_layout == mine:
+        return
+    diffs = job_layout.differences(mine, here="the job", there="this device's model")
+    raise LayoutMismatch(f"this device's model does not match job {job_id!r}: "
+                         + "; ".join(diffs[:10]) + (f" (+{len(diffs) - 10} more)"
+                                                     if len(diffs) > 10 else ""))
 
 
 class GrpcTransport:
@@ -69,6 +88,7 @@ class GrpcTransport:
                         if tls else grpc.aio.insecure_channel(address, options=opts))
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)
         self.session: str | None = None
+        self.job_layout: ParamLayout | None = None  # from Register: what the job trains
 
     async def close(self) -> None:
         await self.channel.close()
@@ -82,6 +102,8 @@ class GrpcTransport:
             job_id=self.job_id, device_id=self.device_id, enrollment_token=enrollment_token,
             traits=traits or device_pb2.DeviceTraits(battery=-1)))
         self.session = resp.session_token
+        self.job_layout = (ParamLayout.from_json(json.loads(resp.layout_json))
+                           if resp.layout_json else None)
 
     async def get_task(self, client_id: str) -> RoundTask | None:
         resp = await self.stub.GetTask(device_pb2.GetTaskRequest(job_id=self.job_id),
@@ -130,6 +152,41 @@ class GrpcTransport:
             return decode_reply(stage, resp.payload)
         except WireError as exc:
             raise SecAggAbort(f"{stage}: {exc}") from None
+
+    async def he_setup(self, client_id: str, job_id: str, stage: str,
+                       payload: dict[str, Any]) -> dict[str, Any]:
+        """One step of the threshold-HE key ceremony (or ``status``, ``abort``);
+        answered once the step is complete. Refusals and failures raise
+        :class:`~tsfl.he.HeError` with the server's code (``aborted``: the ceremony
+        failed, and why)."""
+        return await self._he_step(self.stub.HeSetup, job_id, 0, stage, payload)
+
+    async def he_open(self, client_id: str, job_id: str, version: int, stage: str,
+                      payload: dict[str, Any]) -> dict[str, Any]:
+        """A threshold-HE step on model ``version``: commit to a section, or open the
+        model's encrypted sum (sketch, partial)."""
+        return await self._he_step(self.stub.HeOpen, job_id, version, stage, payload)
+
+    async def _he_step(self, method: Any, job_id: str, version: int, stage: str,
+                       payload: dict[str, Any]) -> dict[str, Any]:
+        """The same message again on a transient failure (the server takes a repeat of
+        a step's message as the first); a refusal as :class:`HeError`."""
+        request = device_pb2.HeStepRequest(job_id=job_id, model_version=version,
+                                           stage=stage, payload=he_wire.pack(payload))
+        for attempt in range(self.attempts):
+            try:
+                resp = await method(request, metadata=self._md())
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in RETRYABLE and attempt + 1 < self.attempts:
+                    await asyncio.sleep(self.backoff.delay(attempt))
+                    continue
+                if exc.code() in RETRYABLE or exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise
+                code, _, message = (exc.details() or "").partition(": ")
+                raise HeError(code if message else exc.code().name.lower(),
+                              message or exc.details() or "") from None
+            return he_wire.unpack(resp.payload, he_wire.MAX_MESSAGE_BYTES)
+        raise ConnectionError(f"HE step {stage} did not complete")
 
     async def download_model(self, job_id: str, version: int,
                              have_version: int | None = None, client_id: str = ""
@@ -212,20 +269,42 @@ def _broken_stream(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.DATA_LOSS and "ended after" in (exc.details() or "")
 
 
-class JobFinished(Exception):
+class JobFinished(TsflError):
     """The job is over: the device can stop."""
+
+    kind = ErrorKind.PRECONDITION
+
+
+async def _serve_he(runner: ClientRunner, job_id: str) -> None:
+    """A threshold-HE silo's idle duties; a failed opening or a ceremony that failed
+    elsewhere is logged (the silo tries again), a :class:`SiloAborted` ends its part."""
+    try:
+        await runner.serve_he(job_id)
+    except SiloAborted:
+        raise
+    except HeError as exc:
+        log.info("%s: %s", runner.client_id, exc)
 
 
 async def start_client(address: str, client: NumPyClient, *, job_id: str, device_id: str,
                        token: str, layout: ParamLayout, tls: TLSConfig | None = None,
                        poll_s: float = 0.2, max_backoff_s: float = 10.0,
                        stop: asyncio.Event | None = None, offload: bool = True,
-                       he_keys: Sequence[SecretKeySet] = (),
+                       he_keys: Sequence[SecretKeySet | SiloKeys] = (),
                        privacy: DevicePrivacy | None = None,
-                       backoff: Backoff | None = None) -> int:
+                       backoff: Backoff | None = None, he: HeDevice | None = None,
+                       secagg: SecAggDevice | None = None) -> int:
     """Take part in a job until it finishes; returns the number of rounds contributed.
 
     ``he_keys``: the secret key sets of HE jobs (``tsfl keys init``) this device may join.
+    ``secagg``: the device's SecAgg+ identity, the authorities it trusts and its floor
+    (:class:`~tsfl.sdk.secagg.SecAggDevice`); without it the device refuses SecAgg+
+    rounds (it cannot sign its keys nor check its neighbours').
+    ``he``: the device's HE side whole (:class:`~tsfl.sdk.he.HeDevice`) instead — a
+    threshold-HE silo's identity, trusted authorities and share directory: while no
+    task is due it takes part in the job's key ceremony and opens each new model
+    (:mod:`tsfl.sdk.he_silo`). A silo that finds the ceremony's transcript wrong leaves
+    the job (logged with the reason; the coordinator hears it too).
     ``privacy``: the device owner's floor and ledger (default: the client's own, e.g. a
     ``TorchClient``'s, else a fresh one); a task below it is declined to the coordinator.
 
@@ -239,7 +318,7 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
     """
     transport = GrpcTransport(address, job_id, device_id, tls=tls)
     runner = ClientRunner(device_id, client, transport, layout, offload=offload,
-                          he=HeDevice(he_keys), privacy=privacy)
+                          he=he or HeDevice(he_keys), privacy=privacy, secagg=secagg)
     backoff = backoff or Backoff(base_s=min(0.1, max_backoff_s), cap_s=max_backoff_s)
     failures, contributed = 0, 0
     sat_out: tuple[str, int] | None = None  # a SecAgg+ round this device dropped out of
@@ -248,9 +327,11 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
             try:
                 if transport.session is None:
                     await transport.register(token)
+                    check_layout(job_id, transport.job_layout, layout)
                 task = await transport.get_task(device_id)
                 failures = 0  # the coordinator answers: back-off starts again
                 if task is None:
+                    await _serve_he(runner, job_id)
                     await asyncio.sleep(poll_s)
                     continue
                 if (task.job_id, task.round) == sat_out:
@@ -258,8 +339,10 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                     continue
                 try:
                     outcome = await runner.run_task(task)
-                except SecAggAbort as exc:
-                    log.info("%s: secagg round %d: %s", device_id, task.round, exc)
+                except (SecAggAbort, HeError) as exc:
+                    if isinstance(exc, SiloAborted):
+                        raise
+                    log.info("%s: round %d: %s", device_id, task.round, exc)
                     sat_out = (task.job_id, task.round)
                     continue
                 if outcome.receipt.accepted:
@@ -272,6 +355,9 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                     log.warning("%s: update refused: %s %s", device_id, outcome.receipt.code,
                                 outcome.receipt.message)
             except JobFinished:
+                break
+            except SiloAborted as exc:
+                log.error("%s: %s", device_id, exc)
                 break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:

@@ -15,8 +15,10 @@ import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from tsfl.he.errors import HeError
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator, UploadRefused
 from tsfl.pipeline.secagg_stages import SecAggRefused
+from tsfl.rpc import he_steps
 from tsfl.rpc.admin_service import AdminServicer
 from tsfl.rpc.common import (
     CHUNK_BYTES,
@@ -32,6 +34,7 @@ from tsfl.rpc.transient import broker_call
 from tsfl.runtime.jobs import JobManager
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.v1 import admin_pb2_grpc, device_pb2, device_pb2_grpc
+from tsfl.wire import he as he_wire
 from tsfl.wire.envelope import WireError
 from tsfl.wire.secagg import decode_request, encode_reply
 
@@ -126,10 +129,14 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                                         {"device_id": request.device_id})
         job = self.coordinator.jobs[request.job_id]
         enrolled = await self.coordinator.store.list_device_ids(request.job_id)
-        if (request.device_id not in enrolled
-                and len(enrolled) >= 2 * job.spec.clients.count + 16):
+        # threshold HE: the silos are the job's clients.count devices (each holds a share)
+        cap = (job.spec.clients.count if job.he_shape is not None
+               else 2 * job.spec.clients.count + 16)
+        if request.device_id not in enrolled and len(enrolled) >= cap:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                "this job's device registry is full")
+                                "this job's device registry is full" + (
+                                    " (its key-holding silos are enrolled)"
+                                    if job.he_shape is not None else ""))
         key = (request.job_id, request.device_id)
         if time.monotonic() - self._live.get(key, -1e9) < LIVE_S:
             # a live device's id is taken: only its own session may re-enrol it
@@ -147,8 +154,10 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                                                    _traits(request.traits))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return device_pb2.RegisterResponse(session_token=session,
-                                           heartbeat_interval_s=self.heartbeat_interval_s)
+        job = self.coordinator.jobs.get(request.job_id)
+        return device_pb2.RegisterResponse(
+            session_token=session, heartbeat_interval_s=self.heartbeat_interval_s,
+            layout_json=json.dumps(job.layout.to_json()) if job is not None else "")
 
     @broker_call()
     async def Heartbeat(self, request: device_pb2.HeartbeatRequest,
@@ -362,6 +371,43 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         except SecAggAbort as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"secagg_aborted: {exc}")
         return device_pb2.SecAggReply(payload=encode_reply(request.stage, reply))
+
+    @broker_call()
+    async def HeSetup(self, request: device_pb2.HeStepRequest,
+                      context: grpc.aio.ServicerContext) -> device_pb2.HeStepReply:
+        device = await self._device(context, request.job_id)
+        return await self._he_step(context, device, request, he_wire.SETUP_STAGES,
+                                   self.coordinator.he_setup)
+
+    @broker_call()
+    async def HeOpen(self, request: device_pb2.HeStepRequest,
+                     context: grpc.aio.ServicerContext) -> device_pb2.HeStepReply:
+        device = await self._device(context, request.job_id)
+
+        async def step(client: str, job_id: str, stage: str, payload: dict[str, Any]
+                       ) -> dict[str, Any]:
+            return await self.coordinator.he_open(client, job_id, request.model_version,
+                                                  stage, payload)
+
+        return await self._he_step(context, device, request, he_wire.OPEN_STAGES, step)
+
+    async def _he_step(self, context: grpc.aio.ServicerContext, device: str,
+                       request: device_pb2.HeStepRequest, stages: tuple[str, ...],
+                       step: Any) -> device_pb2.HeStepReply:
+        """A threshold-HE step: the payload read within its job's bounds, the step run
+        (it answers once complete), refusals ended with their status."""
+        try:
+            payload = he_steps.read_request(self.coordinator, request, stages)
+        except HeError as exc:
+            chain = request.job_id if request.job_id in self.coordinator.jobs else SYSTEM_AUDIT
+            await self.refusals.refused(chain, "he.step.refused", exc.code, {
+                "client_id": device, "stage": request.stage[:32], "message": str(exc)})
+            await context.abort(he_steps.status_for(exc.code), f"{exc.code}: {exc}")
+        try:
+            reply = await step(device, request.job_id, request.stage, payload)
+        except HeError as exc:
+            await context.abort(he_steps.status_for(exc.code), f"{exc.code}: {exc}")
+        return device_pb2.HeStepReply(payload=he_wire.pack(reply))
 
 
 #: the names the coordinator's health service answers for

@@ -13,8 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from tsfl.errors import TsflError
 
-class SpoolError(Exception):
+
+class SpoolError(TsflError):
     """An upload the spool cannot take; ``code`` names why."""
 
     def __init__(self, code: str, message: str):

@@ -1,8 +1,23 @@
-"""Mapping of refusal codes (wire and coordinator) to gRPC status codes."""
+"""The one table from errors to gRPC status codes: refusal codes (wire, coordinator) by
+name, and every other :class:`~tsfl.errors.TsflError` by its kind."""
 
 from __future__ import annotations
 
 import grpc
+
+from tsfl.errors import ErrorKind, TsflError
+
+KIND_STATUS: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
 
 UPLOAD_STATUS: dict[str, grpc.StatusCode] = {
     "malformed": grpc.StatusCode.INVALID_ARGUMENT,
@@ -26,6 +41,10 @@ UPLOAD_STATUS: dict[str, grpc.StatusCode] = {
     "he": grpc.StatusCode.INVALID_ARGUMENT,  # clear update for an HE job, or the reverse
     "sealed": grpc.StatusCode.INVALID_ARGUMENT,  # a malformed encrypted section
     "he_key": grpc.StatusCode.FAILED_PRECONDITION,  # encrypted under another job's key
+    "he_unsigned": grpc.StatusCode.UNAUTHENTICATED,  # an encrypted section without signature
+    "he_identity": grpc.StatusCode.PERMISSION_DENIED,  # signer untrusted or another device
+    "he_signature": grpc.StatusCode.INVALID_ARGUMENT,  # section tampered with or forged
+    "he_commit": grpc.StatusCode.FAILED_PRECONDITION,  # threshold HE: not the committed one
     "secagg": grpc.StatusCode.FAILED_PRECONDITION,  # an update for a SecAgg+ job
     "wrong_stage": grpc.StatusCode.FAILED_PRECONDITION,  # SecAgg+: that stage is over
 }
@@ -33,3 +52,11 @@ UPLOAD_STATUS: dict[str, grpc.StatusCode] = {
 
 def status_for(code: str) -> grpc.StatusCode:
     return UPLOAD_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def grpc_status(exc: TsflError) -> grpc.StatusCode:
+    """The status a refused call ends with: the refusal code's, else the error kind's."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code in UPLOAD_STATUS:
+        return UPLOAD_STATUS[code]
+    return KIND_STATUS[exc.kind]

@@ -23,6 +23,7 @@ import torch
 
 from tsfl.config import ConfigError, JobSpec
 from tsfl.core.layout import ParamLayout
+from tsfl.errors import ErrorKind, TsflError
 from tsfl.sim.datasets import DatasetError, load_dataset
 from tsfl.sim.models import ModelError, build_model
 from tsfl.training.flat import FlatModule
@@ -50,8 +51,10 @@ class AdmissionPolicy:
             raise ValueError("admission bounds must be positive")
 
 
-class QuotaExceeded(RuntimeError):
+class QuotaExceeded(TsflError, RuntimeError):
     """A submission past the coordinator's or the submitter's share of running jobs."""
+
+    kind = ErrorKind.EXHAUSTED
 
 
 def check_quota(policy: AdmissionPolicy, running_owners: list[str | None],

@@ -13,9 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsfl.errors import ErrorKind, TsflError
 
-class BrokerError(RuntimeError):
+
+class BrokerError(TsflError, RuntimeError):
     """The local broker could not be started."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 def free_port(host: str = "127.0.0.1") -> int:

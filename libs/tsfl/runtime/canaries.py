@@ -60,6 +60,7 @@ import numpy as np
 
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
+from tsfl.errors import TsflError
 from tsfl.privacy.audit import BETA, audit
 from tsfl.runtime.audit_report import PrivacyAudit
 from tsfl.runtime.embedded import RoundCallback, run_embedded
@@ -79,7 +80,7 @@ _NORMS = {"gaussian": "l2", "laplace": "l1", "staircase": "linf"}
 Adversary = Callable[[str, int, np.ndarray], np.ndarray]
 
 
-class AuditError(ValueError):
+class AuditError(TsflError, ValueError):
     """The job cannot be audited this way (the message says why)."""
 
 

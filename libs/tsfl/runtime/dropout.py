@@ -13,13 +13,16 @@ from typing import Any
 import numpy as np
 
 from tsfl.config import JobSpec
+from tsfl.errors import ErrorKind, TsflError
 from tsfl.pipeline.secagg_stages import STAGES
 
 UPLOAD = "upload"
 
 
-class Vanished(Exception):
+class Vanished(TsflError):
     """The device dropped out (simulated)."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 class DropoutPlan:

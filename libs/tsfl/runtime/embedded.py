@@ -20,19 +20,19 @@ import numpy as np
 import torch
 
 from tsfl.config import JobSpec
-from tsfl.core.layout import ParamLayout
-from tsfl.he import HeError, HeJob, SecretKeySet
-from tsfl.he.job import he_params
+from tsfl.he import HeJob, SecretKeySet
 from tsfl.pipeline.coordinator import RoundResult
 from tsfl.pipeline.driver import drive_rounds
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.privacy.plan import resolve_privacy
 from tsfl.robust.attacks import add_trigger
+from tsfl.runtime.cohort import CohortTraining
 from tsfl.runtime.dropout import DropoutPlan, Vanished, Vanishing
+from tsfl.runtime.he_setup import he_setup
 from tsfl.runtime.report import robustness_summary
+from tsfl.runtime.secagg_setup import secagg_devices, secagg_summary
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport, SimulatedLinks
-from tsfl.sdk.he import HeDevice
 from tsfl.sdk.runner import ClientRunner, TrainedUpdate
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.storage.store import Store
@@ -72,30 +72,6 @@ def record_epsilon(fed: Federation, result: RoundResult) -> float | None:
     return fed.record_epsilon
 
 
-def he_key_set(spec: JobSpec, layout: ParamLayout, out_dir: Path,
-               given: SecretKeySet | None) -> tuple[JobSpec, SecretKeySet | None]:
-    """The job's HE key set: ``given``, or a fresh one (a new key per job), written to
-    ``out_dir/keys`` — the devices' side of the run; the spec gets its key id."""
-    if spec.crypto.mode != "he":
-        return spec, None
-    h = spec.crypto.he
-    keys = given
-    if keys is None:
-        if h.key_id:
-            raise HeError("key", f"crypto.he.key_id {h.key_id!r} is set: pass its key set "
-                                 "(tsfl run --he-keys DIR), or drop key_id for a fresh one")
-        keys = SecretKeySet(he_params(spec, layout))
-        keys.write(out_dir / "keys")
-    elif h.key_id not in (None, keys.key_id):
-        raise HeError("key", f"crypto.he.key_id is {h.key_id!r}, the key set given is "
-                             f"{keys.key_id!r}")
-    elif keys.params != he_params(spec, layout):
-        raise HeError("key", "the key set given was made for other CKKS parameters than "
-                             "this job's (tsfl keys init with this job spec)")
-    he = h.model_copy(update={"key_id": keys.key_id})
-    return spec.model_copy(update={"crypto": spec.crypto.model_copy(update={"he": he})}), keys
-
-
 async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback | None = None,
                        federation: Federation | None = None,
                        database_url: str | None = None,
@@ -114,9 +90,10 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
     # partitioning, hence the order updates are folded in (float summation order), is the
     # same on every run of the same spec.
     job_id = f"{spec.name}-{spec.sha256()[:10]}"
-    spec, keys = he_key_set(spec, layout, out_dir, he_keys)
+    he = he_setup(spec, layout, fed.client_ids, job_id, out_dir, he_keys)
+    if he is not None:
+        spec = he.spec  # the key id and the identity authority filled in
     he_job = HeJob.from_spec(spec, layout)
-    he_device = HeDevice([keys] if keys is not None else [])
     db_path = out_dir / "tsfl.db"
     if database_url is None:
         for suffix in ("", "-wal", "-shm"):
@@ -125,6 +102,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
     store = await Store.open(database_url, exclusive=database_url.startswith("sqlite"))
     pipeline = await LocalPipeline.in_memory(store)
     coordinator = pipeline.coordinator
+    coordinator.he_openings = True  # the in-process devices open threshold-HE sums
     metrics: list[dict[str, Any]] = []
     try:
         await coordinator.submit_job(job_id, spec, layout, fed.initial)
@@ -135,8 +113,14 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         transport = InProcessTransport(coordinator, links)
         if wrap_transport is not None:
             transport = wrap_transport(transport)
-        runners = {cid: ClientRunner(cid, fed.clients[cid], transport, layout, he=he_device)
+        secagg = (secagg_devices(spec, fed.client_ids) if spec.crypto.mode == "secagg"
+                  else {})  # an identity authority per run, on the devices' side only
+        batch = CohortTraining(spec, fed)  # simulation.batched: a cohort trains in one call
+        runners = {cid: ClientRunner(cid, batch.client(cid), transport, layout,
+                                     he=he.devices[cid] if he is not None else None,
+                                     secagg=secagg.get(cid))
                    for cid in fed.client_ids}
+        vanished: dict[int, set[str]] = {}  # round → its dropped devices (offline then)
         clock = {"t0": time.perf_counter()}
         round_metrics: dict[int, dict[str, Any]] = {}  # written once, with the outputs
         final: dict[str, np.ndarray] = {}
@@ -146,10 +130,19 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         async def run_devices(cohort: list[str]) -> None:
             number = coordinator.jobs[job_id].last_round
             vanish = dropouts.for_round(number, cohort)
+            vanished[number] = set(vanish)
+            await batch.prepare(cohort, transport, () if spec.crypto.mode == "secagg" else vanish)
             if spec.crypto.mode != "secagg":
-                for cid in cohort:
-                    if cid not in vanish:  # a dropped device trains, then never uploads
-                        await runners[cid].run_once()
+                live = [cid for cid in cohort if cid not in vanish]  # the dropped are silent
+                if he_job is not None and he_job.keying == "threshold":
+                    # commit before reveal: each device commits to its section and uploads
+                    # it once the cohort's commitments are in (those online: the others
+                    # vanished), so the cohort runs together (it trains one at a time)
+                    coordinator.expect_he_commits(job_id, live)
+                    await asyncio.gather(*(runners[cid].run_once() for cid in live))
+                    return
+                for cid in live:
+                    await runners[cid].run_once()
                 return
             # SecAgg+: the cohort trains (one at a time in this process), then runs the
             # protocol's stages together; a dropped device vanishes before its stage
@@ -163,7 +156,7 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 runner = runners[cid]
                 if cid in vanish:
                     runner = ClientRunner(cid, fed.clients[cid], Vanishing(
-                        transport, vanish[cid]), layout)
+                        transport, vanish[cid]), layout, secagg=secagg.get(cid))
                 with contextlib.suppress(Vanished, SecAggAbort):
                     await runner.send(update)
 
@@ -192,10 +185,14 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 record["sealed_bytes"] = result.sealed_bytes
                 record["sealed_values"] = result.sealed_values
             vector = coordinator.model_vector(job_id)
-            if he_job is not None and keys is not None:
-                # evaluation is the key holder's (a device's) view: it decrypts the model
-                vector = he_device.open_model(coordinator.jobs[job_id].model_bytes, vector,
-                                              keys, he_job)
+            if he_job is not None and he is not None:
+                # evaluation is a silo's view: it decrypts the model (threshold keying: the
+                # silos online in this round open it together first)
+                current = coordinator.jobs[job_id]
+                online = [c for c in fed.client_ids if c not in vanished.get(number, ())]
+                await he.open_round(transport, job_id, current.version, current.model_bytes,
+                                    he_job, layout, online)
+                vector = he.view(current.model_bytes, vector, he_job, layout, online)
             final["vector"] = vector.copy()
             if number % spec.evaluation.every == 0 or number == spec.rounds:
                 loss, acc = _evaluate(fed, vector, spec.evaluation.batch_size)
@@ -233,46 +230,33 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                      time.perf_counter() - started, db_path, spec, ledger, robustness, crypto)
 
 
-def secagg_summary(spec: JobSpec, metrics: list[dict[str, Any]], size: int
-                   ) -> dict[str, Any]:
-    """summary.json's ``crypto`` for SecAgg+: the ring, the masked bytes against the
-    float32 bytes of the same updates, and how rounds coped with dropouts."""
-    from tsfl.secagg.graph import neighbour_count
-    from tsfl.secagg.ring import RingSpec
-
-    s = spec.crypto.secagg
-    n = spec.clients.per_round
-    ring = RingSpec(s.clip, s.quant_bits, n)
-    k = neighbour_count(n)
-    masked = [m.get("codecs", {}).get("secagg", {"updates": 0, "bytes": 0}) for m in metrics]
-    updates = sum(c["updates"] for c in masked)
-    nbytes = sum(c["bytes"] for c in masked)
-    return {"mode": "secagg",
-            "parameters": {"protocol": "SecAgg+ (Bell et al. 2020)", "clip": s.clip,
-                           "quant_bits": s.quant_bits, "ring_bits": ring.ring_bits,
-                           "neighbours": k,
-                           "threshold": max(1, min(k, int(s.threshold_fraction * k) + 1)),
-                           "weight_unit": s.weight_unit,
-                           "stage_timeout_s": s.stage_timeout_s},
-            "bytes_up": sum(m["bytes_up"] for m in metrics),
-            "masked_bytes_up": nbytes,
-            "expansion": nbytes / (4 * size * updates) if updates else None,
-            "dropped": sum(m["dropped"] for m in metrics),
-            "failed_rounds": sum(1 for m in metrics if m["clients"] == 0)}
-
-
 def crypto_summary(spec: JobSpec, metrics: list[dict[str, Any]], he: HeJob
                    ) -> dict[str, Any]:
     """summary.json's ``crypto``: the parameters, and the encrypted bytes against the
     float32 bytes of the values they carry (``expansion``)."""
+    import math
+
+    from tsfl.he.threshold.keys import JobKey
+
     sealed = sum(m.get("sealed_bytes", 0) for m in metrics)
     values = sum(m.get("sealed_values", 0) for m in metrics)
-    p = he.public.params
-    return {"mode": "he", "key_id": he.key_id,
-            "parameters": {"scheme": "CKKS", "poly_degree": p.poly_degree,
-                           "coeff_modulus_bits": [p.prime_bits], "scale_bits": p.scale_bits,
-                           "security_bits": p.security, "precision": p.precision,
-                           "value_bound": p.value_bound, "max_terms": p.max_terms},
+    if isinstance(he.public, JobKey):
+        t = he.public.params
+        parameters: dict[str, Any] = {
+            "scheme": "threshold RLWE, coefficient-packed (Mouchet et al. 2021/2022)",
+            "keying": "threshold", "poly_degree": t.poly_degree,
+            "coeff_modulus_bits": [p.bit_length() for p in t.primes],
+            "scale_bits": round(math.log2(t.scale), 2), "security_bits": t.security,
+            "silos": t.parties, "threshold": t.threshold, "flooding": t.flooding,
+            "flood_bits": round(math.log2(t.flood_sigma), 2), "precision": t.precision,
+            "value_bound": t.value_bound, "max_terms": t.max_terms}
+    else:
+        p = he.public.params
+        parameters = {"scheme": "CKKS", "keying": "shared", "poly_degree": p.poly_degree,
+                      "coeff_modulus_bits": [p.prime_bits], "scale_bits": p.scale_bits,
+                      "security_bits": p.security, "precision": p.precision,
+                      "value_bound": p.value_bound, "max_terms": p.max_terms}
+    return {"mode": "he", "key_id": he.key_id, "parameters": parameters,
             "encrypted_coordinates": int(he.selected.size),
             "clear_coordinates": int(he.clear.size),
             "bytes_up": sum(m["bytes_up"] for m in metrics),

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +27,10 @@ from tsfl.bus import topics
 from tsfl.bus.base import BusUnavailable
 from tsfl.bus.kafka import error_text
 from tsfl.config import JobSpec, parse_job, parse_spec_text
+from tsfl.he import HeError
+from tsfl.he.job import threshold_keyed
 from tsfl.pipeline import events
-from tsfl.pipeline.coordinator import Coordinator
+from tsfl.pipeline.coordinator import Coordinator, RoundResult
 from tsfl.pipeline.credentials import enrollment_matches, session_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
 from tsfl.privacy.plan import resolve_privacy
@@ -187,8 +189,10 @@ class JobManager:
     async def _run(self, job_id: str, spec: JobSpec) -> JobOutcome | None:
         try:
             await self._wait_for_devices(job_id, spec)
+            await self._he_ceremony(job_id, spec)
             outcome = await drive_rounds(self.coordinator, job_id, spec.rounds,
-                                         finish_on_cancel=False)
+                                         finish_on_cancel=False,
+                                         after_round=self._after_round(job_id, spec))
             log.info("job %s finished: %s %s", job_id, outcome.status, outcome.reason or "")
             return outcome
         except asyncio.CancelledError:
@@ -196,6 +200,10 @@ class JobManager:
         except TimeoutError as exc:
             if job_id in self.coordinator.jobs:
                 await self.coordinator.finish_job(job_id, "FAILED", str(exc))
+        except HeError as exc:  # the silos' key ceremony failed: no key, no rounds
+            log.warning("job %s: %s", job_id, exc)
+            if job_id in self.coordinator.jobs:
+                await self.coordinator.finish_job(job_id, "FAILED", f"key ceremony: {exc}")
         except Exception:
             log.exception("job %s failed", job_id)
         return None
@@ -212,6 +220,32 @@ class JobManager:
                 raise TimeoutError(f"only {have} of {spec.clients.count} devices enrolled "
                                    f"within {self.registration_timeout_s:.0f}s")
             await asyncio.sleep(self.poll_s)
+
+    async def _he_ceremony(self, job_id: str, spec: JobSpec) -> None:
+        """A threshold-HE job without a key: its enrolled devices (the first
+        ``clients.count`` by id) make it in a key ceremony through the coordinator
+        (:meth:`Coordinator.run_he_ceremony`) before round 1."""
+        if not self.coordinator.needs_he_ceremony(job_id):
+            return
+        silos = (await self.store.list_device_ids(job_id))[:spec.clients.count]
+        await self.coordinator.run_he_ceremony(job_id, silos)
+
+    def _after_round(self, job_id: str, spec: JobSpec
+                     ) -> Callable[[RoundResult], Awaitable[str | None]] | None:
+        """Threshold HE: after the last round the job waits (two opening steps at most)
+        for its silos to open the final model's sum — they then hold the final model."""
+        if not threshold_keyed(spec):
+            return None
+
+        async def after(result: RoundResult) -> str | None:
+            if result.ok and result.round >= spec.rounds:
+                timeout = 2 * spec.crypto.he.stage_timeout_s + 5
+                if not await self.coordinator.wait_opened(job_id, result.version, timeout):
+                    log.warning("job %s: the silos did not open the final model v%d",
+                                job_id, result.version)
+            return None
+
+        return after
 
     async def cancel(self, job_id: str, by: str = "an operator") -> bool:
         """Stop the job's round loop and make its row CANCELLED; True when this call

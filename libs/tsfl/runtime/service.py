@@ -131,6 +131,8 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
     # before the resume would otherwise be picked up twice.
     await role.start()
     if isinstance(role, Coordinator):
+        role.evaluate_releases = True  # model quality per round, as the embedded runner
+        role.he_openings = True  # threshold HE: HeSetup (key ceremony) and HeOpen over gRPC
         jobs = JobManager(role, registration_timeout_s=cfg.registration_timeout_s,
                           policy=AdmissionPolicy(
                               Path(cfg.data_dir) if cfg.data_dir else None,

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tsfl.errors import ErrorKind, TsflError
 from tsfl.pipeline.names import SERVICE_NAMES
 from tsfl.runtime.broker import free_port, start_local_broker, wait_for_port
 
@@ -95,7 +96,8 @@ def service_command(name: str, kafka: str, database: str, grpc: str, health: str
 def _unused_port(state: StackState) -> int:
     """A free port that no address of the stack names yet (free_port may hand out a port
     another service was given but has not bound yet)."""
-    taken = {state.grpc, *(e["health"] for e in state.services.values())}
+    taken = {state.grpc, *(e["health"] for e in state.services.values()),
+             *(e.get("metrics") for e in state.services.values())}
     while True:
         port = free_port()
         if f"127.0.0.1:{port}" not in taken:
@@ -104,20 +106,25 @@ def _unused_port(state: StackState) -> int:
 
 def start_service(name: str, state: StackState, directory: Path) -> dict:
     health = f"127.0.0.1:{_unused_port(state)}"
+    state.services[name] = {"health": health}  # reserve it while the next port is picked
+    metrics = f"127.0.0.1:{_unused_port(state)}"
     log_path = directory / f"{name}.log"
+    command = [*service_command(name, state.kafka, state.database, state.grpc, health),
+               "--metrics", metrics]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(service_command(name, state.kafka, state.database, state.grpc,
-                                                health),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     entry = {"pid": proc.pid, "health": state.grpc if name == "coordinator" else health,
-             "log": str(log_path)}
+             "metrics": metrics, "log": str(log_path)}
     _PROCS[proc.pid] = proc
     state.services[name] = entry
     return entry
 
 
-class StackError(RuntimeError):
+class StackError(TsflError, RuntimeError):
     """The local stack cannot be started as asked."""
+
+    kind = ErrorKind.PRECONDITION
 
 
 def running(directory: Path) -> list[str]:

@@ -62,6 +62,14 @@ class InProcessTransport:
                      payload: dict[str, Any]) -> dict[str, Any]:
         return await self.coordinator.secagg(client_id, job_id, round_number, stage, payload)
 
+    async def he_open(self, client_id: str, job_id: str, version: int, stage: str,
+                      payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.coordinator.he_open(client_id, job_id, version, stage, payload)
+
+    async def he_setup(self, client_id: str, job_id: str, stage: str,
+                       payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.coordinator.he_setup(client_id, job_id, stage, payload)
+
     async def decline(self, client_id: str, job_id: str, round_number: int, code: str,
                       message: str) -> None:
         await self.coordinator.decline_task(client_id, job_id, round_number, code, message)

@@ -58,10 +58,7 @@ class TorchClient(NumPyClient):
         is :attr:`record_epsilon`, kept on the device — never uploaded. A round that
         would take it past ``privacy.floor.max_epsilon`` is refused before training."""
         self.flat = model if isinstance(model, FlatModule) else FlatModule(model)
-        self.x = torch.as_tensor(x)
-        self.y = torch.as_tensor(y, dtype=torch.long)
-        if len(self.x) != len(self.y) or len(self.y) == 0:
-            raise ValueError("a TorchClient needs the same, non-zero number of inputs and labels")
+        self._set_records(x, y)
         self.settings = settings or TrainSettings()
         self.dp_sgd = dp_sgd
         self.privacy = privacy or DevicePrivacy()
@@ -73,6 +70,13 @@ class TorchClient(NumPyClient):
         self.record_accountant = RecordAccountant(dp_sgd) if dp_sgd is not None else None
         if dp_sgd is not None:
             check_model(self.flat.module)
+
+    def _set_records(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
+                     ) -> None:
+        self.x = torch.as_tensor(x)
+        self.y = torch.as_tensor(y, dtype=torch.long)
+        if len(self.x) != len(self.y) or len(self.y) == 0:
+            raise ValueError("a TorchClient needs the same, non-zero number of inputs and labels")
 
     @property
     def layout(self):

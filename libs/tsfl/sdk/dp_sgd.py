@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from tsfl.errors import TsflError
 from tsfl.privacy.accounting import PrivacyAccountant, RoundEvent
 from tsfl.privacy.noise import NoiseSource
 from tsfl.training.loop import TrainSettings, make_optimizer
@@ -37,7 +38,7 @@ from tsfl.training.loop import TrainSettings, make_optimizer
 _BATCH_COUPLING = (nn.modules.batchnorm._BatchNorm,)
 
 
-class DpSgdError(ValueError):
+class DpSgdError(TsflError, ValueError):
     """DP-SGD settings or a model it cannot train privately."""
 
 

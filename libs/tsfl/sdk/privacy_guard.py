@@ -32,6 +32,7 @@ from typing import Any
 
 import xxhash
 
+from tsfl.errors import ErrorKind, TsflError
 from tsfl.privacy.accounting import PrivacyAccountant, RoundEvent
 from tsfl.privacy.noise import NoiseSource, SecureNoise, SeededNoise
 
@@ -40,9 +41,11 @@ LOCAL_SENSITIVITY_FACTOR = 2.0
 _NORMS = {"gaussian": "l2", "laplace": "l1", "staircase": "linf"}
 
 
-class TaskRefused(Exception):
+class TaskRefused(TsflError):
     """The device will not run a task: its privacy settings are below the owner's floor,
     malformed, or would spend past the device's budget."""
+
+    kind = ErrorKind.DENIED
 
     def __init__(self, code: str, message: str):
         super().__init__(message)

@@ -8,6 +8,7 @@ gRPC; only the :class:`Transport` differs.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,12 +16,13 @@ import numpy as np
 
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
+from tsfl.he.threshold.keys import KeyShare
 from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.compression import UplinkConfig, UplinkEncoder
 from tsfl.sdk.he import HeDevice
 from tsfl.sdk.local_dp import apply_local_dp
 from tsfl.sdk.privacy_guard import DevicePrivacy, LocalDpSettings, TaskRefused
-from tsfl.sdk.secagg import secure_upload
+from tsfl.sdk.secagg import SecAggDevice, secure_upload
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_model, encode_update
 
@@ -62,6 +64,12 @@ class Transport(Protocol):
         """Tell the coordinator this device refuses the round's task (and why)."""
         ...
 
+    # Optional (threshold HE): ``he_open(client_id, job_id, version, stage, payload)``, one
+    # step of opening a model's encrypted sum (:mod:`tsfl.he.threshold.opening`), and
+    # ``he_setup(client_id, job_id, stage, payload)``, one step of the silos' key ceremony
+    # (or ``status``, ``abort``: :mod:`tsfl.sdk.he_silo`); each returns when the step is
+    # complete. The in-process transport and gRPC (``HeOpen``, ``HeSetup``) carry them.
+
 
 @dataclass
 class RoundOutcome:
@@ -92,14 +100,19 @@ class ClientRunner:
     CSPRNG, floor, ledger); by default the client's own (a ``TorchClient`` has one), else
     a fresh one. Under DP (local DP or the client's DP-SGD) an update travels alone: no
     metrics, and one example (so no silo size leaks and every vote weighs the same).
+    ``secagg`` (:class:`~tsfl.sdk.secagg.SecAggDevice`): the device's identity, the
+    authorities it trusts and its floor for SecAgg+ jobs; by default the client's
+    ``secagg_device`` attribute, else none (the device then refuses SecAgg+ rounds).
     """
 
     def __init__(self, client_id: str, client: NumPyClient, transport: Transport,
                  layout: ParamLayout, *, offload: bool = False, he: HeDevice | None = None,
-                 privacy: DevicePrivacy | None = None):
+                 privacy: DevicePrivacy | None = None, secagg: SecAggDevice | None = None):
         self.client_id = client_id
         self.privacy = privacy or getattr(client, "privacy", None) or DevicePrivacy()
         self.he = he or HeDevice()  # secret key sets of HE jobs
+        # SecAgg+: identity, trusted authorities, floor (default: the client's own)
+        self.secagg = secagg or getattr(client, "secagg_device", None) or SecAggDevice()
         self.client = client
         self.transport = transport
         self.layout = layout
@@ -151,8 +164,10 @@ class ClientRunner:
                 task.job_id, task.model_version, None, self.client_id)
             _, _, global_vec, _ = decode_model(model_bytes, self.layout)
         he = self.he.job(task.config["he"], self.layout) if "he" in task.config else None
-        if he is not None:
-            global_vec = self.he.open_model(model_bytes, global_vec, *he)
+        if he is not None:  # threshold keying: t silos open the sum together first
+            global_vec = await self.he.open_model_async(
+                self.transport, self.client_id, task.job_id, task.model_version, model_bytes,
+                global_vec, *he)
         if delta_ok:
             self.held = (task.model_version, np.array(global_vec, copy=True))
         if self.offload:
@@ -173,19 +188,20 @@ class ClientRunner:
         task, global_vec, delta, n, metrics, he = (trained.task, trained.global_vec,
                                                    trained.delta, trained.num_examples,
                                                    trained.metrics, trained.he)
-        if "secagg" in task.config:  # masked through the four stages, never uploaded
+        if "secagg" in task.config:  # masked through the five stages, never uploaded
             sent = await secure_upload(self.transport, self.client_id, task.job_id,
                                        task.round, task.config["secagg"], delta, n,
-                                       metrics, task.config.get("seed"))
+                                       metrics, task.config.get("seed"), self.secagg)
             return RoundOutcome(task, UploadReceipt(True), trained.bytes_down, sent, metrics)
         sealed, base = None, global_vec
         if he is not None:  # the hidden coordinates leave encrypted; the rest as usual
-            if self.offload:
-                delta, sealed = await asyncio.to_thread(self.he.seal_update, *he, global_vec,
-                                                        delta, int(n))
-            else:
-                delta, sealed = self.he.seal_update(*he, global_vec, delta, int(n))
+            seal = functools.partial(self.he.seal_update, *he, global_vec, delta, int(n),
+                                     job_id=task.job_id, round_number=task.round)
+            delta, sealed = await asyncio.to_thread(seal) if self.offload else seal()
             base = global_vec[he[1].clear]
+            if isinstance(he[0], KeyShare):  # commit before reveal (threshold keying)
+                await self.he.commit_section(self.transport, self.client_id, task.job_id,
+                                             task.model_version, task.round, he[0])
         encoded = None
         if "compression" in task.config:
             encoded = self.uplink.encode(delta, base,
@@ -197,6 +213,11 @@ class ClientRunner:
         data = encode_update(update, self.layout, encoded, sealed)
         receipt = await self.transport.upload(self.client_id, data)
         return RoundOutcome(task, receipt, trained.bytes_down, len(data), metrics)
+
+    async def serve_he(self, job_id: str) -> None:
+        """Threshold HE, while no task is due: take part in the job's key ceremony and
+        in opening the current model (:func:`tsfl.sdk.he_silo.serve`)."""
+        await self.he.serve(self.transport, self.client_id, job_id, self.layout)
 
     async def run_once(self) -> RoundOutcome | None:
         """Ask for a task and run it; ``None`` when there is nothing to do."""

@@ -145,6 +145,16 @@ def create_job(conn: Connection, job_id: str, name: str, spec: dict[str, Any],
                                   {"name": name, "spec_sha256": spec_sha256})])
 
 
+def set_job_key(conn: Connection, job_id: str, spec: dict[str, Any], spec_sha256: str,
+                details: dict[str, Any]) -> None:
+    res = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "RUNNING")
+                       .values(spec=spec, spec_sha256=spec_sha256, updated_at=now()))
+    if res.rowcount != 1:
+        raise StoreError(f"no running job {job_id!r}")
+    append_audits(conn, job_id, [("he.key.created", "coordinator",
+                                  {**details, "spec_sha256": spec_sha256})])
+
+
 def add_admin_token(conn: Connection, row: dict[str, Any]) -> None:
     conn.execute(insert(admin_tokens).values(created_at=now(), **row))
 

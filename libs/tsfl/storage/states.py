@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 
+from tsfl.errors import ErrorKind, TsflError
 
-class StoreError(RuntimeError):
+
+class StoreError(TsflError, RuntimeError):
     """A write that would break an invariant (illegal transition, unknown job, ...)."""
+
+    kind = ErrorKind.INTERNAL
 
 
 class RoundState(enum.StrEnum):

@@ -170,6 +170,13 @@ class Store:
         await self._tx(q.create_job, job_id, name, spec, spec_sha256, layout, enrollment_hash,
                        owner)
 
+    async def set_job_key(self, job_id: str, spec: dict[str, Any], spec_sha256: str,
+                          details: dict[str, Any]) -> None:
+        """A threshold-HE job's spec once its silos' key ceremony named the key (its key
+        id filled in), audited as ``he.key.created`` with ``details``, in one
+        transaction."""
+        await self._tx(q.set_job_key, job_id, spec, spec_sha256, details)
+
     # -- admin identities --------------------------------------------------------------------
     async def add_admin_token(self, row: dict[str, Any]) -> None:
         await self._tx(q.add_admin_token, row)

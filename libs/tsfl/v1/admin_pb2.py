@@ -24,33 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tsfl/v1/admin.proto\x12\x07tsfl.v1\"?\n\x10SubmitJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x02 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc7\x01\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0crounds_total\x18\x05 \x01(\x03\x12\x13\n\x0brounds_done\x18\x06 \x01(\x03\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12\x11\n\tspec_yaml\x18\x08 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\t \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\n \x01(\x03\"\x9d\x01\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x03\x12\x10\n\x08rejected\x18\x05 \x01(\x03\x12\x13\n\x0b\x63ohort_size\x18\x06 \x01(\x03\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12\x12\n\njob_status\x18\x08 \x01(\t\"/\n\tRoundList\x12\"\n\x06rounds\x18\x01 \x03(\x0b\x32\x12.tsfl.v1.RoundInfo\"4\n\x13ParticipantsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\"w\n\x0bParticipant\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x10\n\x08\x62ytes_up\x18\x06 \x01(\x03\"=\n\x0fParticipantList\x12*\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x14.tsfl.v1.Participant\"\x81\x01\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x0c\n\x04hash\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\t\"\\\n\nAuditTrail\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.tsfl.v1.AuditEvent\x12\x13\n\x0b\x63hain_valid\x18\x02 \x01(\x08\x12\x14\n\x0c\x63hain_detail\x18\x03 \x01(\t2\x8b\x03\n\x0c\x41\x64minService\x12\x38\n\tSubmitJob\x12\x19.tsfl.v1.SubmitJobRequest\x1a\x10.tsfl.v1.JobInfo\x12+\n\x06GetJob\x12\x0f.tsfl.v1.JobRef\x1a\x10.tsfl.v1.JobInfo\x12.\n\tCancelJob\x12\x0f.tsfl.v1.JobRef\x1a\x10.tsfl.v1.JobInfo\x12\x31\n\x08WatchJob\x12\x0f.tsfl.v1.JobRef\x1a\x12.tsfl.v1.RoundInfo0\x01\x12\x31\n\nListRounds\x12\x0f.tsfl.v1.JobRef\x1a\x12.tsfl.v1.RoundList\x12J\n\x10ListParticipants\x12\x1c.tsfl.v1.ParticipantsRequest\x1a\x18.tsfl.v1.ParticipantList\x12\x32\n\nQueryAudit\x12\x0f.tsfl.v1.JobRef\x1a\x13.tsfl.v1.AuditTrailb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tsfl/v1/admin.proto\x12\x07tsfl.v1\"!\n\x0fListJobsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\")\n\x07JobList\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tsfl.v1.JobInfo\"?\n\x10SubmitJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x02 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb0\x02\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0crounds_total\x18\x05 \x01(\x03\x12\x13\n\x0brounds_done\x18\x06 \x01(\x03\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12\x11\n\tspec_yaml\x18\x08 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\t \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\n \x01(\x03\x12\x13\n\x0blayout_json\x18\x0b \x01(\t\x12\x1a\n\rtest_accuracy\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x16\n\ttest_loss\x18\r \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_test_accuracyB\x0c\n\n_test_loss\"\xe1\x02\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x03\x12\x10\n\x08rejected\x18\x05 \x01(\x03\x12\x13\n\x0b\x63ohort_size\x18\x06 \x01(\x03\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12\x12\n\njob_status\x18\x08 \x01(\t\x12\x1a\n\rtest_accuracy\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x16\n\ttest_loss\x18\n \x01(\x01H\x01\x88\x01\x01\x12\x17\n\ntrain_loss\x18\x0b \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x0c \x01(\x01H\x03\x88\x01\x01\x12\x10\n\x08\x62ytes_up\x18\r \x01(\x03\x12\x12\n\nbytes_down\x18\x0e \x01(\x03\x42\x10\n\x0e_test_accuracyB\x0c\n\n_test_lossB\r\n\x0b_train_lossB\n\n\x08_epsilon\"/\n\tRoundList\x12\"\n\x06rounds\x18\x01 \x03(\x0b\x32\x12.tsfl.v1.RoundInfo\"4\n\x13ParticipantsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\"w\n\x0bParticipant\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x10\n\x08\x62ytes_up\x18\x06 \x01(\x03\"=\n\x0fParticipantList\x12*\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x14.tsfl.v1.Participant\"\x81\x01\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x0c\n\x04hash\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\t\"\\\n\nAuditTrail\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.tsfl.v1.AuditEvent\x12\x13\n\x0b\x63hain_valid\x18\x02 \x01(\x08\x12\x14\n\x0c\x63hain_detail\x18\x03 \x01(\t2\xc3\x03\n\x0c\x41\x64minService\x12\x38\n\tSubmitJob\x12\x19.tsfl.v1.SubmitJobRequest\x1a\x10.tsfl.v1.JobInfo\x12+\n\x06GetJob\x12\x0f.tsfl.v1.JobRef\x1a\x10.tsfl.v1.JobInfo\x12.\n\tCancelJob\x12\x0f.tsfl.v1.JobRef\x1a\x10.tsfl.v1.JobInfo\x12\x31\n\x08WatchJob\x12\x0f.tsfl.v1.JobRef\x1a\x12.tsfl.v1.RoundInfo0\x01\x12\x31\n\nListRounds\x12\x0f.tsfl.v1.JobRef\x1a\x12.tsfl.v1.RoundList\x12J\n\x10ListParticipants\x12\x1c.tsfl.v1.ParticipantsRequest\x1a\x18.tsfl.v1.ParticipantList\x12\x32\n\nQueryAudit\x12\x0f.tsfl.v1.JobRef\x1a\x13.tsfl.v1.AuditTrail\x12\x36\n\x08ListJobs\x12\x18.tsfl.v1.ListJobsRequest\x1a\x10.tsfl.v1.JobListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tsfl.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITJOBREQUEST']._serialized_start=32
-  _globals['_SUBMITJOBREQUEST']._serialized_end=95
-  _globals['_JOBREF']._serialized_start=97
-  _globals['_JOBREF']._serialized_end=121
-  _globals['_JOBINFO']._serialized_start=124
-  _globals['_JOBINFO']._serialized_end=323
-  _globals['_ROUNDINFO']._serialized_start=326
-  _globals['_ROUNDINFO']._serialized_end=483
-  _globals['_ROUNDLIST']._serialized_start=485
-  _globals['_ROUNDLIST']._serialized_end=532
-  _globals['_PARTICIPANTSREQUEST']._serialized_start=534
-  _globals['_PARTICIPANTSREQUEST']._serialized_end=586
-  _globals['_PARTICIPANT']._serialized_start=588
-  _globals['_PARTICIPANT']._serialized_end=707
-  _globals['_PARTICIPANTLIST']._serialized_start=709
-  _globals['_PARTICIPANTLIST']._serialized_end=770
-  _globals['_AUDITEVENT']._serialized_start=773
-  _globals['_AUDITEVENT']._serialized_end=902
-  _globals['_AUDITTRAIL']._serialized_start=904
-  _globals['_AUDITTRAIL']._serialized_end=996
-  _globals['_ADMINSERVICE']._serialized_start=999
-  _globals['_ADMINSERVICE']._serialized_end=1394
+  _globals['_LISTJOBSREQUEST']._serialized_start=32
+  _globals['_LISTJOBSREQUEST']._serialized_end=65
+  _globals['_JOBLIST']._serialized_start=67
+  _globals['_JOBLIST']._serialized_end=108
+  _globals['_SUBMITJOBREQUEST']._serialized_start=110
+  _globals['_SUBMITJOBREQUEST']._serialized_end=173
+  _globals['_JOBREF']._serialized_start=175
+  _globals['_JOBREF']._serialized_end=199
+  _globals['_JOBINFO']._serialized_start=202
+  _globals['_JOBINFO']._serialized_end=506
+  _globals['_ROUNDINFO']._serialized_start=509
+  _globals['_ROUNDINFO']._serialized_end=862
+  _globals['_ROUNDLIST']._serialized_start=864
+  _globals['_ROUNDLIST']._serialized_end=911
+  _globals['_PARTICIPANTSREQUEST']._serialized_start=913
+  _globals['_PARTICIPANTSREQUEST']._serialized_end=965
+  _globals['_PARTICIPANT']._serialized_start=967
+  _globals['_PARTICIPANT']._serialized_end=1086
+  _globals['_PARTICIPANTLIST']._serialized_start=1088
+  _globals['_PARTICIPANTLIST']._serialized_end=1149
+  _globals['_AUDITEVENT']._serialized_start=1152
+  _globals['_AUDITEVENT']._serialized_end=1281
+  _globals['_AUDITTRAIL']._serialized_start=1283
+  _globals['_AUDITTRAIL']._serialized_end=1375
+  _globals['_ADMINSERVICE']._serialized_start=1378
+  _globals['_ADMINSERVICE']._serialized_end=1829
 # @@protoc_insertion_point(module_scope)

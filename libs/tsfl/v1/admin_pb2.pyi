@@ -6,6 +6,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListJobsRequest(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    def __init__(self, status: _Optional[str] = ...) -> None: ...
+
+class JobList(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec_yaml", "enrollment_token")
     SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
@@ -21,7 +33,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "rounds_done", "model_version", "spec_yaml", "enrollment_token", "devices")
+    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "rounds_done", "model_version", "spec_yaml", "enrollment_token", "devices", "layout_json", "test_accuracy", "test_loss")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +44,9 @@ class JobInfo(_message.Message):
     SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
     ENROLLMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TEST_LOSS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     status: str
@@ -42,10 +57,13 @@ class JobInfo(_message.Message):
     spec_yaml: str
     enrollment_token: str
     devices: int
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., rounds_done: _Optional[int] = ..., model_version: _Optional[int] = ..., spec_yaml: _Optional[str] = ..., enrollment_token: _Optional[str] = ..., devices: _Optional[int] = ...) -> None: ...
+    layout_json: str
+    test_accuracy: float
+    test_loss: float
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., rounds_done: _Optional[int] = ..., model_version: _Optional[int] = ..., spec_yaml: _Optional[str] = ..., enrollment_token: _Optional[str] = ..., devices: _Optional[int] = ..., layout_json: _Optional[str] = ..., test_accuracy: _Optional[float] = ..., test_loss: _Optional[float] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
-    __slots__ = ("round", "state", "reason", "accepted", "rejected", "cohort_size", "model_version", "job_status")
+    __slots__ = ("round", "state", "reason", "accepted", "rejected", "cohort_size", "model_version", "job_status", "test_accuracy", "test_loss", "train_loss", "epsilon", "bytes_up", "bytes_down")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +72,12 @@ class RoundInfo(_message.Message):
     COHORT_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOB_STATUS_FIELD_NUMBER: _ClassVar[int]
+    TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TEST_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
     round: int
     state: str
     reason: str
@@ -62,7 +86,13 @@ class RoundInfo(_message.Message):
     cohort_size: int
     model_version: int
     job_status: str
-    def __init__(self, round: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., cohort_size: _Optional[int] = ..., model_version: _Optional[int] = ..., job_status: _Optional[str] = ...) -> None: ...
+    test_accuracy: float
+    test_loss: float
+    train_loss: float
+    epsilon: float
+    bytes_up: int
+    bytes_down: int
+    def __init__(self, round: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., cohort_size: _Optional[int] = ..., model_version: _Optional[int] = ..., job_status: _Optional[str] = ..., test_accuracy: _Optional[float] = ..., test_loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ...) -> None: ...
 
 class RoundList(_message.Message):
     __slots__ = ("rounds",)

@@ -69,6 +69,11 @@ class AdminServiceStub(object):
                 request_serializer=tsfl_dot_v1_dot_admin__pb2.JobRef.SerializeToString,
                 response_deserializer=tsfl_dot_v1_dot_admin__pb2.AuditTrail.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/tsfl.v1.AdminService/ListJobs',
+                request_serializer=tsfl_dot_v1_dot_admin__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=tsfl_dot_v1_dot_admin__pb2.JobList.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer(object):
@@ -117,6 +122,13 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """The jobs the caller may read, newest first (at most 1,000), optionally by status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +166,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.QueryAudit,
                     request_deserializer=tsfl_dot_v1_dot_admin__pb2.JobRef.FromString,
                     response_serializer=tsfl_dot_v1_dot_admin__pb2.AuditTrail.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=tsfl_dot_v1_dot_admin__pb2.ListJobsRequest.FromString,
+                    response_serializer=tsfl_dot_v1_dot_admin__pb2.JobList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +362,33 @@ class AdminService(object):
             '/tsfl.v1.AdminService/QueryAudit',
             tsfl_dot_v1_dot_admin__pb2.JobRef.SerializeToString,
             tsfl_dot_v1_dot_admin__pb2.AuditTrail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsfl.v1.AdminService/ListJobs',
+            tsfl_dot_v1_dot_admin__pb2.ListJobsRequest.SerializeToString,
+            tsfl_dot_v1_dot_admin__pb2.JobList.FromString,
             options,
             channel_credentials,
             insecure,

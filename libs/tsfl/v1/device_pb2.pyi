@@ -6,6 +6,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class HeStepRequest(_message.Message):
+    __slots__ = ("job_id", "model_version", "stage", "payload")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model_version: int
+    stage: str
+    payload: bytes
+    def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[int] = ..., stage: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class HeStepReply(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
 class DeclineRequest(_message.Message):
     __slots__ = ("job_id", "round", "code", "message")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -61,12 +79,14 @@ class RegisterRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., device_id: _Optional[str] = ..., enrollment_token: _Optional[str] = ..., traits: _Optional[_Union[DeviceTraits, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("session_token", "heartbeat_interval_s")
+    __slots__ = ("session_token", "heartbeat_interval_s", "layout_json")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     heartbeat_interval_s: int
-    def __init__(self, session_token: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
+    layout_json: str
+    def __init__(self, session_token: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ..., layout_json: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "traits")

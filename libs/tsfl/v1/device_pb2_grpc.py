@@ -79,6 +79,16 @@ class DeviceServiceStub(object):
                 request_serializer=tsfl_dot_v1_dot_device__pb2.DeclineRequest.SerializeToString,
                 response_deserializer=tsfl_dot_v1_dot_device__pb2.Ack.FromString,
                 _registered_method=True)
+        self.HeSetup = channel.unary_unary(
+                '/tsfl.v1.DeviceService/HeSetup',
+                request_serializer=tsfl_dot_v1_dot_device__pb2.HeStepRequest.SerializeToString,
+                response_deserializer=tsfl_dot_v1_dot_device__pb2.HeStepReply.FromString,
+                _registered_method=True)
+        self.HeOpen = channel.unary_unary(
+                '/tsfl.v1.DeviceService/HeOpen',
+                request_serializer=tsfl_dot_v1_dot_device__pb2.HeStepRequest.SerializeToString,
+                response_deserializer=tsfl_dot_v1_dot_device__pb2.HeStepReply.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer(object):
@@ -154,6 +164,32 @@ class DeviceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HeSetup(self, request, context):
+        """Threshold HE (crypto.he.keying threshold): the silos' key ceremony through the
+        coordinator. Stages: status (what to take part in now: the ceremony, the model whose
+        sum the silos open), advertise, deal, confirm (signed ceremony messages, answered once
+        every participant sent its own), abort (the silo found the transcript wrong; the
+        ceremony fails with its reason). Payloads are msgpack (docs/crypto.md), bounded by the
+        job's parameters: RESOURCE_EXHAUSTED beyond. NOT_FOUND for an unknown job,
+        FAILED_PRECONDITION for a job without threshold keying or a step out of order,
+        PERMISSION_DENIED for a non-participant or a message whose certificate or signature
+        is refused, INVALID_ARGUMENT for a malformed one, ABORTED when the ceremony failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeOpen(self, request, context):
+        """Threshold HE, on the current model: commit (a contributor's signed commitment to its
+        section, answered with the round's full list once it closed: only then is the section
+        uploaded), and the steps of opening the model's encrypted sum (sketch, then partial),
+        each answered once complete; statuses as HeSetup's, and FAILED_PRECONDITION for a
+        model that is not the current one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +237,16 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.DeclineTask,
                     request_deserializer=tsfl_dot_v1_dot_device__pb2.DeclineRequest.FromString,
                     response_serializer=tsfl_dot_v1_dot_device__pb2.Ack.SerializeToString,
+            ),
+            'HeSetup': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeSetup,
+                    request_deserializer=tsfl_dot_v1_dot_device__pb2.HeStepRequest.FromString,
+                    response_serializer=tsfl_dot_v1_dot_device__pb2.HeStepReply.SerializeToString,
+            ),
+            'HeOpen': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeOpen,
+                    request_deserializer=tsfl_dot_v1_dot_device__pb2.HeStepRequest.FromString,
+                    response_serializer=tsfl_dot_v1_dot_device__pb2.HeStepReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +492,60 @@ class DeviceService(object):
             '/tsfl.v1.DeviceService/DeclineTask',
             tsfl_dot_v1_dot_device__pb2.DeclineRequest.SerializeToString,
             tsfl_dot_v1_dot_device__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeSetup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsfl.v1.DeviceService/HeSetup',
+            tsfl_dot_v1_dot_device__pb2.HeStepRequest.SerializeToString,
+            tsfl_dot_v1_dot_device__pb2.HeStepReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeOpen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsfl.v1.DeviceService/HeOpen',
+            tsfl_dot_v1_dot_device__pb2.HeStepRequest.SerializeToString,
+            tsfl_dot_v1_dot_device__pb2.HeStepReply.FromString,
             options,
             channel_credentials,
             insecure,

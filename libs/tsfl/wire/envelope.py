@@ -20,6 +20,8 @@ from typing import Any
 import msgpack
 import xxhash
 
+from tsfl.errors import TsflError
+
 WIRE_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3 + 1024**2  # a 2 GiB model plus its header
 MAGIC = b"TSF1"
@@ -33,7 +35,7 @@ def _payload_offset(head_len: int) -> int:
     return -(-end // PAYLOAD_ALIGN) * PAYLOAD_ALIGN
 
 
-class WireError(ValueError):
+class WireError(TsflError, ValueError):
     """A message that cannot be accepted; ``code`` is a stable machine-readable reason."""
 
     def __init__(self, code: str, message: str):
