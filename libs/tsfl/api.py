@@ -70,14 +70,14 @@ def resolve_spec(job: JobSpec | str | Path | Mapping[str, Any],
                  overrides: Mapping[str, Any]) -> JobSpec:
     """A validated spec from a spec, a file, a bundled example's name or a mapping, with
     ``overrides`` merged in (nested mappings merge key by key)."""
-    if isinstance(job, JobSpec):
-        data = job.model_dump(mode="json", exclude_none=True)
-    elif isinstance(job, Mapping):
+    if isinstance(job, JobSpec) and not overrides:
+        return job
+    if isinstance(job, Mapping):
         data = dict(job)
     else:
-        data = load_job(job).model_dump(mode="json", exclude_none=True)
-    return parse_job(_merge(data, overrides)) if overrides or not isinstance(job, JobSpec) \
-        else job
+        spec = job if isinstance(job, JobSpec) else load_job(job)
+        data = spec.model_dump(mode="json", exclude_none=True)
+    return parse_job(_merge(data, overrides))
 
 
 def run(job: JobSpec | str | Path | Mapping[str, Any], *, out_dir: str | Path | None = None,

@@ -38,6 +38,27 @@ def key_id_of(secret_key: bytes) -> str:
     return hashlib.sha256(b"tsfl-he-key-id\x00" + secret_key).hexdigest()[:24]
 
 
+
+def unpack_key_file(data: bytes, fmt: str, what: str) -> dict[str, Any]:
+    """A msgpack key file's map, checked to be of format ``fmt`` (``what`` names it in
+    errors): the envelope of secret key sets and threshold key shares alike."""
+    try:
+        raw = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise HeError("key", f"not a TrustStram HE {what}: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise HeError("key", f"not a {fmt} {what}")
+    return raw
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` readable by its owner only (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+    return path
+
 @dataclass(frozen=True)
 class PublicKeySet:
     """What the server side gets: parameters and the key's name, nothing secret."""
@@ -79,12 +100,7 @@ class SecretKeySet:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SecretKeySet:
-        try:
-            raw = msgpack.unpackb(data, raw=False)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise HeError("key", f"not a TrustStram HE secret key file: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("format") != SECRET_FORMAT:
-            raise HeError("key", f"not a {SECRET_FORMAT} secret key file")
+        raw = unpack_key_file(data, SECRET_FORMAT, "secret key file")
         keys = cls(CkksParams.from_json(raw.get("params")), raw.get("secret_key"))
         if keys.key_id != raw.get("key_id"):
             raise HeError("key", "the secret key file is corrupted (key id mismatch)")
@@ -96,12 +112,7 @@ class SecretKeySet:
         d.mkdir(parents=True, exist_ok=True)
         public = d / PUBLIC_FILE
         public.write_text(json.dumps(self.public.to_json(), indent=2) + "\n")
-        secret = d / SECRET_FILE
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.to_bytes())
-        os.chmod(secret, 0o600)
-        return public, secret
+        return public, write_private(d / SECRET_FILE, self.to_bytes())
 
 
 def read_public(path: str | Path) -> PublicKeySet:

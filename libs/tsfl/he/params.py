@@ -120,6 +120,23 @@ def check_params(p: CkksParams) -> None:
             f"integer bits, a {p.prime_bits}-bit prime at scale 2^{p.scale_bits} has {room}"))
 
 
+def checked_bounds(precision: float, value_bound: float, max_terms: int,
+                   security: int) -> dict[int, int]:
+    """The HE Standard's ring → max log2 q table for ``security``, after checking the
+    inputs every parameter choice shares (shared-key CKKS and threshold keying)."""
+    if not (precision > 0 and math.isfinite(precision)):
+        raise HeError("params", f"precision must be a positive number, got {precision}")
+    if not (value_bound > 0 and math.isfinite(value_bound)):
+        raise HeError("params", f"value_bound must be a positive number, got {value_bound}")
+    if max_terms < 1:
+        raise HeError("params", f"max_terms must be >= 1, got {max_terms}")
+    bounds = MAX_LOG_Q.get(security)
+    if bounds is None:
+        raise HeError("params", f"security must be one of {sorted(MAX_LOG_Q)} bits, "
+                                f"got {security}")
+    return bounds
+
+
 def choose_params(precision: float, value_bound: float, max_terms: int, *,
                   security: int = 128, poly_degree: int | None = None,
                   size: int | None = None) -> CkksParams:
@@ -131,16 +148,7 @@ def choose_params(precision: float, value_bound: float, max_terms: int, *,
     ciphertexts); without a size, :data:`DEFAULT_POLY_DEGREE`. An explicit ring below
     the security level is refused.
     """
-    if not (precision > 0 and math.isfinite(precision)):
-        raise HeError("params", f"precision must be a positive number, got {precision}")
-    if not (value_bound > 0 and math.isfinite(value_bound)):
-        raise HeError("params", f"value_bound must be a positive number, got {value_bound}")
-    if max_terms < 1:
-        raise HeError("params", f"max_terms must be >= 1, got {max_terms}")
-    bounds = MAX_LOG_Q.get(security)
-    if bounds is None:
-        raise HeError("params", f"security must be one of {sorted(MAX_LOG_Q)} bits, "
-                                f"got {security}")
+    bounds = checked_bounds(precision, value_bound, max_terms, security)
     if poly_degree is not None:
         candidates = [poly_degree]
     elif size is not None and size > 0:

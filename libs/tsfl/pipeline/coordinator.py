@@ -294,7 +294,8 @@ class Coordinator(BusRole):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _record_release(self, job: _Job, result: RoundResult, model: bytes) -> None:
+    async def _record_release(self, job: _Job, result: RoundResult,
+                              vector: np.ndarray) -> None:
         """Store a published round's metrics: the released model's server-side evaluation
         (:mod:`tsfl.pipeline.evaluation`), its training loss, ε and bytes."""
         number = result.round
@@ -306,7 +307,6 @@ class Coordinator(BusRole):
             if job.evaluator is None and ServerEvaluator.applies(job.spec):
                 job.evaluator = ServerEvaluator(job.spec)
             if job.evaluator is not None and number % job.spec.evaluation.every == 0:
-                vector = decode_model(model, job.layout)[2]
                 evaluation = await job.evaluator.evaluate(vector)
                 if evaluation is not None:
                     metrics.update(evaluation)
@@ -1153,7 +1153,7 @@ class Coordinator(BusRole):
         job = self.jobs.get(job_id_hint)
         if job is None:
             return
-        _, version, _, extra = decode_model(data, job.layout)
+        _, version, vector, extra = decode_model(data, job.layout)
         active = job.round
         if active is None or active.number != extra.get("round"):
             return  # replay of an older round's model
@@ -1190,4 +1190,4 @@ class Coordinator(BusRole):
             sealed_values=active.sealed_values)
         self._resolve(active, result, job)
         if self.evaluate_releases:
-            self._background(self._record_release(job, result, data))
+            self._background(self._record_release(job, result, vector))

@@ -93,10 +93,10 @@ def service_command(name: str, kafka: str, database: str, grpc: str, health: str
     return cmd + (["--grpc", grpc] if name == "coordinator" else ["--health", health])
 
 
-def _unused_port(state: StackState) -> int:
-    """A free port that no address of the stack names yet (free_port may hand out a port
-    another service was given but has not bound yet)."""
-    taken = {state.grpc, *(e["health"] for e in state.services.values()),
+def _unused_port(state: StackState, *also: str) -> int:
+    """A free port that no address of the stack (nor ``also``) names yet (free_port may
+    hand out a port another service was given but has not bound yet)."""
+    taken = {state.grpc, *also, *(e["health"] for e in state.services.values()),
              *(e.get("metrics") for e in state.services.values())}
     while True:
         port = free_port()
@@ -106,8 +106,7 @@ def _unused_port(state: StackState) -> int:
 
 def start_service(name: str, state: StackState, directory: Path) -> dict:
     health = f"127.0.0.1:{_unused_port(state)}"
-    state.services[name] = {"health": health}  # reserve it while the next port is picked
-    metrics = f"127.0.0.1:{_unused_port(state)}"
+    metrics = f"127.0.0.1:{_unused_port(state, health)}"
     log_path = directory / f"{name}.log"
     command = [*service_command(name, state.kafka, state.database, state.grpc, health),
                "--metrics", metrics]

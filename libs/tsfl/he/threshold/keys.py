@@ -16,7 +16,6 @@ secret share, and what the server side holds of them (a name and the parameters)
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import msgpack
 import numpy as np
 
 from tsfl.he.errors import HeError
+from tsfl.he.keys import unpack_key_file, write_private
 from tsfl.he.threshold.params import ThresholdParams
 from tsfl.he.threshold.scheme import common_polynomial
 from tsfl.identity import IdentityCertificate, IdentityError
@@ -146,12 +146,7 @@ class KeyShare:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyShare:
-        try:
-            raw = msgpack.unpackb(data, raw=False)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise HeError("key", f"not a key share file: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("format") != SHARE_FORMAT:
-            raise HeError("key", f"not a {SHARE_FORMAT} file")
+        raw = unpack_key_file(data, SHARE_FORMAT, "key share file")
         public = CollectivePublicKey.from_wire(raw.get("public"))
         me = public.participant(str(raw.get("id")))
         out = raw.get("out")
@@ -163,11 +158,7 @@ class KeyShare:
     def write(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.to_bytes())
-        os.chmod(p, 0o600)
-        return p
+        return write_private(p, self.to_bytes())
 
 
 def read_share(path: str | Path) -> KeyShare:

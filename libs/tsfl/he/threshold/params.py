@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from tsfl.he.errors import HeError
-from tsfl.he.params import MAX_LOG_Q, TAIL_SIGMAS
+from tsfl.he.params import MAX_LOG_Q, TAIL_SIGMAS, checked_bounds
 from tsfl.he.threshold.ring import ntt_primes
 
 NOISE_SIGMA = 3.2
@@ -167,15 +167,7 @@ def choose_params(precision: float, value_bound: float, max_terms: int, parties:
                   poly_degree: int | None = None) -> ThresholdParams:
     """The smallest secure ring and fewest primes that decrypt a sum of ``max_terms``
     encryptions, each sum coordinate within ±``value_bound``, to ``precision``."""
-    if not (precision > 0 and math.isfinite(precision)):
-        raise HeError("params", f"precision must be a positive number, got {precision}")
-    if not (value_bound > 0 and math.isfinite(value_bound)):
-        raise HeError("params", f"value_bound must be a positive number, got {value_bound}")
-    if max_terms < 1:
-        raise HeError("params", f"max_terms must be >= 1, got {max_terms}")
-    bounds = MAX_LOG_Q.get(security)
-    if bounds is None:
-        raise HeError("params", f"security must be one of {sorted(MAX_LOG_Q)} bits")
+    bounds = checked_bounds(precision, value_bound, max_terms, security)
     rings = [poly_degree] if poly_degree is not None else [n for n in sorted(bounds)
                                                            if n >= 2048]
     last: HeError | None = None
