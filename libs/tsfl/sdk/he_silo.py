@@ -152,7 +152,12 @@ async def serve(device: HeDevice, transport: Any, client_id: str, job_id: str,
     keys, job = device.job(opening["he"], layout)
     if not isinstance(keys, KeyShare):
         return
-    model = await transport.download_model(job_id, version, None, client_id)
+    try:
+        model = await transport.download_model(job_id, version, None, client_id)
+    except Exception:
+        if await _opening_version(transport, client_id, job_id) != version:
+            return  # the other silos opened it meanwhile: the model moved on
+        raise
     try:
         await device.open_round(transport, client_id, job_id, version, model, keys, job)
     except HeError:
@@ -161,3 +166,9 @@ async def serve(device: HeDevice, transport: Any, client_id: str, job_id: str,
     device.opened_versions = {k for k in device.opened_versions  # the recent ones suffice
                               if k[0] != job_id or k[1] > version - 8} | {(job_id, version)}
     device.retry_at = {k: t for k, t in device.retry_at.items() if k[0] != job_id}
+
+
+async def _opening_version(transport: Any, client_id: str, job_id: str) -> int | None:
+    """The version whose sum awaits opening now, or None when none does."""
+    opening = (await _step(transport, client_id, job_id, "status", {})).get("opening")
+    return int(opening.get("version", -1)) if isinstance(opening, dict) else None

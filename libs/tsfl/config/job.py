@@ -1,0 +1,187 @@
+"""The job spec: every section, and the rules that cross sections."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from tsfl.config.base import MAX_ROUNDS, Spec
+from tsfl.config.compression import CompressionSpec
+from tsfl.config.crypto import CryptoSpec
+from tsfl.config.data import ClientsSpec, DataSpec, ModelSpec
+from tsfl.config.privacy import PrivacySpec
+from tsfl.config.robust import AttackSpec, RobustSpec
+from tsfl.config.training import (
+    EvaluationSpec,
+    RoundSpec,
+    SimulationSpec,
+    StrategySpec,
+    TrainingSpec,
+)
+
+
+class JobSpec(Spec):
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    rounds: Annotated[int, Field(gt=0, le=MAX_ROUNDS)] = 50
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="stop early once central test accuracy reaches this"
+    )
+    data: DataSpec = DataSpec()
+    clients: ClientsSpec = ClientsSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    strategy: StrategySpec = StrategySpec()
+    round: RoundSpec = RoundSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    simulation: SimulationSpec = SimulationSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    robust: RobustSpec = RobustSpec()
+    attacks: AttackSpec = AttackSpec()
+    crypto: CryptoSpec = CryptoSpec()
+    compression: CompressionSpec = CompressionSpec()
+
+    @property
+    def seeded_privacy(self) -> list[str]:
+        """The spec keys that ask for reproducible, server-predictable DP randomness
+        (``noise: seeded``): simulation only — the distributed coordinator refuses them."""
+        keys = []
+        if self.privacy.mode != "none" and self.privacy.noise == "seeded":
+            keys.append("privacy.noise")
+        if self.training.dp_sgd is not None and self.training.dp_sgd.noise == "seeded":
+            keys.append("training.dp_sgd.noise")
+        return keys
+
+    @property
+    def private(self) -> bool:
+        """Whether the job claims differential privacy (central, local or DP-SGD)."""
+        return self.privacy.mode != "none" or self.training.dp_sgd is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        c = self.crypto.mode
+        if c != "none":
+            hidden = ("the he service adds ciphertexts" if c == "he"
+                      else "the server unmasks only the cohort's sum")
+            if self.robust.aggregator != "none":
+                raise ValueError(
+                    f"robust.aggregator {self.robust.aggregator!r} with crypto.mode {c!r}: a "
+                    f"robust rule judges each update, and {hidden}, so no update is ever in "
+                    "the clear; drop the robust rule, or use crypto.mode none")
+            if self.privacy.mode == "central":
+                raise ValueError(
+                    f"privacy.mode central with crypto.mode {c!r}: the server cannot clip "
+                    f"updates it cannot read ({hidden}); clip on the device instead "
+                    "(privacy.mode local)")
+            self._check_server_side(c)
+            if c == "he":
+                self._check_he()
+            else:
+                self._check_secagg()
+        r, n = self.robust, self.clients.per_round
+        if r.aggregator != "none" and 2 * r.num_malicious >= n:
+            raise ValueError(f"robust.num_malicious ({r.num_malicious}) must be below half "
+                             f"of clients.per_round ({n})")
+        if r.aggregator == "bulyan" and n < 4 * r.num_malicious + 3:
+            raise ValueError(f"bulyan needs clients.per_round ≥ 4·num_malicious + 3 "
+                             f"({4 * r.num_malicious + 3}), got {n}")
+        if r.aggregator == "norm_bounding" and self.privacy.mode == "central":
+            crossing = [k for k, off in (("min_cosine", None), ("max_norm_ratio", None),
+                                         ("reputation_threshold", 0.0))
+                        if getattr(r, k) != off]
+            if crossing:
+                raise ValueError(
+                    f"robust.{', robust.'.join(crossing)} with central DP: these filters "
+                    "judge an update against the round's others (or its past), so one "
+                    "client's presence can refuse several and the released sum moves by "
+                    "more than the clip norm the ledger charges; set min_cosine: null, "
+                    "max_norm_ratio: null, reputation_threshold: 0 (norm_bounding alone is "
+                    "per-update)")
+        if (r.aggregator not in ("none", "norm_bounding")
+                and self.privacy.mode == "central"):
+            raise ValueError(
+                f"robust.aggregator {r.aggregator!r} with central DP: selecting or reweighting "
+                "updates changes the sensitivity the privacy ledger charges for; use "
+                "norm_bounding (or the clip norm alone) with central DP, or local DP "
+                "(devices clip and noise) with a robust aggregator")
+        if self.model.kind == "cnn" and self.data.dataset != "digits":
+            raise ValueError(
+                f"model.kind=cnn needs image data (digits), not {self.data.dataset!r}"
+            )
+        if self.round.min_updates > self.clients.per_round:
+            raise ValueError(
+                f"round.min_updates ({self.round.min_updates}) exceeds "
+                f"clients.per_round ({self.clients.per_round})"
+            )
+        return self
+
+    def _check_secagg(self) -> None:
+        from tsfl.secagg.params import derive
+        from tsfl.secagg.ring import RingSpec
+
+        s, n = self.crypto.secagg, self.clients.per_round
+        if n < 3:
+            raise ValueError("crypto.mode 'secagg' needs clients.per_round ≥ 3: with "
+                             "fewer, the sum of the others reveals each update")
+        if s.threshold_fraction is not None and s.threshold_fraction < 0.5:
+            raise ValueError(
+                f"crypto.secagg.threshold_fraction {s.threshold_fraction} makes the Shamir "
+                "threshold t ≤ k/2: a server that splits the unmask request (some neighbours "
+                "asked for b_u, the others for s_u) rebuilds both secrets of a client and "
+                "its input; use at least 0.5, or leave it unset (t is derived from "
+                "corruption, dropout and security_bits)")
+        if self.simulation.dropout > s.dropout:
+            raise ValueError(
+                f"simulation.dropout {self.simulation.dropout} exceeds "
+                f"crypto.secagg.dropout {s.dropout}: devices abort a round that keeps "
+                "fewer than ⌈(1 − δ)n⌉ clients; raise crypto.secagg.dropout")
+        try:
+            RingSpec(s.clip, s.quant_bits, n)
+            derive(n, s.corruption, s.dropout, s.security_bits, None, s.threshold_fraction)
+        except ValueError as exc:
+            raise ValueError(f"crypto.secagg: {exc}") from None
+
+    def _check_server_side(self, mode: str) -> None:
+        if mode == "secagg":
+            if self.compression.uplink.chain != ["f32"] or self.compression.skip_below:
+                raise ValueError("compression.uplink with crypto.mode 'secagg': masked "
+                                 "updates are ring elements that do not compress; use "
+                                 "chain [f32]")
+            return
+        name = self.strategy.name
+        if name not in ("fedavg", "fedprox") or (self.strategy.server_lr or 1.0) != 1.0:
+            raise ValueError(
+                f"strategy {name!r}"
+                + (f" with server_lr {self.strategy.server_lr}" if name in ("fedavg",
+                                                                             "fedprox") else "")
+                + " with crypto.mode 'he': a server optimizer steps on the model, which the "
+                "server only holds encrypted; use fedavg (or fedprox) with server_lr 1")
+
+    def _check_he(self) -> None:
+        from tsfl.he import HeError, choose_params
+
+        if self.compression.downlink == "delta":
+            raise ValueError("compression.downlink 'delta' with crypto.mode 'he': the "
+                             "encrypted part of the model changes entirely each round; use "
+                             "downlink full")
+        h = self.crypto.he
+        try:
+            if h.keying == "shared":
+                choose_params(h.precision, h.value_bound, self.clients.per_round,
+                              security=h.security, poly_degree=h.poly_degree)
+                return
+            from tsfl.he.job import threshold_params
+
+            if h.threshold is not None and h.threshold > self.clients.count:
+                raise HeError("params", f"threshold {h.threshold} exceeds the "
+                                        f"{self.clients.count} silos (clients.count)")
+            threshold_params(self)
+        except HeError as exc:
+            raise ValueError(f"crypto.he: {exc}") from None
+
+    def sha256(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()

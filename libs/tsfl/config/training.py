@@ -1,0 +1,109 @@
+"""How clients train and the server steps: local training, the server strategy, round
+rules, evaluation, simulation settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from tsfl.config.base import Fraction, PositiveFloat, PositiveInt, Spec
+
+
+class DpSgdSpec(Spec):
+    """Record-level DP-SGD in each client's local training (Abadi et al., CCS 2016)."""
+
+    noise_multiplier: PositiveFloat = Field(description="noise std / max_grad_norm")
+    max_grad_norm: PositiveFloat = Field(description="per-record gradient L2 bound")
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    noise: Literal["seeded", "secure"] = Field(
+        "secure", description="secure: each device's CSPRNG draws its noise and batches; "
+                              "seeded: reproducible simulation, not private (tsfl run only)")
+
+
+class TrainingSpec(Spec):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 16
+    dp_sgd: DpSgdSpec | None = Field(None, description="record-level DP-SGD on every client")
+
+
+_STRATEGY_OPTIONS: dict[str, set[str]] = {
+    "fedavg": {"server_lr"},
+    "fedprox": {"server_lr", "mu"},
+    "fedavgm": {"server_lr", "momentum"},
+    "fedadam": {"server_lr", "beta1", "beta2", "tau", "bias_correction"},
+    "fedyogi": {"server_lr", "beta1", "beta2", "tau", "bias_correction"},
+    "fedadagrad": {"server_lr", "beta1", "tau", "bias_correction"},
+}
+
+
+class StrategySpec(Spec):
+    name: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_lr: PositiveFloat | None = None
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
+    mu: Annotated[float, Field(ge=0)] | None = None
+    beta1: Annotated[float, Field(ge=0, lt=1)] | None = None
+    beta2: Annotated[float, Field(ge=0, lt=1)] | None = None
+    tau: PositiveFloat | None = None
+    bias_correction: bool | None = None
+
+
+    @model_validator(mode="after")
+    def _check(self) -> StrategySpec:
+        given = {k for k in type(self).model_fields if k != "name" and getattr(self, k) is not None}
+        wrong = sorted(given - _STRATEGY_OPTIONS[self.name])
+        if wrong:
+            raise ValueError(f"option(s) {', '.join(wrong)} do not apply to strategy {self.name!r}")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in type(self).model_fields
+            if k != "name" and getattr(self, k) is not None
+        }
+
+
+class RoundSpec(Spec):
+    quorum: Fraction = Field(1.0, description="fraction of the cohort that closes a round early")
+    min_updates: PositiveInt = 1
+    deadline_s: PositiveFloat = 600.0
+    max_update_norm: PositiveFloat | None = Field(
+        None, description="refuse updates with a larger L2 norm (default: norm_bound_factor "
+                          "× the previous round's median, and never above 1e4·√parameters)")
+    norm_bound_factor: Annotated[float, Field(gt=1)] = 100.0
+
+
+class EvaluationSpec(Spec):
+    every: PositiveInt = 1
+    batch_size: PositiveInt = 1024
+    server: bool = Field(True, description=(
+        "distributed deployment: the coordinator evaluates each released model on the "
+        "dataset's held-out split (built-in datasets, or files in its data directory)"))
+
+
+class NetworkSpec(Spec):
+    """Simulated device links: per-device bandwidth ~ log-normal, a fixed latency."""
+
+    bandwidth_mbps: PositiveFloat = Field(8.0, description="median uplink bandwidth, Mbit/s")
+    bandwidth_sigma: Annotated[float, Field(ge=0, le=3)] = Field(
+        1.0, description="log-normal sigma of the per-device bandwidth")
+    latency_ms: Annotated[float, Field(ge=0)] = 50.0
+
+
+class SimulationSpec(Spec):
+    torch_threads: Annotated[int, Field(gt=0, le=256)] = 1
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="fraction of each round's cohort that vanishes mid-round (seeded; "
+                         "with secagg at a random protocol stage)")
+    network: NetworkSpec | None = Field(None, description=(
+        "simulate link speeds: transfers are timed as bytes / bandwidth + latency (no "
+        "sleeping), which feeds the per-device bandwidth estimates of adaptive compression"))
+    batched: Literal["auto", "off"] = Field("auto", exclude=True, description=(
+        "auto: train each round's cohort in one vectorised call where the model and "
+        "training allow it (same results as one client at a time); off: one at a time. "
+        "Not part of the job's identity (its hash and id): it changes no result"))
