@@ -2,7 +2,8 @@
 
 consumes  tsfl.cohorts (selector), tsfl.models (privacy), tsfl.failures; gRPC devices and admins
 produces  tsfl.rounds, tsfl.devices, tsfl.updates.{raw,clipped,direct,encrypted} (by job
-          mode), tsfl.aggregates (SecAgg+ jobs: the unmasked sum)
+          mode), tsfl.aggregates (SecAgg+ jobs: the unmasked sum), tsfl.registry (each
+          released version, for TrustStram's model lifecycle)
 state     jobs, rounds, participants, devices, audit; resumes running jobs at start
 """
 
@@ -11,7 +12,8 @@ from tsfl.pipeline.coordinator import Coordinator as Role
 
 CONSUMES = (topics.COHORTS, topics.MODELS, topics.FAILURES)
 PRODUCES = (topics.ROUNDS, topics.DEVICES, topics.UPDATES_RAW, topics.UPDATES_CLIPPED,
-            topics.UPDATES_DIRECT, topics.UPDATES_ENCRYPTED, topics.AGGREGATES)
+            topics.UPDATES_DIRECT, topics.UPDATES_ENCRYPTED, topics.AGGREGATES,
+            topics.REGISTRY)
 
 __all__ = ["CONSUMES", "PRODUCES", "Role", "main"]
 

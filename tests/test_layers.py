@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "libs" / "tsfl"
 ALGORITHMS = {"core", "strategies", "privacy", "robust", "compress", "he", "secagg",
-              "identity", "training"}
+              "identity", "training", "vertical"}
 TRANSPORT_AND_UP = {"bus", "storage", "rpc", "runtime", "sdk", "cli", "pipeline"}
 
 

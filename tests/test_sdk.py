@@ -1,6 +1,7 @@
 """The SDK client API and runner, over the in-process transport."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -91,3 +92,17 @@ async def test_runner_drives_a_numpy_client_over_the_in_process_transport(tmp_pa
     await coord.finish_job("np-1", "COMPLETED")
     await pipeline.stop()
     await store.close()
+
+
+@pytest.mark.parametrize("key,value", [("lr", float("nan")), ("lr", 0.0), ("epochs", 1e308),
+                                       ("batch_size", -7), ("round", float("inf")),
+                                       ("seed", "1"), ("epochs", True), ("lr", 1e9)])
+def test_a_device_refuses_hostile_task_settings(key, value):
+    """A coordinator is not trusted with a device's resources: an out-of-range setting is
+    declined before anything is downloaded or trained."""
+    from tsfl.sdk.privacy_guard import TaskRefused
+    from tsfl.sdk.task_settings import check_task_settings
+
+    check_task_settings({"lr": 0.1, "epochs": 2, "batch_size": 16, "round": 3, "seed": 7})
+    with pytest.raises(TaskRefused, match=key):
+        check_task_settings({key: value})

@@ -17,7 +17,7 @@ from tsfl.bus import TOPICS
 from tsfl.bus.memory import MemoryBus
 from tsfl.config import parse_job
 from tsfl.pipeline import roles as roles_module
-from tsfl.pipeline.names import SERVICE_NAMES
+from tsfl.pipeline.names import SERVICE_NAMES, role_class
 from tsfl.pipeline.roles import ROLES
 from tsfl.runtime.embedded import run_embedded
 from tsfl.storage import Store
@@ -51,6 +51,7 @@ MODES: dict[str, dict[str, Any]] = {
 
 def test_every_service_has_a_module_and_the_same_role():
     assert tuple(ROLES) == SERVICE_NAMES
+    assert all(role_class(name) is ROLES[name] for name in SERVICE_NAMES)
     for name in SERVICE_NAMES:
         module = services.load(name)
         assert module.Role is ROLES[name]

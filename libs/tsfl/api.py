@@ -96,13 +96,15 @@ def run(job: JobSpec | str | Path | Mapping[str, Any], *, out_dir: str | Path | 
 
     spec = resolve_spec(job, overrides)
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tsfl-"))
-    federation = build_federation(spec)
+    federation = build_federation(spec) if spec.vertical is None else None  # vertical: none
     result = asyncio.run(run_embedded(spec, out, on_round=on_round, federation=federation))
     summary = summarize(result.spec, result.metrics, wall_s=result.wall_s,
                         job_id=result.job_id, status=result.status, reason=result.reason,
                         ledger=result.ledger, robustness=result.robustness,
                         crypto=result.crypto)
+    if result.vertical is not None:
+        summary["vertical"] = result.vertical
     write_outputs(out, result.spec, result.metrics, summary)
     return RunResult(result.job_id, result.status, result.reason, result.spec,
                      result.metrics, summary, result.final_vector, out,
-                     federation.workspace.layout)
+                     federation.workspace.layout if federation else None)

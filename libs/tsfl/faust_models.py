@@ -4,8 +4,9 @@ services that subscribe to its topics (see docs/topics.md).
 Messages on the wire are tsfl envelopes (msgpack maps, or frames with a raw float32
 payload); the ``tsfl`` codec registered here turns them into these records::
 
-    from tsfl.faust_models import ModelRelease, RoundEvent
+    from tsfl.faust_models import ModelRelease, ModelVersion, RoundEvent
     models = app.topic("tsfl.models", value_type=ModelRelease, value_serializer="tsfl")
+    registry = app.topic("tsfl.registry", value_type=ModelVersion, value_serializer="tsfl")
 
 Needs the ``faust`` extra: ``pip install truststram-fl[faust]``.
 """
@@ -19,6 +20,7 @@ import numpy as np
 from faust.serializers import codecs
 
 from tsfl.pipeline import events
+from tsfl.pipeline.registry import parse_registry_event
 from tsfl.wire.codecs import F32
 from tsfl.wire.envelope import WireError, unpack, unpack_frame
 
@@ -62,6 +64,24 @@ class Alert(faust.Record, serializer="tsfl"):
     reasons: dict[str, str]
 
 
+class ModelVersion(faust.Record, serializer="tsfl"):
+    """``tsfl.registry``: a released model version for TrustStram's model lifecycle —
+    its metrics, provenance and where the artefact is (``tsfl export`` writes it with a
+    model card holding the same ``sha256``). Names nobody, like ``tsfl.models``."""
+
+    job: str
+    version: int
+    round: int
+    name: str
+    layout: str        # digest of the model's ParamLayout
+    parameters: int
+    sha256: str        # of the little-endian float32 vector
+    metrics: dict[str, float]
+    provenance: dict[str, Any]  # spec_sha256, strategy, robust_rule, crypto_mode, privacy
+    artefact: dict[str, str]    # topic, store, export (the tsfl export command)
+    epsilon: float | None = None
+
+
 class TsflCodec(codecs.Codec):
     """Decodes tsfl envelopes and frames into the dicts faust builds records from."""
 
@@ -78,8 +98,12 @@ class TsflCodec(codecs.Codec):
         try:
             obj = unpack(s, events.ROUND_EVENT)
         except WireError:
-            obj = unpack(s, events.ALERT)
-            return {k: obj[k] for k in Alert._options.fields}
+            try:
+                obj = parse_registry_event(s)
+            except WireError:
+                obj = unpack(s, events.ALERT)
+                return {k: obj[k] for k in Alert._options.fields}
+            return {k: obj[k] for k in ModelVersion._options.fields if k in obj}
         obj.pop("v", None)
         obj.pop("kind", None)
         known = set(RoundEvent._options.fields)

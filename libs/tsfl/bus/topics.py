@@ -15,6 +15,7 @@ FAILURES = "tsfl.failures"
 MODELS = "tsfl.models"
 AUDIT = "tsfl.audit"
 ALERTS = "tsfl.alerts"
+REGISTRY = "tsfl.registry"  # released versions for the model lifecycle (pipeline.registry)
 
 #: name -> default partition count
 TOPICS: dict[str, int] = {
@@ -31,6 +32,7 @@ TOPICS: dict[str, int] = {
     MODELS: 1,
     AUDIT: 1,
     ALERTS: 1,
+    REGISTRY: 1,
 }
 
 

@@ -108,6 +108,9 @@ def cmd_service(args: argparse.Namespace) -> int:
         err.print(f"[bold red]error:[/] missing {', '.join('--' + m for m in missing)} "
                   f"(or {', '.join('TSFL_' + m.upper() for m in missing)})", highlight=False)
         return 2
+    if not 1 <= args.fetch_wait_ms <= 5000:
+        err.print("[bold red]error:[/] --fetch-wait-ms must be in 1..5000", highlight=False)
+        return 2
     from tsfl.runtime import logs
     from tsfl.runtime.observability import configure
     from tsfl.runtime.service import ServiceConfig, run_service
@@ -129,7 +132,8 @@ def cmd_service(args: argparse.Namespace) -> int:
                         allow_insecure=args.allow_insecure,
                         max_parameters=args.max_parameters,
                         max_running_jobs=args.max_running_jobs,
-                        max_jobs_per_owner=args.max_jobs_per_submitter)
+                        max_jobs_per_owner=args.max_jobs_per_submitter,
+                        fetch_wait_ms=args.fetch_wait_ms)
     try:
         asyncio.run(run_service(cfg))
     except (ValueError, OSError) as exc:
@@ -682,8 +686,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="coordinator: allow plaintext gRPC on a non-loopback address (a "
                           "private network only; env TSFL_ALLOW_INSECURE=1)")
     svc.add_argument("--data-dir", default=env("TSFL_DATA_DIR"),
-                     help="coordinator: the only directory npz/csv datasets are read from "
-                          "(env TSFL_DATA_DIR; default: none are read)")
+                     help="coordinator: the only directory npz/csv datasets and model.init "
+                          "checkpoints are read from (env TSFL_DATA_DIR; default: none are "
+                          "read)")
     svc.add_argument("--max-parameters", type=int, default=1 << 29,
                      help="coordinator: refuse jobs whose model has more parameters")
     svc.add_argument("--max-running-jobs", type=int, default=100,
@@ -692,6 +697,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="coordinator: the running jobs one admin identity may own")
     svc.add_argument("--registration-timeout", type=float, default=600.0,
                      help="coordinator: seconds a new job waits for its devices to enrol")
+    svc.add_argument("--fetch-wait-ms", type=int,
+                     default=int(env("TSFL_FETCH_WAIT_MS", "500")),
+                     help="Kafka long poll: the broker holds an empty fetch this long (it "
+                          "answers as soon as a record arrives); 1..5000 (env "
+                          "TSFL_FETCH_WAIT_MS)")
     svc.add_argument("--metrics", default=env("TSFL_METRICS"),
                      help="serve Prometheus metrics on HOST:PORT (env TSFL_METRICS); OTLP "
                           "export follows OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -8,6 +8,8 @@
     tsfl devices --job ID --token T --count N                  simulated devices over gRPC
     tsfl audit JOB_ID
     tsfl audit privacy JOB.yaml [--canaries M] [--out DIR] [--seed N]   empirical ε bound
+    tsfl psi JOB.yaml | --party NAME=FILE ...                   private set intersection
+    tsfl export JOB [--version N] --format safetensors|onnx|torchscript --out DIR
 """
 
 from __future__ import annotations
@@ -66,9 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _report_config_error(exc)
     out_dir = Path(args.out) if args.out else Path("runs") / spec.name
-    err.print(f"[bold]tsfl run[/] {spec.name}: {spec.clients.count} clients, "
-              f"{spec.clients.per_round}/round, {spec.strategy.name}, seed {spec.seed} "
-              f"-> {out_dir}", highlight=False)
+    who = (f"vertical {spec.vertical.model}, {len(spec.vertical.parties)} parties"
+           if spec.vertical else f"{spec.clients.count} clients, "
+           f"{spec.clients.per_round}/round, {spec.strategy.name}")
+    err.print(f"[bold]tsfl run[/] {spec.name}: {who}, seed {spec.seed} -> {out_dir}",
+              highlight=False)
 
     progress = Progress(
         TextColumn("[bold]round {task.completed}/{task.total}"), BarColumn(),
@@ -104,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = summarize(spec, result.metrics, wall_s=result.wall_s, job_id=result.job_id,
                         status=result.status, reason=result.reason, ledger=result.ledger,
                         robustness=result.robustness, crypto=result.crypto)
+    if result.vertical is not None:
+        summary["vertical"] = result.vertical
     write_outputs(out_dir, spec, result.metrics, summary)
     acc = summary["final_test_accuracy"]
     out.print(f"final test accuracy: {acc:.4f}" if acc is not None else "final test accuracy: -",
@@ -290,8 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     rob.set_defaults(func=cmd_bench_robustness)
 
     from tsfl.cli.distributed import add_commands
+    from tsfl.cli.export import add_commands as add_export
+    from tsfl.cli.psi import add_commands as add_psi
 
     add_commands(sub)
+    add_export(sub)
+    add_psi(sub)
     audit = sub.choices.get("audit")
     if audit is not None:  # `tsfl audit privacy ...` is parsed by its own parser (main)
         audit.usage = ("tsfl audit JOB_ID [--coordinator ADDR]\n"

@@ -11,6 +11,7 @@ cross domains in :mod:`.job`, reading files in :mod:`.loading`; everything is im
 from here.
 """
 
+from tsfl.config.adaptive import ClientLrSpec, FedBuffSpec, LrScheduleSpec
 from tsfl.config.base import (
     MAX_CLIENTS,
     MAX_ROUNDS,
@@ -20,6 +21,7 @@ from tsfl.config.base import (
     PositiveInt,
     Spec,
 )
+from tsfl.config.clock import ClockSpec
 from tsfl.config.compression import AdaptiveCompressionSpec, CompressionSpec, UplinkSpec
 from tsfl.config.crypto import CryptoSpec, HeSpec, SecAggSpec
 from tsfl.config.data import ClientsSpec, DataSpec, ModelSpec, PartitionSpec, SyntheticSpec
@@ -42,6 +44,7 @@ from tsfl.config.robust import (
     RobustRule,
     RobustSpec,
 )
+from tsfl.config.selection import SelectionSpec
 from tsfl.config.training import (
     DpSgdSpec,
     EvaluationSpec,
@@ -55,10 +58,11 @@ from tsfl.config.training import (
 __all__ = [
     "ATTACKS", "MAX_CLIENTS", "MAX_ROUNDS", "MAX_SPEC_FILE_BYTES", "ROBUST_AGGREGATORS",
     "AdaptiveClippingSpec", "AdaptiveCompressionSpec", "AttackKind", "AttackSpec",
-    "ClientsSpec", "CompressionSpec", "ConfigError", "CryptoSpec", "DataSpec", "DpSgdSpec",
-    "EvaluationSpec", "Fraction", "HeSpec", "JobSpec", "ModelSpec", "NetworkSpec",
-    "PartitionSpec", "PositiveFloat", "PositiveInt", "PrivacySpec", "RobustRule",
-    "RobustSpec", "RoundSpec", "SecAggSpec", "SimulationSpec", "Spec", "StrategySpec",
-    "SyntheticSpec", "TrainingSpec", "UplinkSpec", "bundled_example", "bundled_examples",
-    "find_job_file", "load_job", "parse_job", "parse_spec_text",
+    "ClientLrSpec", "ClientsSpec", "ClockSpec", "CompressionSpec", "ConfigError",
+    "CryptoSpec", "DataSpec", "DpSgdSpec", "EvaluationSpec", "FedBuffSpec", "Fraction",
+    "HeSpec", "JobSpec", "LrScheduleSpec", "ModelSpec", "NetworkSpec", "PartitionSpec",
+    "PositiveFloat", "PositiveInt", "PrivacySpec", "RobustRule", "RobustSpec",
+    "RoundSpec", "SecAggSpec", "SelectionSpec", "SimulationSpec", "Spec",
+    "StrategySpec", "SyntheticSpec", "TrainingSpec", "UplinkSpec", "bundled_example",
+    "bundled_examples", "find_job_file", "load_job", "parse_job", "parse_spec_text",
 ]

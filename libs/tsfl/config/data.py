@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from tsfl.config.base import MAX_CLIENTS, PositiveFloat, PositiveInt, Spec
 
@@ -55,12 +55,25 @@ class DataSpec(Spec):
 class ClientsSpec(Spec):
     count: Annotated[int, Field(gt=0, le=MAX_CLIENTS)] = 100
     per_round: Annotated[int, Field(gt=0, le=MAX_CLIENTS)] = 10
+    min_enrolled: Annotated[int, Field(gt=0, le=MAX_CLIENTS)] | None = Field(
+        None, description="distributed: round 1 starts once this many devices enrolled "
+                          "(default: count); devices enrolling later join the population "
+                          "each round samples from (up to 2·count + 16)")
 
     @model_validator(mode="after")
     def _check(self) -> ClientsSpec:
         if self.per_round > self.count:
             raise ValueError(f"per_round ({self.per_round}) exceeds count ({self.count})")
+        if self.min_enrolled is not None and not (
+                self.per_round <= self.min_enrolled <= self.count):
+            raise ValueError(f"min_enrolled ({self.min_enrolled}) must be between per_round "
+                             f"({self.per_round}) and count ({self.count})")
         return self
+
+    @property
+    def start_at(self) -> int:
+        """The enrolled devices round 1 waits for."""
+        return self.min_enrolled or self.count
 
 
 class ModelSpec(Spec):
@@ -72,6 +85,17 @@ class ModelSpec(Spec):
     factory: str | None = Field(None, description="kind=custom, tsfl run only: "
                                 "'package.module:function' (an import: never on a server)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    init: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="warm start: a safetensors file or torch state dict whose tensors "
+        "(names, shapes) match the model; a coordinator reads it from its data directory "
+        "only")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if self.init is None:  # a cold start keeps the job's identity (its hash) unchanged
+            out.pop("init", None)
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:

@@ -14,6 +14,7 @@ from tsfl.config.crypto import CryptoSpec
 from tsfl.config.data import ClientsSpec, DataSpec, ModelSpec
 from tsfl.config.privacy import PrivacySpec
 from tsfl.config.robust import AttackSpec, RobustSpec
+from tsfl.config.selection import SelectionSpec
 from tsfl.config.training import (
     EvaluationSpec,
     RoundSpec,
@@ -21,6 +22,7 @@ from tsfl.config.training import (
     StrategySpec,
     TrainingSpec,
 )
+from tsfl.config.vertical import VerticalSpec
 
 
 class JobSpec(Spec):
@@ -43,6 +45,9 @@ class JobSpec(Spec):
     attacks: AttackSpec = AttackSpec()
     crypto: CryptoSpec = CryptoSpec()
     compression: CompressionSpec = CompressionSpec()
+    vertical: VerticalSpec | None = Field(
+        None, description="vertical FL: parties holding columns of the same entities")
+    selection: SelectionSpec = SelectionSpec()
 
     @property
     def seeded_privacy(self) -> list[str]:
@@ -53,6 +58,9 @@ class JobSpec(Spec):
             keys.append("privacy.noise")
         if self.training.dp_sgd is not None and self.training.dp_sgd.noise == "seeded":
             keys.append("training.dp_sgd.noise")
+        v = self.vertical
+        if v is not None and (v.cut_dp or v.label_dp) and v.noise == "seeded":
+            keys.append("vertical.noise")
         return keys
 
     @property
@@ -62,7 +70,19 @@ class JobSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
+        from tsfl.config.rules import check_async, check_selection
+
+        check_selection(self)
+        check_async(self)
+        if self.vertical is not None:
+            self.vertical.check_job(self)
         c = self.crypto.mode
+        if self.evaluation.federated == "on" and (self.private or c != "none"):
+            raise ValueError(
+                "evaluation.federated 'on' with "
+                + ("differential privacy" if self.private else f"crypto.mode {c!r}")
+                + ": each device's evaluation (its loss on its own data) would reach the "
+                "server in the clear, outside the privacy guarantee; use 'auto' or 'off'")
         if c != "none":
             hidden = ("the he service adds ciphertexts" if c == "he"
                       else "the server unmasks only the cohort's sum")
@@ -168,6 +188,10 @@ class JobSpec(Spec):
                              "encrypted part of the model changes entirely each round; use "
                              "downlink full")
         h = self.crypto.he
+        if h.keying == "threshold" and self.clients.start_at != self.clients.count:
+            raise ValueError("clients.min_enrolled with threshold HE keying: every one of "
+                             "clients.count silos holds a key share, made in a ceremony "
+                             "before round 1; leave min_enrolled unset")
         try:
             if h.keying == "shared":
                 choose_params(h.precision, h.value_bound, self.clients.per_round,

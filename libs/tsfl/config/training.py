@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from tsfl.config.adaptive import ClientLrSpec, FedBuffSpec, LrScheduleSpec
 from tsfl.config.base import Fraction, PositiveFloat, PositiveInt, Spec
+from tsfl.config.clock import ClockSpec
 
 
 class DpSgdSpec(Spec):
@@ -41,6 +43,10 @@ _STRATEGY_OPTIONS: dict[str, set[str]] = {
 }
 
 
+#: StrategySpec fields that are not the named strategy's constructor options
+_NOT_OPTIONS = {"name", "mode", "fedbuff", "lr_schedule", "client_lr"}
+
+
 class StrategySpec(Spec):
     name: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
     server_lr: PositiveFloat | None = None
@@ -50,11 +56,16 @@ class StrategySpec(Spec):
     beta2: Annotated[float, Field(ge=0, lt=1)] | None = None
     tau: PositiveFloat | None = None
     bias_correction: bool | None = None
-
+    mode: Literal["sync", "async"] = Field("sync", description=(
+        "async: FedBuff (strategy.fedbuff), embedded deployment, on the virtual clock"))
+    fedbuff: FedBuffSpec = FedBuffSpec()
+    lr_schedule: LrScheduleSpec | None = Field(None, description="server η schedule")
+    client_lr: ClientLrSpec | None = Field(None, description="client lr by data size")
 
     @model_validator(mode="after")
     def _check(self) -> StrategySpec:
-        given = {k for k in type(self).model_fields if k != "name" and getattr(self, k) is not None}
+        given = {k for k in type(self).model_fields
+                 if k not in _NOT_OPTIONS and getattr(self, k) is not None}
         wrong = sorted(given - _STRATEGY_OPTIONS[self.name])
         if wrong:
             raise ValueError(f"option(s) {', '.join(wrong)} do not apply to strategy {self.name!r}")
@@ -64,7 +75,7 @@ class StrategySpec(Spec):
         return {
             k: getattr(self, k)
             for k in type(self).model_fields
-            if k != "name" and getattr(self, k) is not None
+            if k not in _NOT_OPTIONS and getattr(self, k) is not None
         }
 
 
@@ -84,6 +95,10 @@ class EvaluationSpec(Spec):
     server: bool = Field(True, description=(
         "distributed deployment: the coordinator evaluates each released model on the "
         "dataset's held-out split (built-in datasets, or files in its data directory)"))
+    federated: Literal["auto", "on", "off"] = Field("auto", description=(
+        "devices evaluate each model they are sent on their own data and report it "
+        "(fed_* round metrics); auto: when the coordinator cannot evaluate itself and the "
+        "job has neither DP nor crypto (per-device metrics are protected by neither)"))
 
 
 class NetworkSpec(Spec):
@@ -107,3 +122,6 @@ class SimulationSpec(Spec):
         "auto: train each round's cohort in one vectorised call where the model and "
         "training allow it (same results as one client at a time); off: one at a time. "
         "Not part of the job's identity (its hash and id): it changes no result"))
+    clock: ClockSpec | None = Field(None, description=(
+        "the virtual clock: per-device speeds and availability; rounds report simulated "
+        "seconds (sim_time_s) and deadline, quorum and over-selection use them"))

@@ -3,7 +3,8 @@
     pip install 'truststram-fl[faust]'
     faust -A tsfl.examples.faust_consumer worker -l info     # broker: env TSFL_KAFKA
 
-It logs every round transition and the size and norm of every released model.
+It logs every round transition, the size and norm of every released model, and each
+version announced to the model registry with the `tsfl export` command that writes it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import os
 import faust
 import numpy as np
 
-from tsfl.faust_models import ModelRelease, RoundEvent
+from tsfl.faust_models import ModelRelease, ModelVersion, RoundEvent
 
 app = faust.App("truststram-consumer",
                 broker=f"kafka://{os.environ.get('TSFL_KAFKA', '127.0.0.1:9092')}",
                 topic_allow_declare=False, topic_disable_leader=True)
 rounds = app.topic("tsfl.rounds", value_type=RoundEvent, value_serializer="tsfl")
 models = app.topic("tsfl.models", value_type=ModelRelease, value_serializer="tsfl")
+registry = app.topic("tsfl.registry", value_type=ModelVersion, value_serializer="tsfl")
 
 
 @app.agent(rounds)
@@ -38,3 +40,13 @@ async def on_model(stream):
               f"norm {float(np.linalg.norm(vec)):.4f}"
               + (f", ε {model.epsilon:.3g}" if model.epsilon is not None else ""))
         yield model
+
+
+@app.agent(registry)
+async def on_version(stream):
+    async for version in stream:
+        acc = version.metrics.get("test_accuracy")
+        print(f"{version.job} v{version.version} registered (sha256 {version.sha256[:12]}"
+              + (f", accuracy {acc:.4f}" if acc is not None else "")
+              + f"): {version.artefact['export']}")
+        yield version

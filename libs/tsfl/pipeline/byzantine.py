@@ -22,7 +22,7 @@ import asyncio
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,11 +35,13 @@ from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.round_metrics import observe_verdicts
 from tsfl.robust.anomaly import Reputation
 from tsfl.robust.judge import judge_round
-from tsfl.robust.root import RootTrainer
 from tsfl.robust.wfagg import ClientHistory
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
+
+if TYPE_CHECKING:
+    from tsfl.robust.root import RootTrainer
 
 
 @dataclass
@@ -201,6 +203,8 @@ class Byzantine(BusRole):
             ckpt = await self.store.latest_checkpoint(job_id)
             assert ckpt is not None
             if job.root is None:
+                from tsfl.robust.root import RootTrainer  # torch: FLTrust jobs only
+
                 job.root = await asyncio.to_thread(RootTrainer, job.spec)
             root = await asyncio.to_thread(job.root.root_update, ckpt["vector"], number)
         losses = np.array([pending.updates[c][2] for c in clients], dtype=np.float64)

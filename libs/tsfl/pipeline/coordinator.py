@@ -25,30 +25,32 @@ from tsfl.bus.base import Bus, Record
 from tsfl.compress import CodecChain, CodecError
 from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
+from tsfl.core.protocol import RoundTask, UploadReceipt
 from tsfl.errors import TsflError
 from tsfl.he import HeError, HeJob
 from tsfl.he.job import he_size, needs_ceremony, threshold_keyed, threshold_params
 from tsfl.he.signing import refusal_code
 from tsfl.he.threshold.keys import JobKey
 from tsfl.he.threshold.params import ThresholdParams
-from tsfl.pipeline import events
+from tsfl.pipeline import events, registry
 from tsfl.pipeline.credentials import enrollment_digest, session_hash, session_matches
 from tsfl.pipeline.evaluation import ServerEvaluator
+from tsfl.pipeline.federated_eval import EvaluationRefused, VersionEvaluation, check_report
 from tsfl.pipeline.he_ceremony import CeremonyRelay
 from tsfl.pipeline.he_commit import CommitBoard
 from tsfl.pipeline.he_opening import OpeningStages
+from tsfl.pipeline.released_models import LATEST, ReleasedModels
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.round_metrics import observe_evaluation, observe_round_end
 from tsfl.pipeline.secagg_stages import SecAggOutcome, SecAggRefused, SecAggStages
 from tsfl.pipeline.selection import client_seed
+from tsfl.pipeline.strategy_build import strategy_from_spec
 from tsfl.privacy.clipping import l2_norm
 from tsfl.privacy.plan import build_plan
-from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.secagg.extras import Extras
 from tsfl.secagg.protocol import RoundConfig, round_id_for
 from tsfl.secagg.ring import RingSpec, dequantize_sum
 from tsfl.storage.store import RoundState, Store, StoreError
-from tsfl.strategies import build_strategy
 from tsfl.wire.envelope import WireError
 from tsfl.wire.he import he_message_bounds
 from tsfl.wire.messages import (
@@ -144,6 +146,8 @@ class _Job:
         default_factory=lambda: collections.deque(maxlen=NORM_WINDOW))
     evaluator: ServerEvaluator | None = None  # distributed: evaluates each release
     last_test_loss: float | None = None
+    fed_eval: VersionEvaluation | None = None  # devices' reports on the current version
+    release_round: int | None = None  # the round that released the current version
 
 
 def ingest_topic(spec: JobSpec) -> str:
@@ -273,6 +277,8 @@ class Coordinator(BusRole):
         #: and key ceremonies (:meth:`he_setup`): the in-process one and the gRPC device
         #: API (``HeOpen``, ``HeSetup``) do
         self.he_openings = False
+        self._metrics_lock = asyncio.Lock()
+        self.released = ReleasedModels(store)  # finished jobs' final models
 
     async def stop(self) -> None:
         for job in self.jobs.values():
@@ -316,7 +322,9 @@ class Coordinator(BusRole):
                     self.log.info("round %d: test accuracy %.4f, loss %.4f", number,
                                   evaluation["test_accuracy"], evaluation["test_loss"],
                                   extra={"job": job.job_id, "round": number})
-            await self.store.set_round_metrics(job.job_id, number, metrics)
+            await self._merge_round_metrics(job.job_id, number, metrics)
+            await registry.announce(self.bus, self.store, job.job_id, job.spec, job.layout,
+                                    result.version, number, vector, metrics, result.epsilon)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # metrics never fail a job
@@ -356,7 +364,7 @@ class Coordinator(BusRole):
 
     def _track(self, job_id: str, spec: JobSpec, layout: ParamLayout, version: int,
                model_bytes: bytes, last_round: int = 0) -> _Job:
-        strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
+        strategy = strategy_from_spec(spec)  # its client_config: FedProx's μ, client lr
         job = _Job(job_id, spec, layout, version, model_bytes, strategy.client_config,
                    last_round=last_round, local_dp=local_dp_config(spec, layout.total_size),
                    uplink=uplink_config(spec),
@@ -614,6 +622,57 @@ class Coordinator(BusRole):
         if active.done is not None and not active.done.done():
             active.done.set_result(result)
 
+    # -- federated evaluation (pipeline.federated_eval) ------------------------------------
+    def _devices_evaluate(self, job: _Job) -> bool:
+        """Whether this job's tasks ask devices to evaluate the model they are sent."""
+        mode = job.spec.evaluation.federated
+        if not self.evaluate_releases or mode == "off":
+            return False  # embedded runs evaluate centrally, on the whole test split
+        if mode == "on":
+            return True
+        if job.spec.private or job.spec.crypto.mode != "none":
+            return False  # DP and crypto protect no per-device metric
+        return not ServerEvaluator.applies(job.spec) or (
+            job.evaluator is not None and job.evaluator.unusable)
+
+    async def report_evaluation(self, client_id: str, job_id: str, version: int, loss: float,
+                                num_examples: int, metrics: dict[str, float]) -> bool:
+        """A device's evaluation of model ``version`` on its own data; True when taken,
+        False for a repeat. Raises :class:`EvaluationRefused` (code ``invalid``,
+        ``not_requested``, ``not_in_cohort``)."""
+        job = self.jobs.get(job_id)
+        if job is None or not self._devices_evaluate(job):
+            raise EvaluationRefused("not_requested", "this job does not ask its devices "
+                                                     "to evaluate")
+        check_report(loss, num_examples, metrics)
+        active = job.round
+        if version != job.version or active is None or client_id not in active.seeds:
+            raise EvaluationRefused("not_in_cohort", f"only a device of the current cohort "
+                                    f"reports, on the model it was sent (v{job.version})")
+        if job.fed_eval is None or job.fed_eval.version != version:
+            job.fed_eval = VersionEvaluation(version)
+        return job.fed_eval.add(client_id, loss, num_examples, metrics)
+
+    def _settle_device_evaluations(self, job: _Job) -> None:
+        """The current version is being replaced: store its devices' evaluations in the
+        metrics of the round that released it."""
+        summary = (job.fed_eval.summary() if job.fed_eval is not None
+                   and job.fed_eval.version == job.version else {})
+        job.fed_eval = None
+        if summary and job.release_round:
+            self._background(self._merge_round_metrics(job.job_id, job.release_round,
+                                                       summary))
+
+    async def _merge_round_metrics(self, job_id: str, number: int,
+                                   metrics: dict[str, Any]) -> None:
+        """Add ``metrics`` to round ``number``'s (one writer at a time: the server's and
+        the devices' evaluations of a release arrive separately)."""
+        async with self._metrics_lock:
+            row = await self.store.get_round(job_id, number)
+            await self.store.set_round_metrics(job_id, number,
+                                               {**((row or {}).get("metrics") or {}),
+                                                **metrics})
+
     # -- the device-facing API -------------------------------------------------------------
     async def get_task(self, client_id: str, job_id: str | None = None) -> RoundTask | None:
         jobs = [self.jobs[job_id]] if job_id in self.jobs else (
@@ -635,16 +694,22 @@ class Coordinator(BusRole):
                     config["he"] = job.he.task_config()
                 if active.secagg is not None:
                     config["secagg"] = secagg_task_config(active.secagg.config, job.spec)
+                if self._devices_evaluate(job):
+                    config["evaluate"] = True
                 return RoundTask(job.job_id, active.number, job.version, config)
         return None
 
     async def download_model(self, job_id: str, version: int,
                              have_version: int | None = None) -> bytes:
-        """The model of ``version``: a lossless delta when the device holds an earlier
-        version still kept (``compression.downlink: delta``), else the full model."""
+        """The model of ``version`` (:data:`~tsfl.pipeline.released_models.LATEST`: the
+        current one): a lossless delta when the device holds an earlier version still
+        kept (``compression.downlink: delta``), else the full model. A finished job's
+        final model comes from the store."""
         job = self.jobs.get(job_id)
         if job is None:
-            raise LookupError(f"unknown job {job_id!r}")
+            return (await self.released.final(job_id, version))[1]
+        if version == LATEST:
+            version = job.version
         if version != job.version:
             raise LookupError(f"model v{version} of {job_id} is not served (current "
                               f"v{job.version})")
@@ -1178,7 +1243,8 @@ class Coordinator(BusRole):
             for old in sorted(job.history)[:-DOWNLINK_WINDOW]:
                 del job.history[old]
             job.delta_cache.clear()
-        job.version, job.model_bytes = version, data
+        self._settle_device_evaluations(job)
+        job.version, job.model_bytes, job.release_round = version, data, active.number
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.PUBLISHED, job.job_id, active.number, model_version=version),
             key=job.job_id.encode())

@@ -35,6 +35,11 @@ class ServerEvaluator:
         self._ready: Any = None  # (module, x_test, y_test) once loaded, False if unusable
         self._lock = asyncio.Lock()
 
+    @property
+    def unusable(self) -> bool:
+        """True once the job's data proved impossible to load here."""
+        return self._ready is False
+
     @staticmethod
     def applies(spec: JobSpec) -> bool:
         return spec.crypto.mode != "he" and spec.evaluation.server

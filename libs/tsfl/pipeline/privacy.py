@@ -40,12 +40,13 @@ from tsfl.core.layout import ParamLayout
 from tsfl.he import HeJob
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
+from tsfl.pipeline.strategy_build import observe_loss, strategy_from_spec
 from tsfl.privacy.accounting import Epsilons, PrivacyAccountant, RoundEvent
 from tsfl.privacy.clipping import AdaptiveClipper, clip
 from tsfl.privacy.noise import NoiseSource, noise_source
 from tsfl.privacy.plan import BUDGET_EXHAUSTED, DpPlan, build_plan
 from tsfl.storage.store import Store
-from tsfl.strategies import Strategy, build_strategy
+from tsfl.strategies import Strategy
 from tsfl.wire.codecs import encode_f32
 from tsfl.wire.envelope import WireError, pack_frame
 from tsfl.wire.messages import append_sealed, decode_update, encode_update, peek_update_meta
@@ -121,7 +122,7 @@ class Privacy(BusRole):
     async def _load(self, job_id: str, row: dict[str, Any], ckpt: dict[str, Any]) -> _Release:
         spec = JobSpec.model_validate(row["spec"])
         layout = ParamLayout.from_json(row["layout"])
-        strategy = build_strategy(spec.strategy.name, **spec.strategy.params())
+        strategy = strategy_from_spec(spec)
         strategy.load_state(ckpt["strategy_state"])
         plan = build_plan(spec, layout.total_size)
         state = _Release(job_id, spec, layout, strategy, ckpt["version"], ckpt["vector"],
@@ -239,6 +240,7 @@ class Privacy(BusRole):
                 "round": number, "epsilon": epsilon, "delta": plan.delta,
                 "mechanism": plan.mechanism, "noise_multiplier": plan.noise_multiplier,
                 "clip_norm": clip_norm}))
+        observe_loss(state.strategy, head.get("train_loss"))  # a loss-trend lr schedule
         new_vector = state.strategy.aggregate_fit(state.vector, mean)
         sealed_bytes = bytes(sealed) if sealed is not None else None
         if state.he is not None:  # those coordinates exist only in the encrypted sum

@@ -19,6 +19,7 @@ from tsfl.compress.schedule import LinkEstimate, choose_rung, ladder
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.selection import UniformSelector
+from tsfl.pipeline.selection_policies import DeviceBook, SelectionPolicy
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import unpack
 
@@ -30,6 +31,9 @@ class Selector(BusRole):
         super().__init__(bus, store, [topics.ROUNDS, topics.DEVICES], group_id)
         self.registry: dict[str, set[str]] = {}  # job -> device ids
         self.links: dict[tuple[str, str], LinkEstimate] = {}  # (job, device) -> estimate
+        # job -> a non-uniform selection policy and what it knows of the devices (set by
+        # the embedded runtime; never used for a secret (DP) cohort)
+        self.policies: dict[str, tuple[SelectionPolicy, DeviceBook]] = {}
 
     async def handle(self, record: Record) -> None:
         if record.topic == topics.DEVICES:
@@ -47,6 +51,7 @@ class Selector(BusRole):
                 await self._select(event)
             elif event["type"] == events.JOB_FINISHED:
                 self.registry.pop(event["job"], None)
+                self.policies.pop(event["job"], None)
                 for key in [k for k in self.links if k[0] == event["job"]]:
                     del self.links[key]
         self.settle(record)
@@ -69,8 +74,12 @@ class Selector(BusRole):
         else:
             selector = UniformSelector(seed, secure=secret)
             rate = event.get("poisson_rate")
+            policy = None if secret else self.policies.get(job_id)
             if rate is not None:  # DP accounting assumes exactly this sampling
                 cohort = selector.poisson(number, available, float(rate))
+            elif policy is not None:
+                cohort = policy[0].select(number, available, min(k, len(available)),
+                                          policy[1])
             else:
                 cohort = selector.select(number, available, min(k, len(available)))
             msg = events.cohort_message(job_id, number, cohort, reason=(

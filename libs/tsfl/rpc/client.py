@@ -10,10 +10,11 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import numpy as np
 import xxhash
 
 from tsfl.core.layout import ParamLayout
@@ -25,13 +26,15 @@ from tsfl.sdk.client import NumPyClient
 from tsfl.sdk.he import HeDevice, SiloKeys
 from tsfl.sdk.he_silo import SiloAborted
 from tsfl.sdk.privacy_guard import DevicePrivacy
-from tsfl.sdk.runner import ClientRunner, RoundTask, UploadReceipt
+from tsfl.sdk.runner import ClientRunner, RoundOutcome, RoundTask, UploadReceipt
 from tsfl.sdk.secagg import SecAggDevice
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.secagg.ring import RingSpec
 from tsfl.v1 import device_pb2, device_pb2_grpc
 from tsfl.wire import he as he_wire
 from tsfl.wire.envelope import WireError
+from tsfl.wire.messages import LATEST_MODEL as LATEST
+from tsfl.wire.messages import decode_model
 from tsfl.wire.secagg import decode_reply, encode_request
 
 log = logging.getLogger("tsfl.sdk")
@@ -130,6 +133,13 @@ class GrpcTransport:
         await self.stub.DeclineTask(device_pb2.DeclineRequest(
             job_id=job_id, round=round_number, code=code[:64], message=message[:512]),
             metadata=self._md())
+
+    async def report_evaluation(self, client_id: str, job_id: str, version: int,
+                                loss: float, num_examples: int,
+                                metrics: dict[str, float]) -> None:
+        await self.stub.ReportEvaluation(device_pb2.EvaluationReport(
+            job_id=job_id, round=version, loss=loss, num_examples=num_examples,
+            metrics=metrics), metadata=self._md())
 
     async def secagg(self, client_id: str, job_id: str, round_number: int, stage: str,
                      payload: dict[str, Any]) -> dict[str, Any]:
@@ -286,15 +296,53 @@ async def _serve_he(runner: ClientRunner, job_id: str) -> None:
         log.info("%s: %s", runner.client_id, exc)
 
 
-async def start_client(address: str, client: NumPyClient, *, job_id: str, device_id: str,
+async def fetch_job_layout(address: str, job_id: str, device_id: str, token: str,
+                           tls: TLSConfig | None = None) -> ParamLayout:
+    """The job's model layout, as the coordinator sends it at registration (a device can
+    build a built-in model kind from it: :func:`tsfl.sdk.job_model.job_model`)."""
+    probe = GrpcTransport(address, job_id, device_id, tls=tls)
+    try:
+        await probe.register(token)
+        layout = probe.job_layout
+    finally:
+        await probe.close()
+    if layout is None:
+        raise ConnectionError(f"the coordinator did not send job {job_id}'s layout")
+    return layout
+
+
+@dataclass
+class ClientResult:
+    """What a device got out of a job: the rounds it contributed to (accepted updates),
+    every task's outcome, and the job's final model when the job finished (None when it
+    is not served: an HE job, or the device stopped before the end)."""
+
+    contributed: int
+    outcomes: list[RoundOutcome] = field(default_factory=list)
+    final_version: int | None = None
+    final_model: np.ndarray | None = None  # flat, in the device's layout
+
+    def final_parameters(self, layout: ParamLayout) -> list[np.ndarray] | None:
+        """The final model as per-tensor arrays (a Flower client's ``parameters``)."""
+        return None if self.final_model is None else layout.unflatten_list(self.final_model)
+
+
+async def start_client(address: str, client: NumPyClient, **options: Any) -> int:
+    """Take part in a job until it finishes; returns the number of rounds contributed.
+    The options are :func:`run_client`'s (which also returns the final model)."""
+    return (await run_client(address, client, **options)).contributed
+
+
+async def run_client(address: str, client: NumPyClient, *, job_id: str, device_id: str,
                        token: str, layout: ParamLayout, tls: TLSConfig | None = None,
                        poll_s: float = 0.2, max_backoff_s: float = 10.0,
                        stop: asyncio.Event | None = None, offload: bool = True,
                        he_keys: Sequence[SecretKeySet | SiloKeys] = (),
                        privacy: DevicePrivacy | None = None,
                        backoff: Backoff | None = None, he: HeDevice | None = None,
-                       secagg: SecAggDevice | None = None) -> int:
-    """Take part in a job until it finishes; returns the number of rounds contributed.
+                       secagg: SecAggDevice | None = None) -> ClientResult:
+    """Take part in a job until it finishes; returns the rounds contributed, each task's
+    outcome and, once the job finished, its final model (:class:`ClientResult`).
 
     ``he_keys``: the secret key sets of HE jobs (``tsfl keys init``) this device may join.
     ``secagg``: the device's SecAgg+ identity, the authorities it trusts and its floor
@@ -320,7 +368,8 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
     runner = ClientRunner(device_id, client, transport, layout, offload=offload,
                           he=he or HeDevice(he_keys), privacy=privacy, secagg=secagg)
     backoff = backoff or Backoff(base_s=min(0.1, max_backoff_s), cap_s=max_backoff_s)
-    failures, contributed = 0, 0
+    failures, contributed, finished = 0, 0, False
+    outcomes: list[RoundOutcome] = []
     sat_out: tuple[str, int] | None = None  # a SecAgg+ round this device dropped out of
     try:
         while stop is None or not stop.is_set():
@@ -345,6 +394,7 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                     log.info("%s: round %d: %s", device_id, task.round, exc)
                     sat_out = (task.job_id, task.round)
                     continue
+                outcomes.append(outcome)
                 if outcome.receipt.accepted:
                     contributed += 1
                 elif outcome.receipt.code == "refused":
@@ -355,6 +405,7 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                     log.warning("%s: update refused: %s %s", device_id, outcome.receipt.code,
                                 outcome.receipt.message)
             except JobFinished:
+                finished = True
                 break
             except SiloAborted as exc:
                 log.error("%s: %s", device_id, exc)
@@ -374,6 +425,23 @@ async def start_client(address: str, client: NumPyClient, *, job_id: str, device
                 log.info("%s: %s; retrying", device_id, exc)
                 await asyncio.sleep(backoff.delay(failures))
                 failures += 1
+        result = ClientResult(contributed, outcomes)
+        if finished:
+            await _fetch_final(transport, job_id, layout, result)
     finally:
         await transport.close()
-    return contributed
+    return result
+
+
+async def _fetch_final(transport: GrpcTransport, job_id: str, layout: ParamLayout,
+                       result: ClientResult) -> None:
+    """The finished job's final model into ``result`` (left None where it is not
+    served: an HE job's model exists on the server only encrypted)."""
+    try:
+        frame = await transport.download_model(job_id, LATEST)
+        _, version, vector, _ = decode_model(memoryview(frame), layout)
+    except (grpc.aio.AioRpcError, ConnectionError, WireError) as exc:
+        details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        log.info("%s: the final model is not available: %s", job_id, details)
+        return
+    result.final_version, result.final_model = version, np.array(vector, copy=True)

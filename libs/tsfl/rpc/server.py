@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -12,11 +11,12 @@ from typing import Any
 
 import grpc
 import xxhash
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from tsfl.he.errors import HeError
 from tsfl.pipeline.coordinator import SYSTEM_AUDIT, Coordinator, UploadRefused
+from tsfl.pipeline.federated_eval import MAX_METRICS, EvaluationRefused
 from tsfl.pipeline.secagg_stages import SecAggRefused
 from tsfl.rpc import he_steps
 from tsfl.rpc.admin_service import AdminServicer
@@ -28,6 +28,7 @@ from tsfl.rpc.common import (
     grpc_options,
 )
 from tsfl.rpc.guard import PeerLimiter, RefusalLog, valid_device_id
+from tsfl.rpc.health import COORDINATOR_HEALTH, health_servicer, set_serving
 from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
 from tsfl.rpc.transient import broker_call
@@ -319,19 +320,26 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     @broker_call()
     async def ReportEvaluation(self, request: device_pb2.EvaluationReport,
                                context: grpc.aio.ServicerContext) -> device_pb2.Ack:
+        """A device's evaluation of the model it was sent (``round`` carries the model
+        version): :mod:`tsfl.pipeline.federated_eval` checks and keeps it."""
         device = await self._device(context, request.job_id)
-        metrics = dict(request.metrics)
-        if (len(metrics) > 32 or any(len(k) > 64 for k in metrics)
-                or not all(math.isfinite(v) for v in [request.loss, *metrics.values()])
-                or request.num_examples < 0):
+        if len(request.metrics) > MAX_METRICS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "an evaluation has at most 32 finite metrics with names of "
-                                "at most 64 characters")
-        await self.coordinator.store.append_audit(request.job_id, "device.evaluation", {
-            "device_id": device, "round": request.round, "loss": request.loss,
-            "num_examples": request.num_examples, "metrics": metrics})
+                                f"an evaluation has at most {MAX_METRICS} metrics")
+        metrics = dict(request.metrics)
+        try:
+            taken = await self.coordinator.report_evaluation(
+                device, request.job_id, request.round, request.loss, request.num_examples,
+                metrics)
+        except EvaluationRefused as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT if exc.code == "invalid"
+                                else grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{exc.code}: {exc}")
+        if taken:
+            await self.coordinator.store.append_audit(request.job_id, "device.evaluation", {
+                "device_id": device, "model_version": request.round, "loss": request.loss,
+                "num_examples": request.num_examples, "metrics": metrics})
         return device_pb2.Ack()
-
 
     @broker_call()
     async def DeclineTask(self, request: device_pb2.DeclineRequest,
@@ -408,24 +416,6 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         except HeError as exc:
             await context.abort(he_steps.status_for(exc.code), f"{exc.code}: {exc}")
         return device_pb2.HeStepReply(payload=he_wire.pack(reply))
-
-
-#: the names the coordinator's health service answers for
-COORDINATOR_HEALTH = ("", "tsfl.v1.DeviceService", "tsfl.v1.AdminService")
-
-
-def health_servicer(server: grpc.aio.Server) -> health.aio.HealthServicer:
-    servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    return servicer
-
-
-async def set_serving(servicer: health.aio.HealthServicer, serving: bool,
-                      services: tuple[str, ...] = ("",)) -> None:
-    status = (health_pb2.HealthCheckResponse.SERVING if serving
-              else health_pb2.HealthCheckResponse.NOT_SERVING)
-    for name in services:
-        await servicer.set(name, status)
 
 
 async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, address: str,

@@ -24,6 +24,7 @@ import torch
 from tsfl.config import ConfigError, JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.errors import ErrorKind, TsflError
+from tsfl.interop.checkpoints import warm_start
 from tsfl.sim.datasets import DatasetError, load_dataset
 from tsfl.sim.models import ModelError, build_model
 from tsfl.training.flat import FlatModule
@@ -80,20 +81,22 @@ def refuse_seeded_privacy(spec: JobSpec) -> None:
                            "uses 'secure' (the default)" for k in keys])
 
 
-def confine(path: str, policy: AdmissionPolicy) -> Path:
+def confine(path: str, policy: AdmissionPolicy, field: str = "data.path") -> Path:
     """``path`` resolved inside the operator's data directory (links followed: a link out
-    of it is refused), as an existing regular file within the size bound."""
+    of it is refused), as an existing regular file within the size bound; errors name
+    ``field`` (``data.path``, ``model.init``)."""
     if policy.data_dir is None:
-        raise ConfigError(["data.path: this coordinator reads no data files (start it with "
-                           "--data-dir DIR to serve npz/csv datasets from DIR)"])
+        raise ConfigError([f"{field}: this coordinator reads no data files (start it with "
+                           "--data-dir DIR to serve npz/csv datasets and checkpoints from "
+                           "DIR)"])
     root = Path(policy.data_dir).resolve(strict=True)
     resolved = (root / path).resolve(strict=False)
     if not resolved.is_relative_to(root):
-        raise ConfigError(["data.path: outside the coordinator's data directory"])
+        raise ConfigError([f"{field}: outside the coordinator's data directory"])
     if not resolved.is_file():
-        raise ConfigError(["data.path: no such file in the coordinator's data directory"])
+        raise ConfigError([f"{field}: no such file in the coordinator's data directory"])
     if os.stat(resolved).st_size > policy.max_data_bytes:
-        raise ConfigError([f"data.path: larger than {policy.max_data_bytes} bytes"])
+        raise ConfigError([f"{field}: larger than {policy.max_data_bytes} bytes"])
     return resolved
 
 
@@ -128,6 +131,10 @@ def admit(spec: JobSpec, policy: AdmissionPolicy
     """Check ``spec`` against the policy and build its initial model; raises
     :class:`ConfigError` naming the field. Blocking: run it in a worker thread."""
     refuse_seeded_privacy(spec)
+    if spec.vertical is not None:
+        raise ConfigError(["vertical: the coordinator's rounds are horizontal; run a vertical "
+                           "job embedded (tsfl run) or its parties over the vertical relay "
+                           "(tsfl.sdk.vertical, tsfl.rpc.vertical_relay)"])
     if spec.model.factory is not None:
         raise ConfigError(["model.factory: an import path, which a coordinator never "
                            "follows; name an installed model builder (model.builder; "
@@ -142,4 +149,10 @@ def admit(spec: JobSpec, policy: AdmissionPolicy
                                       allow_import=False))
     except ModelError as exc:
         raise ConfigError([f"model: {exc}"]) from None
-    return spec, flat.layout, flat.vector.copy()
+    initial = flat.vector.copy()
+    if spec.model.init is not None:  # warm start: a checkpoint from the data directory only
+        path = confine(spec.model.init, policy, "model.init")
+        spec = spec.model_copy(update={"model": spec.model.model_copy(
+            update={"init": str(path)})})
+        initial = warm_start(path, flat.layout, policy.max_data_bytes)
+    return spec, flat.layout, initial

@@ -21,8 +21,10 @@ import torch
 
 from tsfl.config import JobSpec
 from tsfl.he import HeJob, SecretKeySet
+from tsfl.interop.checkpoints import warm_start
 from tsfl.pipeline.coordinator import RoundResult
 from tsfl.pipeline.driver import drive_rounds
+from tsfl.pipeline.registry import announce
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.privacy.plan import resolve_privacy
 from tsfl.robust.attacks import add_trigger
@@ -33,6 +35,7 @@ from tsfl.runtime.report import robustness_summary
 from tsfl.runtime.secagg_setup import secagg_devices, secagg_summary
 from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport, SimulatedLinks
+from tsfl.runtime.virtual_time import SimulatedRounds, configure_selection, reporting
 from tsfl.sdk.runner import ClientRunner, TrainedUpdate
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.storage.store import Store
@@ -54,6 +57,7 @@ class RunResult:
     ledger: list[dict[str, Any]]  # privacy ledger rows (DP jobs)
     robustness: dict[str, Any] | None = None  # summary.json's robustness block
     crypto: dict[str, Any] | None = None  # summary.json's crypto block (HE jobs)
+    vertical: dict[str, Any] | None = None  # summary.json's vertical block (vertical jobs)
 
 
 def _evaluate(fed: Federation, vector: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -81,9 +85,19 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
 
     ``wrap_transport`` wraps the devices' in-process transport (the privacy audit taps
     what the server receives: :mod:`tsfl.runtime.canaries`)."""
+    if spec.vertical is not None:  # split training among parties (tsfl.vertical)
+        from tsfl.runtime.vertical import run_vertical
+
+        return run_vertical(spec, out_dir, on_round=on_round)
+    if spec.strategy.mode == "async":  # FedBuff on the virtual clock (no rounds, no bus)
+        from tsfl.runtime.async_sim import run_async
+
+        return await run_async(spec, out_dir, on_round=on_round, federation=federation)
     started = time.perf_counter()
     fed = federation or build_federation(spec)
     layout = fed.workspace.layout
+    if spec.model.init is not None:  # warm start, checked against the layout
+        fed.initial = warm_start(spec.model.init, layout)
     spec = resolve_privacy(spec, layout.total_size)  # ConfigError for a budget it cannot meet
     out_dir.mkdir(parents=True, exist_ok=True)
     # Deterministic id (before a fresh HE key's id enters the spec): with it the bus's
@@ -116,7 +130,10 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
         secagg = (secagg_devices(spec, fed.client_ids) if spec.crypto.mode == "secagg"
                   else {})  # an identity authority per run, on the devices' side only
         batch = CohortTraining(spec, fed)  # simulation.batched: a cohort trains in one call
-        runners = {cid: ClientRunner(cid, batch.client(cid), transport, layout,
+        sim = SimulatedRounds(spec, fed) if spec.simulation.clock is not None else None
+        book = configure_selection(spec, fed, pipeline.roles["selector"], job_id, sim)
+        runners = {cid: ClientRunner(cid, reporting(batch.client(cid), cid, book), transport,
+                                     layout,
                                      he=he.devices[cid] if he is not None else None,
                                      secagg=secagg.get(cid))
                    for cid in fed.client_ids}
@@ -131,6 +148,8 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
             number = coordinator.jobs[job_id].last_round
             vanish = dropouts.for_round(number, cohort)
             vanished[number] = set(vanish)
+            late = sim.plan(cohort, vanish) if sim is not None else set()  # stragglers
+            vanish = {**vanish, **dict.fromkeys(late, "late")}
             await batch.prepare(cohort, transport, () if spec.crypto.mode == "secagg" else vanish)
             if spec.crypto.mode != "secagg":
                 live = [cid for cid in cohort if cid not in vanish]  # the dropped are silent
@@ -181,10 +200,12 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 "epsilon": result.epsilon,
                 "record_epsilon": record_epsilon(fed, result),
             }
+            if sim is not None:
+                record["sim_time_s"] = sim.now  # the virtual clock when the round closed
             if he_job is not None:
                 record["sealed_bytes"] = result.sealed_bytes
                 record["sealed_values"] = result.sealed_values
-            vector = coordinator.model_vector(job_id)
+            vector = released = coordinator.model_vector(job_id)
             if he_job is not None and he is not None:
                 # evaluation is a silo's view: it decrypts the model (threshold keying: the
                 # silos online in this round open it together first)
@@ -199,6 +220,9 @@ async def run_embedded(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback 
                 record["test_loss"], record["test_accuracy"] = loss, acc
                 round_metrics[number] = {"test_loss": loss, "test_accuracy": acc,
                                          "train_loss": result.train_loss}
+            if result.ok:  # tsfl.registry: the version, its metrics and provenance
+                await announce(coordinator.bus, store, job_id, spec, layout, result.version,
+                               number, released, record, result.epsilon)
             now = time.perf_counter()
             record["wall_s"], clock["t0"] = now - clock["t0"], now
             metrics.append(record)

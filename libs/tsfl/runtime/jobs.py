@@ -209,15 +209,17 @@ class JobManager:
         return None
 
     async def _wait_for_devices(self, job_id: str, spec: JobSpec) -> None:
-        """Round 1 waits until every expected device has enrolled (or the timeout)."""
+        """Round 1 waits until ``clients.min_enrolled`` (default: every expected device)
+        have enrolled, or the timeout; devices enrolling later join the later rounds."""
         if self.coordinator.jobs[job_id].last_round > 0:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.registration_timeout_s
-        while len(await self.store.list_device_ids(job_id)) < spec.clients.count:
+        need = spec.clients.start_at
+        while len(await self.store.list_device_ids(job_id)) < need:
             if loop.time() > deadline:
                 have = len(await self.store.list_device_ids(job_id))
-                raise TimeoutError(f"only {have} of {spec.clients.count} devices enrolled "
+                raise TimeoutError(f"only {have} of {need} devices enrolled "
                                    f"within {self.registration_timeout_s:.0f}s")
             await asyncio.sleep(self.poll_s)
 

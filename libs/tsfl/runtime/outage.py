@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health
 
 from tsfl.bus.liveness import BrokerEvent, Outage
 from tsfl.bus.log_throttle import Throttle
 from tsfl.pipeline.role import BusRole
-from tsfl.rpc.server import set_serving
-from tsfl.runtime.jobs import JobManager
+from tsfl.rpc.health import set_serving
+
+if TYPE_CHECKING:  # the coordinator's alone: other services never load it
+    from tsfl.runtime.jobs import JobManager
 
 log = logging.getLogger("tsfl.service")
 

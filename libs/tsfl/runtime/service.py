@@ -20,6 +20,7 @@ import signal
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -27,21 +28,16 @@ from grpc_health.v1 import health_pb2_grpc
 from tsfl.bus import TOPICS, log_throttle
 from tsfl.bus.kafka import KafkaBus
 from tsfl.bus.liveness import BrokerWatch
-from tsfl.pipeline.coordinator import Coordinator
-from tsfl.pipeline.roles import ROLES
+from tsfl.pipeline.names import role_class
 from tsfl.rpc.common import SERVER_OPTIONS
-from tsfl.rpc.server import (
-    COORDINATOR_HEALTH,
-    health_servicer,
-    set_serving,
-    start_coordinator_server,
-)
-from tsfl.runtime.admission import AdmissionPolicy
-from tsfl.runtime.jobs import JobManager
+from tsfl.rpc.health import COORDINATOR_HEALTH, health_servicer, set_serving
 from tsfl.runtime.logs import asyncio_exception_handler
 from tsfl.runtime.outage import OutageResponse
 from tsfl.runtime.service_metrics import ServiceGauges
 from tsfl.storage.store import Store
+
+if TYPE_CHECKING:
+    from tsfl.runtime.jobs import JobManager
 
 log = logging.getLogger("tsfl.service")
 
@@ -71,6 +67,7 @@ class ServiceConfig:
     broker_probe_s: float = 1.0        # how often the broker's liveness is probed
     broker_timeout_s: float = 3.0      # a probe without an answer by then failed
     log_repeat_s: float = 30.0         # a repeated Kafka client line: once per this many s
+    fetch_wait_ms: int = 500           # Kafka long poll (answered as soon as a record lands)
 
 
 def _loopback(address: str) -> bool:
@@ -103,8 +100,7 @@ def server_credentials(cfg: ServiceConfig) -> grpc.ServerCredentials | None:
 
 
 async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> None:
-    if cfg.name not in ROLES:
-        raise ValueError(f"unknown service {cfg.name!r}; choose from {sorted(ROLES)}")
+    role_cls = role_class(cfg.name)  # this service's role alone (ValueError if unknown)
     server_credentials(cfg)  # fail fast on bad TLS settings, before connecting anything
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,7 +109,8 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
             loop.add_signal_handler(sig, stop.set)
     loop.set_exception_handler(asyncio_exception_handler)
     log_throttle.install(cfg.log_repeat_s)
-    bus = KafkaBus(cfg.kafka, chunk_bytes=cfg.chunk_bytes, client_id=f"tsfl-{cfg.name}")
+    bus = KafkaBus(cfg.kafka, chunk_bytes=cfg.chunk_bytes, client_id=f"tsfl-{cfg.name}",
+                   fetch_max_wait_ms=cfg.fetch_wait_ms)
     await bus.start()
     try:
         await bus.create_topics(TOPICS)
@@ -123,14 +120,20 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
         raise
     watch = BrokerWatch(bus, TOPICS, interval_s=cfg.broker_probe_s,
                         timeout_s=cfg.broker_timeout_s)
-    role = ROLES[cfg.name](bus, store)
+    role = role_cls(bus, store)
     jobs: JobManager | None = None
     server: grpc.aio.Server
     health_server: grpc.aio.Server | None = None
     # Consume first and resume the running jobs, then open the doors: a job submitted
     # before the resume would otherwise be picked up twice.
     await role.start()
-    if isinstance(role, Coordinator):
+    if cfg.name == "coordinator":  # the only service that loads torch (models, evaluation)
+        from tsfl.pipeline.coordinator import Coordinator
+        from tsfl.rpc.server import start_coordinator_server
+        from tsfl.runtime.admission import AdmissionPolicy
+        from tsfl.runtime.jobs import JobManager
+
+        assert isinstance(role, Coordinator)
         role.evaluate_releases = True  # model quality per round, as the embedded runner
         role.he_openings = True  # threshold HE: HeSetup (key ceremony) and HeOpen over gRPC
         jobs = JobManager(role, registration_timeout_s=cfg.registration_timeout_s,

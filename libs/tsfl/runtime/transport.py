@@ -8,8 +8,8 @@ import numpy as np
 import xxhash
 
 from tsfl.config import NetworkSpec
+from tsfl.core.protocol import RoundTask, UploadReceipt
 from tsfl.pipeline.coordinator import Coordinator
-from tsfl.sdk.runner import RoundTask, UploadReceipt
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import peek_update_meta
 
@@ -73,6 +73,12 @@ class InProcessTransport:
     async def decline(self, client_id: str, job_id: str, round_number: int, code: str,
                       message: str) -> None:
         await self.coordinator.decline_task(client_id, job_id, round_number, code, message)
+
+    async def report_evaluation(self, client_id: str, job_id: str, version: int,
+                                loss: float, num_examples: int,
+                                metrics: dict[str, float]) -> None:
+        await self.coordinator.report_evaluation(client_id, job_id, version, loss,
+                                                 num_examples, metrics)
 
     async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
         if self.links is not None:

@@ -4,13 +4,26 @@ from tsfl.sdk.client import NumPyClient, TorchClient
 from tsfl.sdk.privacy_guard import DevicePrivacy, PrivacyFloor, TaskRefused
 from tsfl.sdk.runner import ClientRunner, RoundTask, Transport, UploadReceipt
 
-__all__ = ["ClientRunner", "DevicePrivacy", "GrpcTransport", "NumPyClient", "PrivacyFloor",
-           "RoundTask", "TLSConfig", "TaskRefused", "TorchClient", "Transport",
-           "UploadReceipt", "start_client"]
+__all__ = [
+    "ClientResult",
+    "ClientRunner",
+    "DevicePrivacy",
+    "GrpcTransport",
+    "NumPyClient",
+    "PrivacyFloor",
+    "RoundTask",
+    "TLSConfig",
+    "TaskRefused",
+    "TorchClient",
+    "Transport",
+    "UploadReceipt",
+    "run_client",
+    "start_client",
+]
 
 
 def __getattr__(name: str) -> object:  # the gRPC side loads on first use
-    if name in ("start_client", "GrpcTransport", "TLSConfig"):
+    if name in ("start_client", "run_client", "ClientResult", "GrpcTransport", "TLSConfig"):
         from tsfl.rpc import client
 
         return getattr(client, name)

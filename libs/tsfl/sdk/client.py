@@ -21,6 +21,7 @@ from tsfl.sdk.dp_sgd import (
     dp_sgd_schedule,
 )
 from tsfl.sdk.privacy_guard import DevicePrivacy, TaskRefused
+from tsfl.strategies.schedule import client_lr_scale
 from tsfl.training.flat import FlatModule
 from tsfl.training.loop import TrainSettings, evaluate, train_epochs
 
@@ -90,6 +91,11 @@ class TorchClient(NumPyClient):
         keys = ("lr", "proximal_mu") if self.dp_sgd is not None else (
             "lr", "epochs", "batch_size", "proximal_mu")
         overrides = {k: config[k] for k in keys if k in config}
+        if isinstance(config.get("lr_by_size"), dict):  # strategy.client_lr: by data size
+            n = getattr(self, "num_examples", None)
+            scale = client_lr_scale(n if isinstance(n, int) else len(self.y),
+                                    config["lr_by_size"])
+            overrides["lr"] = float(overrides.get("lr", s.lr)) * scale
         return TrainSettings(**{**s.__dict__, **overrides}) if overrides else s
 
     def fit_vector(self, vector: np.ndarray, config: dict[str, Any]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from tsfl.core.layout import ParamLayout
+from tsfl.core.protocol import RoundTask, UploadReceipt
 from tsfl.core.update import Update
 from tsfl.he.threshold.keys import KeyShare
 from tsfl.sdk.client import NumPyClient
@@ -23,23 +25,11 @@ from tsfl.sdk.he import HeDevice
 from tsfl.sdk.local_dp import apply_local_dp
 from tsfl.sdk.privacy_guard import DevicePrivacy, LocalDpSettings, TaskRefused
 from tsfl.sdk.secagg import SecAggDevice, secure_upload
+from tsfl.sdk.task_settings import check_task_settings
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_model, encode_update
 
-
-@dataclass(frozen=True)
-class RoundTask:
-    job_id: str
-    round: int
-    model_version: int
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class UploadReceipt:
-    accepted: bool
-    code: str = "ok"
-    message: str = ""
+log = logging.getLogger("tsfl.sdk")
 
 
 class Transport(Protocol):
@@ -64,6 +54,9 @@ class Transport(Protocol):
         """Tell the coordinator this device refuses the round's task (and why)."""
         ...
 
+    # Optional: ``report_evaluation(client_id, job_id, version, loss, num_examples,
+    # metrics)``, this device's evaluation of the model it was sent, when the task asks
+    # (``config["evaluate"]``: :mod:`tsfl.pipeline.federated_eval`).
     # Optional (threshold HE): ``he_open(client_id, job_id, version, stage, payload)``, one
     # step of opening a model's encrypted sum (:mod:`tsfl.he.threshold.opening`), and
     # ``he_setup(client_id, job_id, stage, payload)``, one step of the silos' key ceremony
@@ -146,6 +139,7 @@ class ClientRunner:
         """Download the model and train: the update, not yet sent (local DP: clipped,
         noised and charged to the device's ledger). Raises :class:`TaskRefused`."""
         # checked before any work is done
+        check_task_settings(task.config)
         local: LocalDpSettings | None = self.privacy.check_task(
             task.job_id, task.config, self.layout.total_size,
             trains_with_dp_sgd=getattr(self.client, "dp_sgd", None) is not None)
@@ -170,6 +164,8 @@ class ClientRunner:
                 global_vec, *he)
         if delta_ok:
             self.held = (task.model_version, np.array(global_vec, copy=True))
+        if task.config.get("evaluate") and not self._private(task):
+            await self._report_evaluation(task, global_vec)
         if self.offload:
             new_vec, n, metrics = await asyncio.to_thread(self._fit, global_vec, task.config)
         else:
@@ -181,6 +177,27 @@ class ClientRunner:
         if self._private(task):  # the update travels alone
             n, metrics = 1, {}
         return TrainedUpdate(task, global_vec, delta, int(n), metrics, len(model_bytes), he)
+
+    async def _report_evaluation(self, task: RoundTask, global_vec: np.ndarray) -> None:
+        """Evaluate the model this task was sent on local data and report it (best
+        effort: a client that cannot evaluate, or a refused report, costs nothing)."""
+        report = getattr(self.transport, "report_evaluation", None)
+        if report is None:
+            return
+        params = self.layout.unflatten_list(global_vec)
+        try:
+            if self.offload:
+                loss, n, metrics = await asyncio.to_thread(self.client.evaluate, params,
+                                                           dict(task.config))
+            else:
+                loss, n, metrics = self.client.evaluate(params, dict(task.config))
+            await report(self.client_id, task.job_id, task.model_version, float(loss),
+                         int(n), {str(k): float(v) for k, v in (metrics or {}).items()})
+        except NotImplementedError:
+            return
+        except Exception as exc:  # evaluation never costs the round
+            log.info("%s: evaluation of v%d not reported: %s", self.client_id,
+                     task.model_version, exc)
 
     async def send(self, trained: TrainedUpdate) -> RoundOutcome:
         """Send a trained update: uploaded (encoded, HE-encrypted) or, for a SecAgg+ job,

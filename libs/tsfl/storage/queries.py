@@ -103,7 +103,10 @@ def append_audits(conn: Connection, job_id: str,
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                      {"k": f"tsfl-audit:{job_id}"})
     heads = conn.info.get(AUDIT_HEADS)  # set only by a store that is the sole writer
-    if heads is not None and job_id in heads:
+    pending = conn.info.get(AUDIT_PENDING, {})  # this transaction's earlier appends
+    if heads is not None and job_id in pending:
+        seq, prev = pending[job_id]
+    elif heads is not None and job_id in heads:
         seq, prev = heads[job_id]
     else:
         last = conn.execute(_AUDIT_HEAD, {"job_id": job_id}).first()

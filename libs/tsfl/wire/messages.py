@@ -160,6 +160,11 @@ def decode_update(data: bytes, layout: ParamLayout, *,
                   sealed=sealed)
 
 
+#: the model version a device asks for when it wants the latest (after its job ended: the
+#: final model)
+LATEST_MODEL = -1
+
+
 def encode_model(job_id: str, version: int, vector: np.ndarray, layout: ParamLayout,
                  extra: dict[str, Any] | None = None, sealed: bytes | None = None) -> bytes:
     """A full model frame; an HE job's carries its encrypted coordinates' sum after the

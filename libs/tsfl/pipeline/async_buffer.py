@@ -1,0 +1,107 @@
+"""FedBuff's server buffer (Nguyen et al., "Federated Learning with Buffered Asynchronous
+Aggregation", AISTATS 2022, Algorithm 1).
+
+Devices train on whatever model version they pulled; an update trained on version ``v``
+arriving when the server is at version ``t`` has staleness ``τ = t − v``. Updates staler
+than ``max_staleness`` are refused. An accepted update ``Δ_i`` (optionally norm-bounded:
+``Δ_i · min(1, M / ‖Δ_i‖)``, Sun et al. 2019) is weighted by ``s(τ)``:
+
+* constant: ``s(τ) = 1``;
+* polynomial: ``s(τ) = (1 + τ)^{−a}`` (FedBuff §3, after Xie et al., "FedAsync", 2019);
+* hinge: ``s(τ) = 1`` for ``τ ≤ b``, else ``1 / (a·(τ − b) + 1)`` (FedAsync, §5.2);
+
+and after every ``K`` accepted updates the buffer releases ``Δ̄ = (1/K) Σ s(τ_i)·Δ_i``
+(Algorithm 1, line 12), which the server strategy applies: ``x ← x + η_g Δ̄``. Memory is
+O(P): the buffer is a streaming sum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def staleness_weight(tau: int, kind: str, a: float = 0.5, b: int = 4) -> float:
+    """``s(τ)`` (see the module docstring)."""
+    if tau < 0:
+        raise ValueError(f"negative staleness {tau}")
+    if kind == "constant":
+        return 1.0
+    if kind == "polynomial":
+        return float((1.0 + tau) ** (-a))
+    if kind == "hinge":
+        return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
+    raise ValueError(f"unknown staleness weighting {kind!r}")
+
+
+@dataclass
+class Release:
+    """One release of the buffer: the weighted mean delta and what went into it."""
+
+    mean_delta: np.ndarray
+    count: int
+    staleness: list[int]
+    train_loss: float | None
+    examples: int
+
+
+@dataclass
+class AsyncBuffer:
+    """The streaming buffer of K updates."""
+
+    size: int
+    buffer: int
+    max_staleness: int
+    weighting: str = "polynomial"
+    a: float = 0.5
+    b: int = 4
+    max_norm: float | None = None  # norm bounding of each update
+    version: int = 0  # the server's model version (releases so far)
+    refused: int = 0
+    clipped: int = 0
+    _sum: np.ndarray = field(init=False)
+    _staleness: list[int] = field(default_factory=list)
+    _losses: list[tuple[float, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.buffer < 1:
+            raise ValueError("the buffer needs K ≥ 1")
+        self._sum = np.zeros(self.size, dtype=np.float64)
+
+    def offer(self, delta: np.ndarray, base_version: int, examples: int = 1,
+              train_loss: float | None = None) -> Release | None:
+        """Add one update trained on ``base_version``; the release when it fills the
+        buffer, else None. A too-stale or non-finite update is refused (counted)."""
+        tau = self.version - int(base_version)
+        if tau < 0 or tau > self.max_staleness or delta.shape != (self.size,):
+            self.refused += 1
+            return None
+        d = np.asarray(delta, dtype=np.float64)
+        norm = float(np.linalg.norm(d))
+        if not math.isfinite(norm):
+            self.refused += 1
+            return None
+        scale = staleness_weight(tau, self.weighting, self.a, self.b)
+        if self.max_norm is not None and norm > self.max_norm:
+            scale *= self.max_norm / norm
+            self.clipped += 1
+        self._sum += scale * d
+        self._staleness.append(tau)
+        if train_loss is not None and math.isfinite(train_loss):
+            self._losses.append((float(train_loss), int(examples)))
+        if len(self._staleness) < self.buffer:
+            return None
+        return self._release()
+
+    def _release(self) -> Release:
+        mean = (self._sum / self.buffer).astype(np.float32)
+        n = sum(e for _, e in self._losses)
+        loss = sum(v * e for v, e in self._losses) / n if n else None
+        out = Release(mean, len(self._staleness), list(self._staleness), loss, n)
+        self._sum[:] = 0.0
+        self._staleness.clear()
+        self._losses.clear()
+        self.version += 1
+        return out
