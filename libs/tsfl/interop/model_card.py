@@ -21,6 +21,7 @@ from tsfl.config import JobSpec, parse_job
 from tsfl.core.layout import ParamLayout
 from tsfl.errors import TsflError
 from tsfl.pipeline.registry import accountant_of, provenance, vector_sha256
+from tsfl.storage.rows import JobRow, job_layout
 from tsfl.storage.store import Store
 
 WITHHELD = "withheld: a DP job's release does not say who or how many took part"
@@ -35,7 +36,7 @@ class Released:
     """One released version as stored: its job, spec, layout, vector and round."""
 
     job_id: str
-    job: dict[str, Any]
+    job: JobRow
     spec: JobSpec
     layout: ParamLayout
     version: int
@@ -59,7 +60,7 @@ async def read_release(store: Store, job_id: str, version: int | None = None) ->
         raise ExportError("crypto.mode he: the server holds this model's encrypted "
                           "coordinates only as ciphertexts (zeros in its vector); export "
                           "the model a silo decrypted instead")
-    layout = ParamLayout.from_json(job["layout"])
+    layout = job_layout(job)
     if ckpt["layout_digest"] != layout.digest:
         raise ExportError(f"version {ckpt['version']}'s layout is not the job's")
     return Released(job_id, job, spec, layout, int(ckpt["version"]), int(ckpt["round"]),

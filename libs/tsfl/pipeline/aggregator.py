@@ -32,6 +32,7 @@ from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.round_metrics import observe_aggregation
 from tsfl.robust.build import coordinate_estimator
+from tsfl.storage.rows import job_layout
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
@@ -149,7 +150,7 @@ class Aggregator(BusRole):
         if row is None:
             raise LookupError(f"job {job_id!r} is not in the store")
         spec = JobSpec.model_validate(row["spec"])
-        layout = ParamLayout.from_json(row["layout"])
+        layout = job_layout(row)
         meta = await self.store.latest_checkpoint_meta(job_id)
         if meta is None:
             raise LookupError(f"job {job_id!r} has no initial checkpoint")

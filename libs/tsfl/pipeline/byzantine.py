@@ -36,6 +36,7 @@ from tsfl.pipeline.round_metrics import observe_verdicts
 from tsfl.robust.anomaly import Reputation
 from tsfl.robust.judge import judge_round
 from tsfl.robust.wfagg import ClientHistory
+from tsfl.storage.rows import job_layout
 from tsfl.storage.store import Store
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta
@@ -93,7 +94,7 @@ class Byzantine(BusRole):
             if saved is not None:
                 next_round, blob = saved
                 history, extra = _unpack_state(blob)
-            self.jobs[job_id] = _Job(spec, ParamLayout.from_json(row["layout"]), history,
+            self.jobs[job_id] = _Job(spec, job_layout(row), history,
                                      _reputation(spec, extra), next_round)
         return self.jobs[job_id]
 

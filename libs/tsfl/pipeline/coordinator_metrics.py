@@ -99,5 +99,5 @@ class ReleaseRecorder(CoordinatorBase):
         async with self._metrics_lock:
             row = await self.store.get_round(job_id, number)
             await self.store.set_round_metrics(job_id, number,
-                                               {**((row or {}).get("metrics") or {}),
+                                               {**((row["metrics"] if row else None) or {}),
                                                 **metrics})

@@ -45,6 +45,7 @@ from tsfl.privacy.accounting import Epsilons, PrivacyAccountant, RoundEvent
 from tsfl.privacy.clipping import AdaptiveClipper, clip
 from tsfl.privacy.noise import NoiseSource, noise_source
 from tsfl.privacy.plan import BUDGET_EXHAUSTED, DpPlan, build_plan
+from tsfl.storage.rows import CheckpointRow, JobRow, job_layout
 from tsfl.storage.store import Store
 from tsfl.strategies import Strategy
 from tsfl.wire.codecs import encode_f32
@@ -119,11 +120,11 @@ class Privacy(BusRole):
             self.jobs[job_id] = state
         return state
 
-    async def _load(self, job_id: str, row: dict[str, Any], ckpt: dict[str, Any]) -> _Release:
+    async def _load(self, job_id: str, row: JobRow, ckpt: CheckpointRow) -> _Release:
         spec = JobSpec.model_validate(row["spec"])
-        layout = ParamLayout.from_json(row["layout"])
+        layout = job_layout(row)
         strategy = strategy_from_spec(spec)
-        strategy.load_state(ckpt["strategy_state"])
+        strategy.load_state(ckpt["strategy_state"] or {})
         plan = build_plan(spec, layout.total_size)
         state = _Release(job_id, spec, layout, strategy, ckpt["version"], ckpt["vector"],
                          ckpt["round"], plan, None, None, he=HeJob.from_spec(spec, layout),
@@ -141,8 +142,8 @@ class Privacy(BusRole):
             if state.clipper is not None and "next_clip_norm" in details:
                 state.clipper.clip_norm = float(details["next_clip_norm"])
         if plan.mode == "central":
-            for row in ledger:
-                state.accountant.compose(_charged_event(plan, row))
+            for entry in ledger:
+                state.accountant.compose(_charged_event(plan, entry))
         else:  # what the server saw, from the store (every upload, released or not)
             state.participation = collections.Counter(
                 await self.store.uploads_seen(job_id, state.released))
@@ -215,7 +216,7 @@ class Privacy(BusRole):
             event, population = plan.event, None
             if plan.mode == "central":
                 row = await self.store.get_round(state.job_id, number)
-                population = (row or {}).get("population")
+                population = row["population"] if row is not None else None
                 event = plan.event_for_population(population)
             if plan.mode == "local":  # every update the server saw so far, failed rounds too
                 state.participation = collections.Counter(

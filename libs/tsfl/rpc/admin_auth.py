@@ -26,6 +26,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,12 +124,12 @@ class AdminAuth:
             raise AdminAuthError("denied", f"{p.label} ({p.role}) may not submit jobs")
 
     @staticmethod
-    def may_read(p: Principal, job: dict[str, Any]) -> None:
+    def may_read(p: Principal, job: Mapping[str, Any]) -> None:
         if p.role == "submitter" and job.get("owner") != p.name:
             raise AdminAuthError("denied", f"{p.label} may read only the jobs it submitted")
 
     @staticmethod
-    def may_cancel(p: Principal, job: dict[str, Any]) -> None:
+    def may_cancel(p: Principal, job: Mapping[str, Any]) -> None:
         if p.role == "operator" or (p.role == "submitter" and job.get("owner") == p.name):
             return
         raise AdminAuthError("denied", f"{p.label} ({p.role}) may not cancel job "

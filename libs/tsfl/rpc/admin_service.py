@@ -7,7 +7,6 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import yaml
@@ -18,6 +17,7 @@ from tsfl.pipeline.coordinator import Coordinator
 from tsfl.rpc.admin_auth import AdminAuth, AdminAuthError, Principal, bearer
 from tsfl.runtime.admission import QuotaExceeded
 from tsfl.runtime.jobs import JobManager
+from tsfl.storage.rows import JobRow, RoundRow
 from tsfl.v1 import admin_pb2, admin_pb2_grpc
 
 JOB_STATUSES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED")
@@ -43,7 +43,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise  # unreachable: abort raises
 
     async def _job(self, context: grpc.aio.ServicerContext, job_id: str,
-                   cancel: bool = False) -> tuple[Principal, dict[str, Any]]:
+                   cancel: bool = False) -> tuple[Principal, JobRow]:
         """The caller and the job's row, if the caller may read (or cancel) it."""
         caller = await self._caller(context)
         row = await self.store.get_job(job_id)
@@ -60,6 +60,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         row = await self.store.get_job(job_id)
         if row is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+        assert row is not None
         rounds = await self.store.list_rounds(job_id)
         done = sum(1 for r in rounds if r["state"] in ("PUBLISHED", "FAILED"))
         ckpt_version = max((r["model_version"] + (r["state"] == "PUBLISHED")
@@ -74,8 +75,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             devices=len(await self.store.list_device_ids(job_id)),
             layout_json=json.dumps(row["layout"]))
         evaluated = [r["metrics"] for r in rounds
-                     if (r.get("metrics") or {}).get("test_accuracy") is not None]
-        if evaluated:
+                     if (r["metrics"] or {}).get("test_accuracy") is not None]
+        if evaluated and evaluated[-1] is not None:
             info.test_accuracy = float(evaluated[-1]["test_accuracy"])
             info.test_loss = float(evaluated[-1]["test_loss"])
         return info
@@ -134,9 +135,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self.store.append_audit(request.job_id, "job.cancel_requested", {
             "by": caller.name, "role": caller.role}, actor=caller.label)
         if not await self.jobs.cancel(request.job_id, by=caller.label):
-            row = await self.store.get_job(request.job_id)
+            now = await self.store.get_job(request.job_id)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"job {request.job_id} is {row['status'] if row else 'gone'}")
+                                f"job {request.job_id} is {now['status'] if now else 'gone'}")
         return await self._info(request.job_id, context)
 
     async def WatchJob(self, request: admin_pb2.JobRef,
@@ -147,9 +148,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             row = await self.store.get_job(request.job_id)
             if row is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            assert row is not None
             for r in await self.store.list_rounds(request.job_id):
                 # a round's state changes, and its metrics arrive after its release
-                key = (r["state"], bool(r.get("metrics")))
+                key = (r["state"], bool(r["metrics"]))
                 if seen.get(r["number"]) != key:
                     seen[r["number"]] = key
                     yield _round_info(r, row["status"])
@@ -186,7 +188,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                                  prev_hash=e["prev_hash"]) for e in trail])
 
 
-def _round_info(r: dict[str, Any], job_status: str) -> admin_pb2.RoundInfo:
+def _round_info(r: RoundRow, job_status: str) -> admin_pb2.RoundInfo:
     info = admin_pb2.RoundInfo(round=r["number"], state=r["state"], reason=r["reason"] or "",
                                accepted=r["accepted"], rejected=r["rejected"],
                                cohort_size=r["cohort_size"], model_version=r["model_version"],

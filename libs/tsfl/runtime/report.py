@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def robustness_summary(spec: JobSpec, participants: list[dict[str, Any]],
+def robustness_summary(spec: JobSpec, participants: Sequence[Mapping[str, Any]],
                        malicious: set[str] | frozenset[str],
                        backdoor_asr: float | None = None) -> dict[str, Any] | None:
     """The ``robustness`` block: the attack, the rule and detection over the whole run
@@ -34,7 +35,7 @@ def robustness_summary(spec: JobSpec, participants: list[dict[str, Any]],
     bad = [p for p in judged if p["client_id"] in malicious]
     good = [p for p in judged if p["client_id"] not in malicious]
 
-    def refused(rows: list[dict[str, Any]]) -> int:
+    def refused(rows: Sequence[Mapping[str, Any]]) -> int:
         return sum(1 for p in rows if p["metrics"]["verdict"]["weight"] <= 0)
 
     return {"attack": a.kind, "fraction": a.fraction, "collude": a.collude,

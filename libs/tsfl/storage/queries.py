@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,7 +82,7 @@ def now() -> str:
 
 
 # -- audit -----------------------------------------------------------------------------------
-def audit_hash(prev_hash: str, row: dict[str, Any]) -> str:
+def audit_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     """sha256(prev_hash | canonical JSON of the row's content)."""
     body = json.dumps(
         {k: row[k] for k in ("job_id", "seq", "kind", "actor", "payload", "created_at")},

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from sqlalchemy import create_engine, event
@@ -25,6 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tsfl.storage import migrate
 from tsfl.storage import queries as q
+from tsfl.storage.rows import (
+    AuditRow,
+    CheckpointRow,
+    DeviceRow,
+    JobRow,
+    ParticipantRow,
+    RoundRow,
+)
 from tsfl.storage.states import RoundState, StoreError
 
 T = TypeVar("T")
@@ -190,8 +198,8 @@ class Store:
     async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
         await self._tx(q.finish_job, job_id, status, reason)
 
-    async def get_job(self, job_id: str) -> dict[str, Any] | None:
-        return await self._read(q.get_job, job_id)
+    async def get_job(self, job_id: str) -> JobRow | None:
+        return cast("JobRow | None", await self._read(q.get_job, job_id))
 
     # -- rounds ----------------------------------------------------------------------------
     async def open_round(self, job_id: str, number: int, model_version: int) -> None:
@@ -223,11 +231,11 @@ class Store:
                                 metrics: dict[str, Any]) -> None:
         await self._tx(q.set_round_metrics, job_id, number, metrics)
 
-    async def get_round(self, job_id: str, number: int) -> dict[str, Any] | None:
-        return await self._read(q.get_round, job_id, number)
+    async def get_round(self, job_id: str, number: int) -> RoundRow | None:
+        return cast("RoundRow | None", await self._read(q.get_round, job_id, number))
 
-    async def list_rounds(self, job_id: str) -> list[dict[str, Any]]:
-        return await self._read(q.list_rounds, job_id)
+    async def list_rounds(self, job_id: str) -> list[RoundRow]:
+        return cast("list[RoundRow]", await self._read(q.list_rounds, job_id))
 
     # -- participants ----------------------------------------------------------------------
     async def record_upload(self, job_id: str, number: int, client_id: str, *,
@@ -291,8 +299,9 @@ class Store:
         await self._tx(q.reject_participant, job_id, number, client_id, reason, actor)
 
     async def list_participants(self, job_id: str, number: int | None = None
-                                ) -> list[dict[str, Any]]:
-        return await self._read(q.list_participants, job_id, number)
+                                ) -> list[ParticipantRow]:
+        return cast("list[ParticipantRow]",
+                    await self._read(q.list_participants, job_id, number))
 
     # -- checkpoints -----------------------------------------------------------------------
     async def save_checkpoint(self, job_id: str, version: int, number: int, layout_digest: str,
@@ -302,9 +311,10 @@ class Store:
                        strategy_state)
 
     async def latest_checkpoint(self, job_id: str, version: int | None = None
-                                ) -> dict[str, Any] | None:
+                                ) -> CheckpointRow | None:
         """The newest checkpoint (or the one of ``version``): vector, strategy state..."""
-        return await self._read(q.latest_checkpoint, job_id, version)
+        return cast("CheckpointRow | None",
+                    await self._read(q.latest_checkpoint, job_id, version))
 
     async def latest_checkpoint_meta(self, job_id: str) -> tuple[int, int] | None:
         """(version, round) of the newest checkpoint."""
@@ -350,8 +360,8 @@ class Store:
                            actor: str = "coordinator") -> None:
         await self._tx(q.append_audits, job_id, [(kind, actor, payload)])
 
-    async def audit_trail(self, job_id: str) -> list[dict[str, Any]]:
-        return await self._read(q.audit_trail, job_id)
+    async def audit_trail(self, job_id: str) -> list[AuditRow]:
+        return cast("list[AuditRow]", await self._read(q.audit_trail, job_id))
 
     async def verify_audit(self, job_id: str) -> tuple[bool, str]:
         """Recompute the chain; ``(False, why)`` names the first broken row."""
@@ -375,8 +385,8 @@ class Store:
                            traits: dict[str, Any] | None = None) -> None:
         await self._tx(q.touch_device, job_id, device_id, traits)
 
-    async def list_devices(self, job_id: str) -> list[dict[str, Any]]:
-        return await self._read(q.list_devices, job_id)
+    async def list_devices(self, job_id: str) -> list[DeviceRow]:
+        return cast("list[DeviceRow]", await self._read(q.list_devices, job_id))
 
     async def list_device_ids(self, job_id: str) -> list[str]:
         """The job's registered device ids, in order."""
@@ -385,8 +395,8 @@ class Store:
     async def device_token_hash(self, job_id: str, device_id: str) -> str | None:
         return await self._read(q.device_token_hash, job_id, device_id)
 
-    async def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
-        return await self._read(q.list_jobs, status)
+    async def list_jobs(self, status: str | None = None) -> list[JobRow]:
+        return cast("list[JobRow]", await self._read(q.list_jobs, status))
 
     async def count(self, table_name: str) -> int:
         return await self._read(q.count, table_name)
