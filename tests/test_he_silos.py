@@ -22,7 +22,7 @@ from tsfl.core.layout import ParamLayout
 from tsfl.he import HeJob
 from tsfl.he.threshold.ceremony import CeremonyParty
 from tsfl.identity import DeviceIdentity, IdentityAuthority
-from tsfl.pipeline import coordinator as coordinator_module
+from tsfl.pipeline import coordinator_crypto as coordinator_module
 from tsfl.pipeline.he_ceremony import CeremonyRelay
 from tsfl.runtime.embedded import run_embedded
 from tsfl.v1 import device_pb2, device_pb2_grpc
