@@ -21,7 +21,8 @@ A curve reaches the target at its first evaluation whose trailing mean over
 :data:`SMOOTH` evaluations is at or above it (one lucky model does not count).
 
 1. **Sync vs async wall-clock** (issue target: ≤ 0.5×): synchronous FedAvg, R rounds;
-   FedBuff (K = 10, concurrency 100, polynomial staleness weighting a = 0.5, evaluated
+   FedBuff (K = 10, concurrency 100, polynomial staleness weighting a = 0.5, buffer mean
+   weighted by examples as FedAvg weights its cohort — ``fedbuff.averaging``, evaluated
    every 5 releases) runs until its smoothed curve reaches the target (at most
    :data:`MAX_RELEASES`). Times are *simulated* seconds, averaged over seeds.
 2. **Rounds to target** (issue target: ≤ 0.6× of uniform FedAvg's rounds): each variant
@@ -63,7 +64,7 @@ PLATEAU = 10
 #: the target, as a fraction of FedAvg's plateau
 TARGET_FRACTION = 0.9
 #: FedBuff's cap on releases (it stops earlier once its smoothed curve reaches the target)
-MAX_RELEASES = 3000
+MAX_RELEASES = 2000
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fedavg (uniform)": {},

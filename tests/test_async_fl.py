@@ -220,6 +220,26 @@ def test_buffer_releases_every_k_with_staleness_and_norm_bound():
     assert np.allclose(rel.mean_delta, 0.5 * 2 ** -0.5 / 2)  # weight 1/2, clipped to norm 1
 
 
+def test_buffer_weights_by_examples_like_fedavg():
+    """``averaging: examples``: Σ s(τ)·n·Δ / Σ n, so a small device counts as little as
+    in a FedAvg round (uniform: FedBuff's (1/K) Σ s(τ)·Δ)."""
+    deltas = [(np.array([1.0, 0.0], np.float32), 10), (np.array([0.0, 1.0], np.float32), 30)]
+    for by_examples, want in ((True, [0.25, 0.75]), (False, [0.5, 0.5])):
+        buf = AsyncBuffer(2, buffer=2, max_staleness=5, weighting="constant",
+                          by_examples=by_examples)
+        rels = [buf.offer(d, 0, n) for d, n in deltas]
+        assert rels[0] is None and np.allclose(rels[1].mean_delta, want)
+    buf = AsyncBuffer(2, buffer=2, max_staleness=5, weighting="polynomial", a=1.0,
+                      by_examples=True)
+    buf.offer(np.ones(2, np.float32), 0, 10)
+    buf.offer(np.ones(2, np.float32), 0, 10)  # release 1
+    buf.offer(np.ones(2, np.float32), 0, 30)  # τ = 1: weight 1/2
+    rel = buf.offer(np.ones(2, np.float32), 1, 10)
+    assert np.allclose(rel.mean_delta, (0.5 * 30 + 10) / 40)
+    assert JobSpec(name="x", strategy={"mode": "async"}).strategy.fedbuff.averaging == \
+        "examples"
+
+
 def test_async_mode_runs_on_the_virtual_clock():
     import tsfl
 

@@ -61,6 +61,9 @@ class FedBuffSpec(Spec):
         "s(τ): constant 1; polynomial (1 + τ)^−a; hinge 1 for τ ≤ b, else 1/(a(τ − b) + 1)"))
     a: Annotated[float, Field(ge=0, le=10)] = 0.5
     b: Annotated[int, Field(ge=0, le=1_000_000)] = 4
+    averaging: Literal["examples", "uniform"] = Field("examples", description=(
+        "examples: Σ s(τ_i)·n_i·Δ_i / Σ n_i (FedAvg's weighting, as the synchronous "
+        "rounds use); uniform: (1/K) Σ s(τ_i)·Δ_i (FedBuff's Algorithm 1)"))
     releases: PositiveInt | None = Field(None, le=1_000_000, description=(
         "releases to run (default: the job's rounds)"))
     evaluate_every: PositiveInt = Field(1, le=1_000_000)

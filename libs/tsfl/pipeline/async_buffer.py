@@ -11,8 +11,13 @@ than ``max_staleness`` are refused. An accepted update ``Δ_i`` (optionally norm
 * hinge: ``s(τ) = 1`` for ``τ ≤ b``, else ``1 / (a·(τ − b) + 1)`` (FedAsync, §5.2);
 
 and after every ``K`` accepted updates the buffer releases ``Δ̄ = (1/K) Σ s(τ_i)·Δ_i``
-(Algorithm 1, line 12), which the server strategy applies: ``x ← x + η_g Δ̄``. Memory is
-O(P): the buffer is a streaming sum.
+(Algorithm 1, line 12), which the server strategy applies: ``x ← x + η_g Δ̄``. With
+``by_examples`` the release is FedAvg's weighting (McMahan et al., AISTATS 2017) within the
+buffer instead, ``Δ̄ = Σ s(τ_i)·n_i·Δ_i / Σ n_i`` (n_i: the update's training records):
+the uniform mean gives a 50-record device the weight of a 2,000-record one, and since
+small devices also finish first, an asynchronous stream over-represents them further —
+on Synthetic(1, 1) with 1,000 clients the uniform mean stalls well below FedAvg
+(``benchmarks/README.md``). Memory is O(P): the buffer is a streaming sum.
 """
 
 from __future__ import annotations
@@ -58,12 +63,14 @@ class AsyncBuffer:
     a: float = 0.5
     b: int = 4
     max_norm: float | None = None  # norm bounding of each update
+    by_examples: bool = False  # Σ s·n·Δ / Σ n (FedAvg weighting) instead of (1/K) Σ s·Δ
     version: int = 0  # the server's model version (releases so far)
     refused: int = 0
     clipped: int = 0
     _sum: np.ndarray = field(init=False)
     _staleness: list[int] = field(default_factory=list)
     _losses: list[tuple[float, int]] = field(default_factory=list)
+    _examples: int = 0
 
     def __post_init__(self) -> None:
         if self.buffer < 1:
@@ -87,6 +94,9 @@ class AsyncBuffer:
         if self.max_norm is not None and norm > self.max_norm:
             scale *= self.max_norm / norm
             self.clipped += 1
+        if self.by_examples:
+            scale *= max(int(examples), 1)
+            self._examples += max(int(examples), 1)
         self._sum += scale * d
         self._staleness.append(tau)
         if train_loss is not None and math.isfinite(train_loss):
@@ -96,7 +106,9 @@ class AsyncBuffer:
         return self._release()
 
     def _release(self) -> Release:
-        mean = (self._sum / self.buffer).astype(np.float32)
+        mean = (self._sum / (self._examples if self.by_examples else self.buffer)
+                ).astype(np.float32)
+        self._examples = 0
         n = sum(e for _, e in self._losses)
         loss = sum(v * e for v, e in self._losses) / n if n else None
         out = Release(mean, len(self._staleness), list(self._staleness), loss, n)

@@ -81,7 +81,8 @@ async def run_async(spec: JobSpec, out_dir: Path, *, on_round: RoundCallback | N
     nbytes = model_bytes(size)
     strategy = strategy_from_spec(spec)
     max_norm = spec.robust.max_norm if spec.robust.aggregator == "norm_bounding" else None
-    buf = AsyncBuffer(size, fb.buffer, fb.max_staleness, fb.weighting, fb.a, fb.b, max_norm)
+    buf = AsyncBuffer(size, fb.buffer, fb.max_staleness, fb.weighting, fb.a, fb.b, max_norm,
+                      by_examples=fb.averaging == "examples")
     clock = VirtualClock()
     devices = _Devices(fed.client_ids, profiles, np.random.default_rng([spec.seed, 0xA5C]))
     vector = fed.initial.astype(np.float32, copy=True)
