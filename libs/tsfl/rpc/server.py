@@ -1,4 +1,5 @@
-"""The coordinator's gRPC server: DeviceService, AdminService and the health service."""
+"""The coordinator's gRPC server: DeviceService, AdminService, the vertical jobs' party
+relay (:mod:`tsfl.rpc.vertical_service`) and the health service."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from tsfl.rpc.health import COORDINATOR_HEALTH, health_servicer, set_serving
 from tsfl.rpc.spool import PartialUpload, SpoolError, UploadSpool
 from tsfl.rpc.status import status_for
 from tsfl.rpc.transient import broker_call
+from tsfl.rpc.vertical_service import add_party_relay
 from tsfl.runtime.jobs import JobManager
 from tsfl.secagg.protocol import SecAggAbort
 from tsfl.v1 import admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -425,8 +427,9 @@ async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, a
     # installed: tsfl.runtime.observability), continuing a caller's W3C trace context
     server = grpc.aio.server(interceptors=[aio_server_interceptor()],
                              options=[*grpc_options(MAX_UNARY_BYTES), *SERVER_OPTIONS])
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(
-        DeviceServicer(coordinator, jobs, max_update_bytes=coordinator.max_update_bytes), server)
+    devices = DeviceServicer(coordinator, jobs, max_update_bytes=coordinator.max_update_bytes)
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(devices, server)
+    add_party_relay(server, devices, jobs.vertical)  # vertical jobs' parties, same auth
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(coordinator, jobs), server)
     hs = health_servicer(server)
     port = (server.add_secure_port(address, credentials) if credentials

@@ -132,9 +132,8 @@ def admit(spec: JobSpec, policy: AdmissionPolicy
     :class:`ConfigError` naming the field. Blocking: run it in a worker thread."""
     refuse_seeded_privacy(spec)
     if spec.vertical is not None:
-        raise ConfigError(["vertical: the coordinator's rounds are horizontal; run a vertical "
-                           "job embedded (tsfl run) or its parties over the vertical relay "
-                           "(tsfl.sdk.vertical, tsfl.rpc.vertical_relay)"])
+        raise ConfigError(["vertical: a vertical job has no horizontal model; admit it with "
+                           "admit_vertical"])
     if spec.model.factory is not None:
         raise ConfigError(["model.factory: an import path, which a coordinator never "
                            "follows; name an installed model builder (model.builder; "
@@ -156,3 +155,24 @@ def admit(spec: JobSpec, policy: AdmissionPolicy
             update={"init": str(path)})})
         initial = warm_start(path, flat.layout, policy.max_data_bytes)
     return spec, flat.layout, initial
+
+
+def admit_vertical(spec: JobSpec, policy: AdmissionPolicy) -> tuple[JobSpec, int]:
+    """Check a ``vertical:`` spec for a coordinator that relays its parties: (the spec
+    with ``data.path`` confined, the number of classes). The coordinator holds no model
+    and no party's data; the data section only says what the columns are, and is
+    confined like a horizontal job's. Blocking: run it in a worker thread."""
+    v = spec.vertical
+    assert v is not None
+    refuse_seeded_privacy(spec)
+    if v.psi.mode != "intersection":
+        raise ConfigError(["vertical.psi.mode: the distributed deployment trains on the "
+                           "intersection; run a cardinality-only PSI with `tsfl psi`"])
+    spec, shape, classes = data_shape(spec, policy)
+    width = int(np.prod(shape))
+    for p in v.parties:
+        beyond = [c for c in p.indices if c >= width]
+        if beyond:
+            raise ConfigError([f"vertical.parties {p.name}: columns {beyond[:5]} beyond the "
+                               f"dataset's {width}"])
+    return spec, classes

@@ -35,6 +35,7 @@ from tsfl.pipeline.credentials import enrollment_matches, session_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
 from tsfl.privacy.plan import resolve_privacy
 from tsfl.runtime.admission import AdmissionPolicy, admit, check_quota
+from tsfl.runtime.vertical_jobs import VerticalJobs, is_vertical
 from tsfl.storage.states import NEXT_STATES, RoundState, StoreError
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class JobManager:
         self.tasks: dict[str, asyncio.Task[JobOutcome | None]] = {}
         self.paused = False
         self._enrolment_ok: dict[str, str] = {}  # job -> SHA-256 of its verified token
+        self.vertical = VerticalJobs(self)  # vertical jobs: parties relayed, no rounds
 
     def broker_outage(self) -> str | None:
         """Why the running jobs cannot progress now (the broker is unreachable), or None."""
@@ -94,6 +96,8 @@ class JobManager:
         running = await self.store.list_jobs("RUNNING")
         check_quota(self.policy, [r.get("owner") for r in running], owner)
         spec = await asyncio.to_thread(lambda: parse_job(parse_spec_text(spec_yaml)))
+        if spec.vertical is not None:  # its parties train; the coordinator relays
+            return await self.vertical.submit(spec, enrollment_token, owner)
         spec, layout, initial = await asyncio.to_thread(admit, spec, self.policy)
         # calibrate the noise / refuse an unreachable budget before anything is stored
         spec = await asyncio.to_thread(resolve_privacy, spec, layout.total_size)
@@ -172,6 +176,9 @@ class JobManager:
         resumed = []
         for row in await self.store.list_jobs("RUNNING"):
             if row["id"] in self.tasks or row["id"] in self.coordinator.jobs:
+                continue
+            if is_vertical(row):  # its relay was in memory: it cannot resume
+                await self.vertical.interrupted(row["id"])
                 continue
             try:
                 await self.coordinator.resume_job(row["id"])
@@ -255,6 +262,8 @@ class JobManager:
         is cancelled too. The end is announced on the bus when the broker takes it within
         ``FINISH_PUBLISH_S``; the row changes either way. Raises :class:`LookupError` for
         an unknown job."""
+        if await self.vertical.cancel(job_id, by):
+            return True
         task = self.tasks.pop(job_id, None)
         if task is not None and not task.done():
             task.cancel()
@@ -307,7 +316,7 @@ class JobManager:
         resumed jobs."""
         if not self.paused:  # a restart no probe saw fail: pause what runs first
             await self.pause("the broker restarted")
-        rows = await self.store.list_jobs("RUNNING")
+        rows = [r for r in await self.store.list_jobs("RUNNING") if not is_vertical(r)]
         failed: dict[str, int] = {}
         if recovery.lost_data:
             for row in rows:
@@ -358,6 +367,8 @@ class JobManager:
 
     async def stop(self) -> None:
         """Stop the loops without finishing the jobs (a restart resumes them)."""
+        if not self.paused:  # a broker outage leaves vertical jobs running (no topic)
+            await self.vertical.stop()
         for task in self.tasks.values():
             task.cancel()
         for task in self.tasks.values():

@@ -1,18 +1,26 @@
 """A party of a vertical job as its own process: PSI, then its side of split training,
-over any :class:`Mailbox` (the gRPC relay: :class:`tsfl.rpc.vertical_relay.RelayClient`).
+over any :class:`Mailbox` (the coordinator's relay:
+:class:`tsfl.rpc.vertical_client.PartyClient`).
 
-    mailbox = RelayClient("coordinator:7070", job, "lab-a", token)
-    out = run_party(spec, "lab-a", my_table, mailbox)
+    box = PartyClient("coordinator:50051", job_id, "lab-a", enrolment_token, spec=spec)
+    out = run_party(box.spec, "lab-a", my_table, box, salt=job_salt(box.spec),
+                    num_classes=box.num_classes)
 
 The label party (the PSI leader) also returns the per-epoch metrics; every party returns
-its aligned intersection size and, with cut-layer DP, its ε. The computation is the one
-``tsfl run`` simulates (:func:`tsfl.runtime.vertical.run_vertical`): the same seed streams,
-batches and messages, so a job over the relay equals the embedded run.
+its aligned intersection size and, with cut-layer DP, its ε. A mailbox with a
+``report(kind, body)`` method (or the ``report`` argument) is told, for the coordinator's
+record: each party's ``psi`` sizes (its set, the intersection), the label party's
+``epoch`` metrics and the ``end`` (COMPLETED, or FAILED with the error of any party).
+The computation is the one ``tsfl run`` simulates
+(:func:`tsfl.runtime.vertical.run_vertical`): the same seed streams, batches and
+messages, so a job over the relay equals the embedded run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,6 +47,10 @@ class Mailbox(Protocol):
     def send(self, dst: str, kind: str, payload: bytes) -> None: ...
 
     def recv(self, src: str, kind: str, timeout: float = ...) -> bytes: ...
+
+
+#: report(kind, body): what a party tells the coordinator (sizes, metrics, the end)
+Reporter = Callable[[str, dict[str, Any]], None]
 
 
 def setup_of(spec: JobSpec) -> SplitSetup:
@@ -93,13 +105,36 @@ def _psi(spec: JobSpec, me: str, ids: list[str], salt: bytes, box: Mailbox,
 
 def run_party(spec: JobSpec, me: str, table: PartyTable, box: Mailbox, *, salt: bytes,
               test_ids: frozenset[str] | None = None, num_classes: int = 2,
-              timeout: float = 120.0) -> dict[str, Any]:
+              timeout: float = 120.0, report: Reporter | None = None) -> dict[str, Any]:
     """Run party ``me``'s side of the job. The label party needs ``test_ids`` (the
-    entities it holds out) and ``num_classes``; it announces the held-out positions."""
+    entities it holds out) and ``num_classes``; it announces the held-out positions.
+    ``report`` (default: the mailbox's ``report``, if any) is told the sizes, the
+    metrics and the end (see the module docstring)."""
     v = spec.vertical
     if v is None or me not in {p.name for p in v.parties}:
         raise ValueError(f"{me!r} is not a party of this vertical job")
+    tell = report or getattr(box, "report", None)
+    try:
+        out = _run_party(spec, me, table, box, salt, test_ids, num_classes, timeout, tell)
+    except Exception as exc:
+        if tell is not None:
+            with contextlib.suppress(Exception):  # the coordinator may be gone
+                tell("end", {"status": "FAILED", "reason": f"{type(exc).__name__}: "
+                                                           f"{str(exc)[:400]}"})
+        raise
+    if tell is not None and me == v.label_party:
+        tell("end", {"status": "COMPLETED"})
+    return out
+
+
+def _run_party(spec: JobSpec, me: str, table: PartyTable, box: Mailbox, salt: bytes,
+               test_ids: frozenset[str] | None, num_classes: int, timeout: float,
+               tell: Reporter | None) -> dict[str, Any]:
+    v = spec.vertical
+    assert v is not None
     aligned = [i.decode() for i in _psi(spec, me, table.ids, salt, box, timeout)]
+    if tell is not None:
+        tell("psi", {"set_size": len(table.ids), "intersection": len(aligned)})
     setup, leader = setup_of(spec), v.label_party
     feats = [p for p in v.parties if p.indices]
     k = next((i for i, p in enumerate(feats) if p.name == me), None)
@@ -173,4 +208,7 @@ def run_party(spec: JobSpec, me: str, table: PartyTable, box: Mailbox, *, salt: 
                         "rejected": 0, "dropped": 0, "bytes_up": up[0],
                         "bytes_down": down[0], "model_version": epoch,
                         "wall_s": time.perf_counter() - t0})
+        if tell is not None:
+            tell("epoch", {key: val for key, val in metrics[-1].items() if key not in
+                           ("rejected", "dropped", "model_version")})
     return {"party": me, "intersection": len(aligned), "metrics": metrics}
