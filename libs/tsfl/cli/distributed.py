@@ -18,6 +18,7 @@ from rich.table import Table
 err = Console(stderr=True)
 out = Console()
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
+FLEET_CHANNELS = 4  # gRPC connections a `tsfl devices` fleet's devices share
 
 
 def admin_token(args: argparse.Namespace) -> str | None:
@@ -113,6 +114,7 @@ def cmd_service(args: argparse.Namespace) -> int:
         return 2
     from tsfl.runtime import logs
     from tsfl.runtime.observability import configure
+    from tsfl.runtime.proc_stats import run_profiled
     from tsfl.runtime.service import ServiceConfig, run_service
 
     logs.configure(args.name, args.log_level)
@@ -135,7 +137,7 @@ def cmd_service(args: argparse.Namespace) -> int:
                         max_jobs_per_owner=args.max_jobs_per_submitter,
                         fetch_wait_ms=args.fetch_wait_ms)
     try:
-        asyncio.run(run_service(cfg))
+        run_profiled(args.name, lambda: asyncio.run(run_service(cfg)))
     except (ValueError, OSError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
@@ -312,7 +314,7 @@ async def run_fleet(address: str, job_id: str, token: str, spec, count: int,
     opens each model with the others; ``silos`` receives each one's
     :class:`~tsfl.sdk.he.HeDevice`."""
     from tsfl.identity import DeviceIdentity
-    from tsfl.rpc.client import start_client
+    from tsfl.rpc.client import open_channel, start_client
     from tsfl.runtime.simulation import build_federation
     from tsfl.sdk.he import HeDevice, SiloKeys
 
@@ -343,12 +345,21 @@ async def run_fleet(address: str, job_id: str, token: str, spec, count: int,
         return device
 
     # They share one model workspace and train one at a time in this event loop
-    # (offload=False), like the embedded simulation.
-    return list(await asyncio.gather(*(
-        start_client(address, fed.clients[cid], job_id=job_id, device_id=cid, token=token,
-                     layout=fed.workspace.layout, offload=False, he_keys=keys_of(cid),
-                     tls=tls, he=silo(cid))
-        for cid in ids)))
+    # (offload=False), like the embedded simulation, and a few connections (not one each).
+    channels = [open_channel(address, tls, own_connection=True)
+                for _ in range(max(1, min(len(ids), FLEET_CHANNELS)))]
+    tasks = [asyncio.ensure_future(start_client(
+        address, fed.clients[cid], job_id=job_id, device_id=cid, token=token,
+        layout=fed.workspace.layout, offload=False, he_keys=keys_of(cid), tls=tls,
+        he=silo(cid), channel=channels[i % len(channels)])) for i, cid in enumerate(ids)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:  # a device that failed ends the fleet: the others stop before their channels
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
 
 
 # -- jobs ------------------------------------------------------------------------------------

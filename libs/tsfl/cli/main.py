@@ -297,11 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tsfl.cli.distributed import add_commands
     from tsfl.cli.export import add_commands as add_export
+    from tsfl.cli.loadtest import add_commands as add_loadtest
     from tsfl.cli.psi import add_commands as add_psi
     from tsfl.cli.vertical import add_commands as add_vertical
 
     add_commands(sub)
     add_export(sub)
+    add_loadtest(sub)
     add_psi(sub)
     add_vertical(sub)
     audit = sub.choices.get("audit")

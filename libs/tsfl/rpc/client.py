@@ -40,6 +40,10 @@ from tsfl.wire.secagg import decode_reply, encode_request
 log = logging.getLogger("tsfl.sdk")
 
 RETRYABLE = TRANSIENT  # the status codes a device retries (kept for importers)
+#: what run_client's loop also retries: a call the transport CANCELLED (a connection reset
+#: under load; one such Register once aborted a whole fleet). Its calls are idempotent:
+#: a repeated Register re-enrols, an update counts once per (job, round, client).
+LOOP_RETRYABLE = RETRYABLE | {grpc.StatusCode.CANCELLED}
 
 
 @dataclass
@@ -69,13 +73,26 @@ def check_layout(job_id: str, job_layout: ParamLayout | None, mine: ParamLayout)
                                                      if len(diffs) > 10 else ""))
 
 
+def open_channel(address: str, tls: TLSConfig | None = None, *,
+                 own_connection: bool = False) -> grpc.aio.Channel:
+    """A channel to the coordinator, which many devices of one process may share;
+    ``own_connection``: its own HTTP/2 connection, never one shared with another channel
+    of the same settings (gRPC's global subchannel pool would fold them into one)."""
+    opts = [*grpc_options(MAX_UNARY_BYTES)]
+    if own_connection:
+        opts.append(("grpc.use_local_subchannel_pool", 1))
+    return (grpc.aio.secure_channel(address, tls.credentials(), options=opts)
+            if tls else grpc.aio.insecure_channel(address, options=opts))
+
+
 class GrpcTransport:
     """Implements :class:`tsfl.sdk.runner.Transport` over the DeviceService."""
 
     def __init__(self, address: str, job_id: str, device_id: str, *,
                  tls: TLSConfig | None = None, chunk_bytes: int = CHUNK_BYTES,
                  attempts: int = 5, retry_s: float = 0.2,
-                 max_model_bytes: int = 2 * 1024**3 + 1024**2):
+                 max_model_bytes: int = 2 * 1024**3 + 1024**2,
+                 channel: grpc.aio.Channel | None = None):
         self.address = address
         self.chunk_bytes = chunk_bytes
         self.attempts = attempts
@@ -86,15 +103,16 @@ class GrpcTransport:
         self.job_id = job_id
         self.device_id = device_id
         self._ring_bits: dict[tuple[str, int], int] = {}  # SecAgg+ round -> ring width
-        opts = grpc_options(MAX_UNARY_BYTES)
-        self.channel = (grpc.aio.secure_channel(address, tls.credentials(), options=opts)
-                        if tls else grpc.aio.insecure_channel(address, options=opts))
+        # ``channel``: one a fleet's devices share (its owner closes it), else our own
+        self._owns_channel = channel is None
+        self.channel = channel or open_channel(address, tls)
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)
         self.session: str | None = None
         self.job_layout: ParamLayout | None = None  # from Register: what the job trains
 
     async def close(self) -> None:
-        await self.channel.close()
+        if self._owns_channel:
+            await self.channel.close()
 
     def _md(self) -> tuple[tuple[str, str], ...]:
         return ((DEVICE_HEADER, self.device_id), ("authorization", f"Bearer {self.session}"))
@@ -340,7 +358,8 @@ async def run_client(address: str, client: NumPyClient, *, job_id: str, device_i
                        he_keys: Sequence[SecretKeySet | SiloKeys] = (),
                        privacy: DevicePrivacy | None = None,
                        backoff: Backoff | None = None, he: HeDevice | None = None,
-                       secagg: SecAggDevice | None = None) -> ClientResult:
+                       secagg: SecAggDevice | None = None,
+                       channel: grpc.aio.Channel | None = None) -> ClientResult:
     """Take part in a job until it finishes; returns the rounds contributed, each task's
     outcome and, once the job finished, its final model (:class:`ClientResult`).
 
@@ -355,6 +374,8 @@ async def run_client(address: str, client: NumPyClient, *, job_id: str, device_i
     the job (logged with the reason; the coordinator hears it too).
     ``privacy``: the device owner's floor and ledger (default: the client's own, e.g. a
     ``TorchClient``'s, else a fresh one); a task below it is declined to the coordinator.
+    ``channel``: a channel (:func:`open_channel`) this device shares with others of its
+    process, left open; default: its own.
 
     Transient failures (coordinator restarts, network drops, ``UNAVAILABLE`` while the
     coordinator's broker is unreachable) are retried, never given up on: retry ``n``
@@ -364,7 +385,7 @@ async def run_client(address: str, client: NumPyClient, *, job_id: str, device_i
     it starts again at 0), and the coordinator counts an update once per (job, round,
     client) whatever happens.
     """
-    transport = GrpcTransport(address, job_id, device_id, tls=tls)
+    transport = GrpcTransport(address, job_id, device_id, tls=tls, channel=channel)
     runner = ClientRunner(device_id, client, transport, layout, offload=offload,
                           he=he or HeDevice(he_keys), privacy=privacy, secagg=secagg)
     backoff = backoff or Backoff(base_s=min(0.1, max_backoff_s), cap_s=max_backoff_s)
@@ -413,7 +434,7 @@ async def run_client(address: str, client: NumPyClient, *, job_id: str, device_i
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     transport.session = None  # e.g. a coordinator that forgot us: enrol again
-                elif exc.code() not in RETRYABLE:
+                elif exc.code() not in LOOP_RETRYABLE:
                     raise
                 wait = backoff.delay(failures)
                 if failures == 0 or wait >= backoff.cap_s / 2:  # not one line per retry

@@ -131,11 +131,12 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                                         "bad enrollment token",
                                         {"device_id": request.device_id})
         job = self.coordinator.jobs[request.job_id]
-        enrolled = await self.coordinator.store.list_device_ids(request.job_id)
+        enrolled = await self.coordinator.store.count_devices(request.job_id)
         # threshold HE: the silos are the job's clients.count devices (each holds a share)
         cap = (job.spec.clients.count if job.he_shape is not None
                else 2 * job.spec.clients.count + 16)
-        if request.device_id not in enrolled and len(enrolled) >= cap:
+        if enrolled >= cap and await self.coordinator.store.device_token_hash(
+                request.job_id, request.device_id) is None:  # a newcomer, not a re-enrolment
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 "this job's device registry is full" + (
                                     " (its key-holding silos are enrolled)"

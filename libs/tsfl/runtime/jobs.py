@@ -73,6 +73,7 @@ class JobManager:
         self.tasks: dict[str, asyncio.Task[JobOutcome | None]] = {}
         self.paused = False
         self._enrolment_ok: dict[str, str] = {}  # job -> SHA-256 of its verified token
+        self._enrolment_checks: dict[str, asyncio.Lock] = {}  # job -> its scrypt in flight
         self.vertical = VerticalJobs(self)  # vertical jobs: parties relayed, no rounds
 
     def broker_outage(self) -> str | None:
@@ -164,11 +165,17 @@ class JobManager:
         digest = session_hash(token)
         if self._enrolment_ok.get(job_id) == digest:
             return True
-        row = await self.store.get_job(job_id)
-        stored = row["enrollment_hash"] if row else None
-        ok = await asyncio.to_thread(enrollment_matches, job_id, token, stored)
-        if ok:
-            self._enrolment_ok[job_id] = digest
+        # one scrypt at a time per job: a fleet's first registrations arrive together, and
+        # all but the first then find the verified token remembered
+        lock = self._enrolment_checks.setdefault(job_id, asyncio.Lock())
+        async with lock:
+            if self._enrolment_ok.get(job_id) == digest:
+                return True
+            row = await self.store.get_job(job_id)
+            stored = row["enrollment_hash"] if row else None
+            ok = await asyncio.to_thread(enrollment_matches, job_id, token, stored)
+            if ok:
+                self._enrolment_ok[job_id] = digest
         return ok
 
     async def resume_all(self) -> list[str]:
@@ -223,9 +230,9 @@ class JobManager:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.registration_timeout_s
         need = spec.clients.start_at
-        while len(await self.store.list_device_ids(job_id)) < need:
+        while await self.store.count_devices(job_id) < need:
             if loop.time() > deadline:
-                have = len(await self.store.list_device_ids(job_id))
+                have = await self.store.count_devices(job_id)
                 raise TimeoutError(f"only {have} of {need} devices enrolled "
                                    f"within {self.registration_timeout_s:.0f}s")
             await asyncio.sleep(self.poll_s)

@@ -60,6 +60,8 @@ _PARTICIPANT_OUTCOME = (update(participants).where(
 ).values(status=bindparam("st"), reason=bindparam("why"), updated_at=bindparam("ts")))
 _DEVICE_IDS = (select(devices.c.device_id).where(devices.c.job_id == bindparam("d_job"))
                .order_by(devices.c.device_id))
+_DEVICE_COUNT = (select(func.count()).select_from(devices)
+                 .where(devices.c.job_id == bindparam("d_job")))
 _ROUND_INSERT = insert(rounds)
 _PARTICIPANT_INSERT = insert(participants)
 _CHECKPOINT_INSERT = insert(checkpoints)
@@ -521,6 +523,10 @@ def list_devices(conn: Connection, job_id: str) -> list[dict[str, Any]]:
 
 def list_device_ids(conn: Connection, job_id: str) -> list[str]:
     return list(conn.execute(_DEVICE_IDS, {"d_job": job_id}).scalars())
+
+
+def count_devices(conn: Connection, job_id: str) -> int:
+    return int(conn.execute(_DEVICE_COUNT, {"d_job": job_id}).scalar_one())
 
 
 def device_token_hash(conn: Connection, job_id: str, device_id: str) -> str | None:

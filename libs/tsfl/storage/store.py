@@ -392,6 +392,10 @@ class Store:
         """The job's registered device ids, in order."""
         return await self._read(q.list_device_ids, job_id)
 
+    async def count_devices(self, job_id: str) -> int:
+        """How many devices the job has registered (one COUNT, no rows read)."""
+        return await self._read(q.count_devices, job_id)
+
     async def device_token_hash(self, job_id: str, device_id: str) -> str | None:
         return await self._read(q.device_token_hash, job_id, device_id)
 
