@@ -10,6 +10,8 @@
     tsfl audit privacy JOB.yaml [--canaries M] [--out DIR] [--seed N]   empirical ε bound
     tsfl psi JOB.yaml | --party NAME=FILE ...                   private set intersection
     tsfl export JOB [--version N] --format safetensors|onnx|torchscript --out DIR
+    tsfl vertical party|tables ...                             a vertical job's party
+    tsfl loadtest [--devices N] [--jobs J] [--rounds R]        a fleet against a stack
 """
 
 from __future__ import annotations
