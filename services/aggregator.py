@@ -1,17 +1,15 @@
-"""aggregator — folds a round's accepted updates (streaming), as N replicas.
+"""aggregator — folds a round's accepted updates (streaming) and applies the strategy.
 
-consumes  tsfl.updates.clipped, tsfl.updates.direct, tsfl.verdicts (split among the
-          replicas by partition), tsfl.rounds (each replica all of it)
-produces  tsfl.aggregates (a partial aggregate per replica and round; the privacy stage
-          merges them and reports a round with nothing valid on tsfl.failures)
+consumes  tsfl.rounds, tsfl.updates.clipped, tsfl.updates.direct, tsfl.verdicts
+produces  tsfl.aggregates, tsfl.failures (nothing valid to aggregate)
 state     reads the released model version
 """
 
 from tsfl.bus import topics
-from tsfl.pipeline.aggregator_replicas import PartitionedAggregator as Role
+from tsfl.pipeline.aggregator import Aggregator as Role
 
 CONSUMES = (topics.ROUNDS, topics.UPDATES_CLIPPED, topics.UPDATES_DIRECT, topics.VERDICTS)
-PRODUCES = (topics.AGGREGATES,)
+PRODUCES = (topics.AGGREGATES, topics.FAILURES)
 
 __all__ = ["CONSUMES", "PRODUCES", "Role", "main"]
 

@@ -17,7 +17,7 @@ _ROLE_PATHS = {
     "selector": ("tsfl.pipeline.selector", "Selector"),
     "privacy": ("tsfl.pipeline.privacy", "Privacy"),
     "byzantine": ("tsfl.pipeline.byzantine", "Byzantine"),
-    "aggregator": ("tsfl.pipeline.aggregator_replicas", "PartitionedAggregator"),
+    "aggregator": ("tsfl.pipeline.aggregator", "Aggregator"),
     "he": ("tsfl.pipeline.he", "HomomorphicAggregator"),
 }
 

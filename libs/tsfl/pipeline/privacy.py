@@ -13,9 +13,7 @@
   events are stored in one transaction before the model is published.
 
 A round is released once: a redelivered aggregate of a released round re-publishes the
-stored model (no second draw of noise, no second charge). The aggregator replicas'
-partial aggregates are merged first (:mod:`tsfl.pipeline.partial_release`): held until
-they cover the round, then released as one aggregate.
+stored model (no second draw of noise, no second charge).
 
 What is released names nobody: the ``tsfl.models`` frame carries the model, its round and
 ε — never the cohort, example counts or losses, which would reveal who took part and void
@@ -41,8 +39,6 @@ from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.he import HeJob
 from tsfl.pipeline import events
-from tsfl.pipeline.partial_release import PartialRelease
-from tsfl.pipeline.partials import is_partial
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.strategy_build import observe_loss, strategy_from_spec
 from tsfl.privacy.accounting import Epsilons, PrivacyAccountant, RoundEvent
@@ -87,7 +83,7 @@ class _Release:
         return self.plan.clip_norm if self.plan is not None else None
 
 
-class Privacy(BusRole, PartialRelease):
+class Privacy(BusRole):
     name = "privacy"
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "privacy",
@@ -101,19 +97,13 @@ class Privacy(BusRole, PartialRelease):
         if record.topic == topics.UPDATES_RAW:
             await self._on_update(record)
         elif record.topic == topics.AGGREGATES:
-            head, payload = events.parse_aggregate(record.value)
-            if is_partial(head):  # an aggregator replica's share (partial_release)
-                await self._on_partial(record, head, payload)
-            else:
-                await self._on_aggregate(head, payload)
-                self.settle(record)
+            await self._on_aggregate(record)
+            self.settle(record)
         else:
             event = events.parse_round_event(record.value)
             if event["type"] == events.JOB_FINISHED:
                 self.jobs.pop(event["job"], None)
-                self._drop_partials(event["job"])
             elif event["type"] == events.ROUND_FAILED:
-                self._drop_partials(event["job"], event["round"])
                 await self._on_failed_round(event["job"], event["round"])
             self.settle(record)
 
@@ -186,7 +176,8 @@ class Privacy(BusRole, PartialRelease):
         return encode_update(update, state.layout)
 
     # -- release ---------------------------------------------------------------------------
-    async def _on_aggregate(self, head: dict[str, Any], payload: memoryview) -> None:
+    async def _on_aggregate(self, record: Record) -> None:
+        head, payload = events.parse_aggregate(record.value)
         if not head["ok"]:
             return  # a failed round from an older producer (failures have their topic)
         state = await self._job(head["job"])

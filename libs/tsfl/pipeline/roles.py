@@ -8,7 +8,6 @@ from tsfl.bus import TOPICS
 from tsfl.bus.base import Bus
 from tsfl.bus.memory import MemoryBus
 from tsfl.pipeline.aggregator import Aggregator
-from tsfl.pipeline.aggregator_replicas import PartitionedAggregator
 from tsfl.pipeline.byzantine import Byzantine
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.pipeline.he import HomomorphicAggregator
@@ -22,7 +21,7 @@ ROLES: dict[str, type[BusRole]] = {
     "selector": Selector,
     "privacy": Privacy,
     "byzantine": Byzantine,
-    "aggregator": PartitionedAggregator,
+    "aggregator": Aggregator,
     "he": HomomorphicAggregator,
 }
 
