@@ -17,10 +17,11 @@ import numpy as np
 
 from tsfl.config import JobSpec
 from tsfl.runtime.embedded import RunResult
+from tsfl.sdk.vertical import setup_of
 from tsfl.sim.vertical import vertical_tables
 from tsfl.vertical.align import align
 from tsfl.vertical.psi import session_id
-from tsfl.vertical.trainer import PartyColumns, SplitSetup, train_split
+from tsfl.vertical.trainer import PartyColumns, train_split
 
 
 class MeteredRelay:
@@ -99,15 +100,7 @@ def run_vertical(spec: JobSpec, out_dir: Path,
         parties.append(PartyColumns(p.name, x[~test], x[test], local=p.name == v.label_party))
     where = {i: r for r, i in enumerate(label.ids)}
     y = label.y[[where[i] for i in order]]
-    tr = spec.training
-    setup = SplitSetup(model=v.model, cut=v.cut_layer, bottom_hidden=tuple(v.bottom_hidden),
-                       top_hidden=tuple(v.top_hidden), epochs=spec.rounds,
-                       batch_size=tr.batch_size, lr=tr.lr, optimizer=tr.optimizer,
-                       weight_decay=tr.weight_decay,
-                       cut_dp=(v.cut_dp.clip, v.cut_dp.noise_multiplier, v.cut_dp.delta)
-                       if v.cut_dp else None,
-                       label_dp_epsilon=v.label_dp.epsilon if v.label_dp else None,
-                       noise=v.noise, seed=spec.seed)
+    setup = setup_of(spec)  # the same setup a party process derives
     res = train_split(setup, parties, y[~test], y[test], tables.num_classes,
                       session=session_id(salt, "split", *[p.name for p in parties]),
                       label_name=v.label_party, relay=relay, on_epoch=on_round)
