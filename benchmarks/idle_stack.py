@@ -1,7 +1,7 @@
 """An idle local stack: CPU and memory of the broker and each of the six services while no
 job runs, with today's Kafka long poll (500 ms) against the old short poll (10 ms) in the
 same run. Targets (issue #20): the whole idle stack under 5% of one core; services that do
-not train at most 150 MB RSS each (they never import torch: tests/test_lean_services.py).
+not train at most 150 MB RSS each (they never import torch: tests/runtime/test_lean_services.py).
 
     python -m benchmarks.idle_stack [--seconds 20]
 """

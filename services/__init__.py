@@ -2,8 +2,9 @@
 
 Each module names its role, the topics it consumes and produces, and runs it
 with :func:`serve`. ``tsfl service NAME`` loads the module of that name;
-tests/test_wiring.py checks every declaration against what the role really subscribes to
-and publishes, and against docs/topics.md. Installed (and imported) as the ``services`` package.
+tests/architecture/test_wiring.py checks every declaration against what the role really
+subscribes to and publishes, and against docs/topics.md. Installed (and imported) as the
+``services`` package.
 """
 
 from __future__ import annotations

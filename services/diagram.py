@@ -1,6 +1,6 @@
 """The services-and-topics picture of docs/architecture.md, generated from the services'
-declarations: ``python -m services.diagram`` prints the Mermaid block (tests/test_wiring.py
-checks the document holds exactly this)."""
+declarations: ``python -m services.diagram`` prints the Mermaid block
+(tests/architecture/test_wiring.py checks the document holds exactly this)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ are OpenTelemetry's no-ops, so the embedded deployment and the tests pay nothing
 never a device id or a round number.
 
 :data:`CATALOGUE` names every instrument as Prometheus scrapes it; the dashboard and the
-alert rules in deploy/ query exactly these (tests/test_observability.py checks that each
+alert rules in deploy/ query exactly these (tests/ops/test_observability.py checks that each
 series they use appears in a real scrape of a running stack).
 """
 

@@ -1,6 +1,6 @@
 """Generate the gRPC stubs from ``proto/`` (``python -m tsfl.proto_build``).
 
-The generated modules are committed under ``libs/tsfl/v1``; ``tests/test_proto.py``
+The generated modules are committed under ``libs/tsfl/v1``; ``tests/ops/test_deploy.py``
 regenerates them and checks they match.
 """
 

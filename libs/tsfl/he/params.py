@@ -10,7 +10,7 @@ where the scale Δ makes the decryption error of a sum of K fresh ciphertexts sm
 ``precision``. Each coefficient of a fresh symmetric encryption carries error e ~ N(0, σ²)
 (σ = 3.2, SEAL's default) plus the encoding's rounding (variance 1/12); decoding is the
 canonical embedding, so a slot's real and imaginary parts each see a Gaussian of standard
-deviation √(K(σ² + 1/12)) · √(N/2) (measured within 2% of this; tests/test_he.py), and
+deviation √(K(σ² + 1/12)) · √(N/2) (measured within 2% of this; tests/he/test_he.py), and
 we bound it at 8 standard deviations (a chance ~1e-15 per value of exceeding it):
 
     Δ  ≥  8 √(K(σ² + 1/12)) √(N/2) / precision.

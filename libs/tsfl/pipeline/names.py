@@ -2,7 +2,7 @@
 parser from them), and :func:`role_class`, which loads one service's role alone — a stage
 service never imports the others' dependencies (the coordinator's torch, the privacy
 stage's accountant, the HE stage's TenSEAL). ``tsfl.pipeline.roles.ROLES`` maps exactly
-these names to the same classes (tests/test_wiring.py checks it)."""
+these names to the same classes (tests/architecture/test_wiring.py checks it)."""
 
 from __future__ import annotations
 

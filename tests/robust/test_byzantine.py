@@ -166,7 +166,7 @@ def test_backdoor_success_rate_is_reported(tmp_path):
 
 @pytest.mark.slow
 def test_bench_robustness_writes_its_table_and_heatmap_at_a_small_size(tmp_path):
-    from test_cli import tsfl
+    from cli_helpers import tsfl
 
     proc = tsfl("bench", "robustness", "--quick", "--rounds", "3", "--out", str(tmp_path),
                 cwd=tmp_path)

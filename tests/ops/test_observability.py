@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_distributed import _fleet, _submit
-from test_k8s_and_monitoring import STANDARD, monitoring_queries, queried_series
+from monitoring_queries import STANDARD, monitoring_queries, queried_series
+from stack_helpers import fleet as _fleet
+from stack_helpers import submit as _submit
 
 from tsfl.runtime import stack
 from tsfl.runtime.broker import free_port, start_local_broker, wait_for_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = {"seed": 2, "rounds": 2, "clients": {"count": 6, "per_round": 6},
         "model": {"kind": "logreg"}, "training": {"lr": 0.1, "epochs": 1, "batch_size": 16},
         "round": {"deadline_s": 120}}

@@ -2,7 +2,7 @@
 the coordinator, openings by every silo, the final model held by the silos only — and a
 coordinator that substitutes a ceremony message is caught by the silo it lied to, which
 aborts with the reason. The coordinator runs over the embedded pipeline (memory bus,
-SQLite); tests/test_distributed.py runs the same through the six services and Kafka."""
+SQLite); tests/rpc/test_distributed.py runs the same through the six services and Kafka."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def test_he_run_equals_the_clear_run(tmp_path, clear_run, keying, he):
     assert c["encrypted_bytes_up"] > 0 and c["parameters"]["security_bits"] == 128
     total = c["encrypted_coordinates"] + c["clear_coordinates"]
     # 2 polynomials per N reals, over 4 bytes; tiny models pad the last ciphertext
-    # (tests/test_he.py and test_he_threshold.py check ≤ 4× on large vectors)
+    # (tests/he/test_he.py and test_he_threshold.py check ≤ 4× on large vectors)
     p, k = c["parameters"], c["encrypted_coordinates"]
     padded = -(-k // p["poly_degree"]) * p["poly_degree"]
     per_coeff = (30 * len(p["coeff_modulus_bits"]) / 8 if keying == "threshold"

@@ -98,7 +98,7 @@ def test_sha256_changes_with_content():
     assert a.sha256() != b.sha256() and a.sha256() == parse_job(BASE).sha256()
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_every_example_is_a_valid_job(path):
     spec = load_job(path)

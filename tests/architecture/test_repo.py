@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _readme_commands():
@@ -43,3 +43,13 @@ def test_every_topic_is_documented_with_its_partitions():
     text = (ROOT / "docs" / "topics.md").read_text()
     rows = dict(re.findall(r"^\| `(tsfl\.[\w.]+)` \| (\d+) \|", text, re.MULTILINE))
     assert {name: int(n) for name, n in rows.items()} == TOPICS
+
+
+def test_tests_live_in_folders_named_after_what_they_test():
+    """tests/ mirrors libs/tsfl: test modules sit in a folder per package (plus ops/ and
+    architecture/); only shared helpers and conftest.py stay at the top."""
+    tests = ROOT / "tests"
+    assert not sorted(p.name for p in tests.glob("test_*.py"))
+    packages = {p.name for p in (ROOT / "libs" / "tsfl").iterdir() if p.is_dir()}
+    for folder in (p for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        assert folder.name in packages | {"ops", "architecture"}, folder.name

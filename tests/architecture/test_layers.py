@@ -6,7 +6,7 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "libs" / "tsfl"
+ROOT = Path(__file__).resolve().parents[2] / "libs" / "tsfl"
 ALGORITHMS = {"core", "strategies", "privacy", "robust", "compress", "he", "secagg",
               "identity", "training", "vertical"}
 TRANSPORT_AND_UP = {"bus", "storage", "rpc", "runtime", "sdk", "cli", "pipeline"}

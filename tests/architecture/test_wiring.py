@@ -22,7 +22,7 @@ from tsfl.pipeline.roles import ROLES
 from tsfl.runtime.embedded import run_embedded
 from tsfl.storage import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = {"seed": 1, "rounds": 2, "clients": {"count": 8, "per_round": 4},
         "model": {"kind": "logreg"}, "training": {"lr": 0.1, "epochs": 1, "batch_size": 8}}
 BUDGET = 5.5  # one round at z = 0.8 spends ε ≈ 4.8, two more than 5.5

@@ -1,11 +1,11 @@
 import struct
 
-import msgpack
 import numpy as np
 import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wire_frames import mutate as _mutate
 
 from tsfl.core.layout import ParamLayout
 from tsfl.core.update import Update
@@ -19,25 +19,6 @@ def _update(**kw):
                 delta=np.arange(8, dtype=np.float32), metrics={"train_loss": 0.5})
     base.update(kw)
     return Update(**base)
-
-
-def _split(data: bytes):
-    magic, head_len = struct.unpack_from("<4sI", data)
-    assert magic == b"TSF1"
-    head = msgpack.unpackb(data[8:8 + head_len], raw=False)
-    return head, data[-(-(8 + head_len) // 64) * 64:]
-
-
-def _join(head: dict, payload: bytes) -> bytes:
-    blob = msgpack.packb(head, use_bin_type=True)
-    pad = -(-(8 + len(blob)) // 64) * 64 - 8 - len(blob)
-    return struct.pack("<4sI", b"TSF1", len(blob)) + blob + bytes(pad) + payload
-
-
-def _mutate(data: bytes, payload: bytes | None = None, **fields) -> bytes:
-    head, body = _split(data)
-    head.update(fields)
-    return _join(head, body if payload is None else payload)
 
 
 def test_update_round_trip():

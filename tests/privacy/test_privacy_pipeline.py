@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import tsfl, write_job
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
-from test_cli import tsfl, write_job
 
 from tsfl.bus import topics
 from tsfl.config import ConfigError, parse_job

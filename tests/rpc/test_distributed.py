@@ -15,6 +15,9 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+from stack_helpers import fleet as _fleet
+from stack_helpers import job_info as _job
+from stack_helpers import submit as _submit
 
 from tsfl.config import parse_job
 from tsfl.he import HeJob
@@ -22,7 +25,6 @@ from tsfl.runtime import stack
 from tsfl.runtime.broker import free_port, start_local_broker
 from tsfl.runtime.embedded import run_embedded
 from tsfl.storage import Store
-from tsfl.v1 import admin_pb2, admin_pb2_grpc
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -74,24 +76,6 @@ def services(broker, database, tmp_path, monkeypatch):
         stack.down(tmp_path / "stack")
 
 
-def _submit(address: str, job: dict, token: str = "enrol-me") -> str:
-    with grpc.insecure_channel(address) as ch:
-        info = admin_pb2_grpc.AdminServiceStub(ch).SubmitJob(admin_pb2.SubmitJobRequest(
-            spec_yaml=yaml.safe_dump(job), enrollment_token=token), timeout=120,
-            metadata=_admin_md())
-    return info.job_id
-
-
-def _admin_md() -> tuple:
-    return (("authorization", f"Bearer {os.environ['TSFL_ADMIN_TOKEN']}"),)
-
-
-def _job(address: str, job_id: str) -> admin_pb2.JobInfo:
-    with grpc.insecure_channel(address) as ch:
-        return admin_pb2_grpc.AdminServiceStub(ch).GetJob(admin_pb2.JobRef(job_id=job_id),
-                                                          timeout=10, metadata=_admin_md())
-
-
 async def _final_model(database: str, job_id: str) -> tuple[np.ndarray, list, list]:
     store = await Store.open(database)
     try:
@@ -104,13 +88,6 @@ async def _final_model(database: str, job_id: str) -> tuple[np.ndarray, list, li
 
 def _embedded_final(tmp_path: Path, job: dict) -> np.ndarray:
     return asyncio.run(run_embedded(parse_job(job), tmp_path / "embedded")).final_vector
-
-
-def _fleet(address: str, job_id: str, job: dict, token: str = "enrol-me") -> list[int]:
-    from tsfl.cli.distributed import run_fleet
-
-    return asyncio.run(asyncio.wait_for(
-        run_fleet(address, job_id, token, parse_job(job), job["clients"]["count"]), 300))
 
 
 def _check_counted_once(rounds: list, parts: list, job: dict) -> None:
