@@ -69,3 +69,52 @@ async def store(request: pytest.FixtureRequest, tmp_path, pg_available) -> Async
     finally:
         await s.close()
         await _drop_schema(schema)
+
+
+# -- a running stack: a Kafka-wire broker per module, a fresh database and the six services
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="module")
+def broker():
+    from tsfl.runtime.broker import start_local_broker
+
+    b = start_local_broker()
+    yield b
+    b.stop()
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def database(pg_available):
+    """A fresh PostgreSQL database for one stack, dropped afterwards."""
+    if not pg_available:
+        pytest.skip("PostgreSQL not reachable")
+    name = f"tsfl_it_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def services(broker, database, tmp_path, monkeypatch):
+    """``tsfl stack up`` on loopback: (its state, its directory); the operator token is in
+    TSFL_ADMIN_TOKEN for the helpers and the CLI's subprocesses."""
+    from tsfl.runtime import stack
+    from tsfl.runtime.broker import free_port
+
+    state = stack.up(tmp_path / "stack", kafka=broker.address, database=database,
+                     grpc_port=free_port())
+    monkeypatch.setenv("TSFL_ADMIN_TOKEN", state.admin_token)
+    yield state, tmp_path / "stack"
+    if (tmp_path / "stack" / "stack.json").exists():
+        stack.down(tmp_path / "stack")

@@ -33,8 +33,9 @@ def check_selection(spec: JobSpec) -> None:
 
 
 def check_async(spec: JobSpec) -> None:
-    """``strategy.mode: async`` (FedBuff) runs embedded, on the virtual clock, with the
-    combinations its buffer can honour."""
+    """``strategy.mode: async`` (FedBuff) runs embedded on the virtual clock and through
+    the services (:mod:`tsfl.pipeline.coordinator_fedbuff`), with the combinations its
+    buffer can honour."""
     if spec.strategy.mode != "async":
         return
     if spec.privacy.mode == "central":

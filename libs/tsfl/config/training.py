@@ -57,7 +57,8 @@ class StrategySpec(Spec):
     tau: PositiveFloat | None = None
     bias_correction: bool | None = None
     mode: Literal["sync", "async"] = Field("sync", description=(
-        "async: FedBuff (strategy.fedbuff), embedded deployment, on the virtual clock"))
+        "async: FedBuff (strategy.fedbuff); embedded on the virtual clock, distributed "
+        "on real devices"))
     fedbuff: FedBuffSpec = FedBuffSpec()
     lr_schedule: LrScheduleSpec | None = Field(None, description="server η schedule")
     client_lr: ClientLrSpec | None = Field(None, description="client lr by data size")

@@ -29,6 +29,7 @@ from tsfl.core.update import Update
 from tsfl.he import HeError, HeJob
 from tsfl.he.job import CheckedSection, RoundSum
 from tsfl.pipeline import events
+from tsfl.pipeline.async_buffer import staleness, staleness_scale
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.round_metrics import observe_aggregation
 from tsfl.robust.build import coordinate_estimator
@@ -54,6 +55,7 @@ class _Round:
     held: list[Record] = field(default_factory=list)  # settled once the round is published
     sealed: RoundSum | None = None  # HE jobs: the encrypted coordinates' running sum
     sections: dict[str, CheckedSection] = field(default_factory=dict)  # HE: checked, unfolded
+    staleness: dict[str, int] = field(default_factory=dict)  # async: τ of each update
 
     def settled(self, client: str) -> bool:
         return client in self.folded or client in self.rejected
@@ -78,9 +80,11 @@ class _JobState:
 
     @property
     def uniform_weights(self) -> bool:
-        """One vote per client (times its verdict): central DP, and FLTrust, whose votes
-        are its trust scores."""
-        return self.spec.privacy.mode == "central" or self.spec.robust.aggregator == "fltrust"
+        """One vote per client (times its verdict): central DP, FLTrust, whose votes
+        are its trust scores, and FedBuff's ``averaging: uniform``."""
+        return (self.spec.privacy.mode == "central" or self.spec.robust.aggregator == "fltrust"
+                or (self.spec.strategy.mode == "async"
+                    and self.spec.strategy.fedbuff.averaging == "uniform"))
 
 
 class Aggregator(BusRole):
@@ -232,9 +236,11 @@ class Aggregator(BusRole):
             update = decode_update(record.value, state.layout, max_bytes=self.max_update_bytes,
                                    verify_checksum=False, allow_nonfinite=True,
                                    he_clear=state.he.clear if state.he else None)
-            if update.model_version != state.version:
-                raise WireError("stale", f"trained on model v{update.model_version}, "
-                                         f"the round is on v{state.version}")
+            try:
+                rnd.staleness[client] = staleness(state.spec, update.model_version,
+                                                  state.version)
+            except ValueError as exc:
+                raise WireError("stale", str(exc)) from None
         except WireError as exc:
             await self._reject(state, rnd, client, f"{exc.code}: {exc}")
             await self._maybe_finalize(state)
@@ -260,6 +266,9 @@ class Aggregator(BusRole):
         elif not self._fold_sealed(state, rnd, update):
             await self._reject(state, rnd, client, "he: unreadable encrypted section")
         else:
+            tau = rnd.staleness.get(client, 0)
+            if tau:  # FedBuff: s(τ) scales the delta, not the mean's denominator
+                scale *= staleness_scale(state.spec, tau)
             delta = update.delta if scale == 1.0 else update.delta * np.float32(scale)
             rnd.fold.add(client, delta,
                          weight if state.uniform_weights else update.num_examples * weight)
@@ -324,6 +333,11 @@ class Aggregator(BusRole):
                 reason=result.error or "no valid update to aggregate")
         # A failure is small and only the coordinator needs it: it travels on its own topic,
         # so the coordinator never reads the (model-sized) aggregates.
+        if state.spec.strategy.mode == "async":  # which model each update trained on
+            await self.store.append_audit(state.job_id, "fedbuff.folded", {
+                "round": rnd.number, "model_version": state.version,
+                "staleness": sorted(rnd.staleness.get(c, 0) for c in accepted)},
+                actor="aggregator")
         await self.bus.publish(topics.AGGREGATES if result.mean is not None
                                else topics.FAILURES, msg, key=key)
         observe_aggregation(state.job_id, time.monotonic() - rnd.closing_at)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tsfl.config import JobSpec
+
 
 def staleness_weight(tau: int, kind: str, a: float = 0.5, b: int = 4) -> float:
     """``s(τ)`` (see the module docstring)."""
@@ -39,6 +41,24 @@ def staleness_weight(tau: int, kind: str, a: float = 0.5, b: int = 4) -> float:
     if kind == "hinge":
         return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
     raise ValueError(f"unknown staleness weighting {kind!r}")
+
+
+def staleness(spec: JobSpec, trained_on: int, current: int) -> int:
+    """``τ = current − trained_on`` for an update of a job with ``spec``: 0 is the only
+    staleness a synchronous round takes; FedBuff takes up to ``max_staleness``.
+    ValueError otherwise."""
+    tau = current - trained_on
+    limit = spec.strategy.fedbuff.max_staleness if spec.strategy.mode == "async" else 0
+    if not 0 <= tau <= limit:
+        raise ValueError(f"trained on model v{trained_on}, the round is on v{current}"
+                         + (f" (staleness {tau}, at most {limit} taken)" if limit else ""))
+    return tau
+
+
+def staleness_scale(spec: JobSpec, tau: int) -> float:
+    """``s(τ)`` with the job's ``strategy.fedbuff`` weighting."""
+    fb = spec.strategy.fedbuff
+    return staleness_weight(tau, fb.weighting, fb.a, fb.b)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from tsfl.he import HeError, HeJob
 from tsfl.he.job import he_size, needs_ceremony, threshold_keyed, threshold_params
 from tsfl.pipeline import events
 from tsfl.pipeline.coordinator_crypto import CryptoDesk
-from tsfl.pipeline.coordinator_devices import DeviceDesk
+from tsfl.pipeline.coordinator_fedbuff import Buffer, BufferDesk, is_buffered
 from tsfl.pipeline.coordinator_metrics import ReleaseRecorder
 from tsfl.pipeline.credentials import enrollment_digest, session_matches
 from tsfl.pipeline.job_state import (
@@ -65,7 +65,7 @@ from tsfl.wire.messages import decode_model, encode_model
 __all__ = ["SYSTEM_AUDIT", "Coordinator", "RoundResult", "UploadRefused"]
 
 
-class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
+class Coordinator(BufferDesk, CryptoDesk, ReleaseRecorder):
     name = "coordinator"
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "coordinator",
@@ -85,6 +85,7 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
         self._metrics_lock = asyncio.Lock()
         self.released = ReleasedModels(store)  # finished jobs' final models
         self._sessions: dict[tuple[str, str], str] = {}  # (job, device) -> session hash
+        self.buffers: dict[str, Buffer] = {}  # asynchronous jobs' tasks in flight
 
     async def stop(self) -> None:
         for job in self.jobs.values():
@@ -189,7 +190,8 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
                               selected=loop.create_future(), done=loop.create_future())
         job.round = active
         if active.state is RoundState.OPEN:
-            await self._announce_open(job, active.number)
+            await (self._open_release(job, active) if is_buffered(job)
+                   else self._announce_open(job, active.number))
             return
         parts = await self.store.list_participants(job_id, active.number)
         active.cohort = [p["client_id"] for p in parts]
@@ -206,6 +208,8 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
                                           "restarted, its protocol state is not persisted")
             return
         if active.state is RoundState.COLLECTING:
+            if is_buffered(job):
+                self._buffer(job).release_open.set()
             active.deadline = loop.call_later(
                 spec.round.deadline_s,
                 lambda: asyncio.ensure_future(self._on_deadline(job_id, active.number)))
@@ -218,6 +222,7 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
 
     async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
         job = self.jobs.pop(job_id)
+        self.buffers.pop(job_id, None)
         self._sessions = {k: v for k, v in self._sessions.items() if k[0] != job_id}
         if job.round and job.round.deadline:
             job.round.deadline.cancel()
@@ -270,7 +275,10 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
         await self.store.open_round(job_id, number, job.version)
         active = ActiveRound(number, selected=loop.create_future(), done=loop.create_future())
         job.round, job.last_round = active, number
-        await self._announce_open(job, number)
+        if is_buffered(job):  # FedBuff: a release takes whoever comes, no cohort
+            await self._open_release(job, active)
+        else:
+            await self._announce_open(job, number)
         assert active.selected is not None
         return await asyncio.wait_for(asyncio.shield(active.selected), timeout)
 
@@ -346,6 +354,8 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
         return active.number
 
     def _quorum(self, job: JobState, active: ActiveRound) -> int:
+        if is_buffered(job):
+            return job.spec.strategy.fedbuff.buffer
         need = math.ceil(job.spec.round.quorum * len(active.cohort) - 1e-9)
         return max(job.spec.round.min_updates, min(need, len(active.cohort)))
 
@@ -353,6 +363,7 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
         if active.state is not RoundState.COLLECTING:
             return
         active.state = RoundState.CLOSING
+        self._release_closed(job)
         if active.deadline:
             active.deadline.cancel()
         await self.store.transition_round(job.job_id, active.number, RoundState.CLOSING)
@@ -381,6 +392,7 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
     async def _fail(self, job: JobState, active: ActiveRound, reason: str,
                     rejected: dict[str, str] | None = None) -> None:
         active.state = RoundState.FAILED
+        self._release_closed(job)
         if active.deadline:
             active.deadline.cancel()
         if active.secagg is not None:
@@ -466,6 +478,7 @@ class Coordinator(DeviceDesk, CryptoDesk, ReleaseRecorder):
                 del job.history[old]
             job.delta_cache.clear()
         self._settle_device_evaluations(job)
+        self._superseded(job, job.version, job.model_bytes)
         job.version, job.model_bytes, job.release_round = version, data, active.number
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.PUBLISHED, job.job_id, active.number, model_version=version),

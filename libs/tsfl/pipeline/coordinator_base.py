@@ -38,6 +38,10 @@ class CoordinatorBase(BusRole):
         """Run ``work`` beside the round (kept referenced; stop() cancels it)."""
 
     @abstractmethod
+    async def _on_deadline(self, job_id: str, number: int) -> None:
+        """The round's deadline passed: close it with what came, or fail it."""
+
+    @abstractmethod
     def _quorum(self, job: JobState, active: ActiveRound) -> int:
         """The uploads that close ``active`` early."""
 

@@ -124,3 +124,11 @@ def secagg_task_config(config: RoundConfig, spec: JobSpec) -> dict[str, Any]:
 
 
 token_hash = session_hash  # the stored form of a session token
+
+
+def rounds_to_run(spec: JobSpec) -> int:
+    """The rounds a job runs: an asynchronous job's releases (``strategy.fedbuff.releases``,
+    default ``rounds``), else ``rounds``."""
+    if spec.strategy.mode == "async":
+        return spec.strategy.fedbuff.releases or spec.rounds
+    return spec.rounds

@@ -33,6 +33,7 @@ from tsfl.pipeline import events
 from tsfl.pipeline.coordinator import Coordinator, RoundResult
 from tsfl.pipeline.credentials import enrollment_matches, session_hash
 from tsfl.pipeline.driver import JobOutcome, drive_rounds
+from tsfl.pipeline.task_config import rounds_to_run
 from tsfl.privacy.plan import resolve_privacy
 from tsfl.runtime.admission import AdmissionPolicy, admit, check_quota
 from tsfl.runtime.vertical_jobs import VerticalJobs, is_vertical
@@ -204,7 +205,7 @@ class JobManager:
         try:
             await self._wait_for_devices(job_id, spec)
             await self._he_ceremony(job_id, spec)
-            outcome = await drive_rounds(self.coordinator, job_id, spec.rounds,
+            outcome = await drive_rounds(self.coordinator, job_id, rounds_to_run(spec),
                                          finish_on_cancel=False,
                                          after_round=self._after_round(job_id, spec))
             log.info("job %s finished: %s %s", job_id, outcome.status, outcome.reason or "")

@@ -160,6 +160,18 @@ def decode_update(data: bytes, layout: ParamLayout, *,
                   sealed=sealed)
 
 
+def retag_update(data: bytes, round_number: int) -> bytes:
+    """The same update frame, filed under round ``round_number`` (the payload, its
+    checksum and every other header field unchanged): an asynchronous job's update joins
+    whichever release is open when it arrives, not the one its task was handed out in."""
+    head, payload = unpack_frame(data, "update", max(len(data), 1))
+    if require(head, "round", int) == round_number:
+        return data
+    header = {k: v for k, v in head.items() if k not in ("v", "kind", "payload_len", "xxh3")}
+    header["round"] = int(round_number)
+    return pack_frame("update", header, payload)
+
+
 #: the model version a device asks for when it wants the latest (after its job ended: the
 #: final model)
 LATEST_MODEL = -1
