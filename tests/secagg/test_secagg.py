@@ -2,6 +2,7 @@
 graph parameters of Bell et al. 2020, n and metrics inside the masked vector."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,14 @@ def test_parameters_follow_bell_et_al_bounds():
     with pytest.raises(ParameterError, match="no SecAgg\\+ graph"):
         derive(4, 0.25, 0.25)
     assert "| 1000 |" in markdown_table(table(sizes=(1000,), models=((0.05, 0.1),)))
+
+
+@pytest.mark.parametrize("doc", ["crypto.md", "secagg.md"])
+def test_the_documented_k_t_table_is_the_derived_one(doc):
+    """The (k, t) tables the threat model documents are what devices derive (issue #17):
+    a stale table would promise a tolerance the code does not give."""
+    text = (Path(__file__).parents[2] / "docs" / doc).read_text()
+    assert markdown_table(table()) in text
 
 
 def test_extras_sum_n_and_weighted_metrics_exactly():

@@ -10,7 +10,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from tsfl.config import ConfigError, parse_job
+from tsfl.config import ConfigError, load_job, parse_job
 from tsfl.core.layout import ParamLayout
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.runtime.dropout import Vanished, Vanishing
@@ -266,6 +266,18 @@ def test_embedded_secagg_run_follows_the_clear_run(tmp_path):
     assert dropped.status == "COMPLETED"
     assert all(m["dropped"] >= 1 and m["clients"] >= 9 for m in dropped.metrics)
 
+
+def test_the_digits_secagg_example_runs_with_the_active_server_protocol(tmp_path):
+    """examples/digits-secagg.yaml as shipped (2 of its rounds): signed rounds with the
+    derived (k, t) = (26, 16) at n = 100, its simulated 10% dropouts survived."""
+    spec = load_job("examples/digits-secagg.yaml").model_copy(update={"rounds": 2})
+    result = asyncio.run(run_embedded(spec, tmp_path / "digits-secagg"))
+    assert result.status == "COMPLETED"
+    p = result.crypto["parameters"]
+    assert "active-server" in p["protocol"] and (p["neighbours"], p["threshold"]) == (26, 16)
+    assert result.crypto["failed_rounds"] == 0 and result.crypto["dropped"] >= 1
+    assert all(m["clients"] + m["dropped"] == 100 and m["clients"] >= 90
+               for m in result.metrics)
 
 def test_secagg_conflicts_are_refused():
     with pytest.raises(ConfigError, match="per_round"):
