@@ -138,3 +138,17 @@ async def test_a_full_asynchronous_job_counts_each_update_once(tmp_path):
         stale = [s for e in await h.store.audit_trail(JOB) if e["kind"] == "fedbuff.folded"
                  for s in e["payload"]["staleness"]]
         assert len(stale) == 15 and max(stale) <= 3 and max(stale) > 0  # slow devices lag
+
+
+async def test_an_upload_waiting_for_the_next_release_ends_with_the_job(tmp_path):
+    async with Harness(tmp_path, _spec(buffer=1, concurrency=2)) as h:
+        await h.coord.open_round(JOB)
+        t0, t1 = await h.coord.get_task("c0", JOB), await h.coord.get_task("c1", JOB)
+        assert (await h.send("c0", t0, 1.0, 5)).accepted  # K = 1: the release closes
+        waiting = asyncio.create_task(h.send("c1", t1, 1.0, 5))
+        await asyncio.wait_for(h.coord.wait_round(JOB), 10)
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # held for the next release (deadline 30 s)
+        await h.coord.finish_job(JOB, "COMPLETED")
+        receipt = await asyncio.wait_for(waiting, 2)
+        assert (receipt.accepted, receipt.code) == (False, "round_closed")

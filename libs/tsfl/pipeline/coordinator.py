@@ -222,7 +222,7 @@ class Coordinator(BufferDesk, CryptoDesk, ReleaseRecorder):
 
     async def finish_job(self, job_id: str, status: str, reason: str | None = None) -> None:
         job = self.jobs.pop(job_id)
-        self.buffers.pop(job_id, None)
+        self._buffer_ended(job_id)
         self._sessions = {k: v for k, v in self._sessions.items() if k[0] != job_id}
         if job.round and job.round.deadline:
             job.round.deadline.cancel()

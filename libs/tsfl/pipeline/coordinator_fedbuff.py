@@ -61,6 +61,7 @@ class Buffer:
     models: dict[int, bytes] = field(default_factory=dict)  # superseded versions kept
     release_open: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # accept → close, one at a time
+    ended: bool = False  # the job finished: waiting uploads are refused at once
 
 
 def is_buffered(job: JobState) -> bool:
@@ -91,6 +92,13 @@ class BufferDesk(DeviceDesk):
         self._buffer(job).release_open.set()
         if active.selected is not None and not active.selected.done():
             active.selected.set_result([])
+
+    def _buffer_ended(self, job_id: str) -> None:
+        """The job finished: uploads waiting for a next release stop waiting."""
+        buf = self.buffers.pop(job_id, None)
+        if buf is not None:
+            buf.ended = True
+            buf.release_open.set()
 
     def _release_closed(self, job: JobState) -> None:
         if is_buffered(job):
@@ -174,7 +182,10 @@ class BufferDesk(DeviceDesk):
         deadline = time.monotonic() + job.spec.round.deadline_s
         while True:  # wait (bounded) while a release closes and the next opens
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or job.job_id not in self.jobs:
+            if buf.ended or job.job_id not in self.jobs:
+                return await self._refuse(job, job.round, client_id, "round_closed",
+                                          "the job has finished")
+            if remaining <= 0:
                 buf.in_flight.pop(client_id, None)
                 return await self._refuse(job, job.round, client_id, "round_closed",
                                           "no release opened in time for this update")
@@ -184,7 +195,7 @@ class BufferDesk(DeviceDesk):
                 continue
             async with buf.lock:
                 active = job.round
-                if active is None or active.state is not RoundState.COLLECTING:
+                if buf.ended or active is None or active.state is not RoundState.COLLECTING:
                     continue
                 return await self._accept_buffered(job, active, client_id, data, meta, norm)
 
