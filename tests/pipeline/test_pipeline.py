@@ -241,3 +241,15 @@ async def test_coordinator_dying_between_the_release_and_reading_the_model_resum
         assert (await h.store.get_round(JOB, 1))["state"] == "PUBLISHED"
         await new.open_round(JOB)  # and the job goes on, on v1
         assert (await new.upload("c0", h.update("c0", 1.0, rnd=2, version=1))).accepted
+
+
+async def test_a_job_whose_every_round_failed_ends_failed(tmp_path):
+    """Two rounds, no device answers: fewer failures than the three-in-a-row stop, but
+    nothing was ever released — the job is FAILED, not COMPLETED."""
+    from tsfl.pipeline.driver import drive_rounds
+
+    async with Harness(tmp_path, rounds=2, round={"deadline_s": 0.2}) as h:
+        outcome = await asyncio.wait_for(drive_rounds(h.coord, JOB, 2), 20)
+        assert [r.ok for r in outcome.results] == [False, False]
+        assert outcome.status == "FAILED" and outcome.reason.startswith("no round succeeded")
+        assert (await h.store.get_job(JOB))["status"] == "FAILED"

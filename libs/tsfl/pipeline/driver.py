@@ -69,5 +69,9 @@ async def drive_rounds(coordinator: Coordinator, job_id: str, total_rounds: int,
         if job_id in coordinator.jobs:
             await coordinator.finish_job(job_id, "FAILED", f"internal error: {exc}")
         raise
+    if outcome.status == "COMPLETED" and outcome.results and not any(
+            r.ok for r in outcome.results) and outcome.reason is None:
+        last = outcome.results[-1].reason
+        outcome.status, outcome.reason = "FAILED", f"no round succeeded (last: {last})"
     await coordinator.finish_job(job_id, outcome.status, outcome.reason)
     return outcome
