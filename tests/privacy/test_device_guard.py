@@ -5,6 +5,7 @@ per peer, and audited in aggregate (bounded rows). Real gRPC over the embedded p
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -25,8 +26,16 @@ async def _scenario(tmp_path) -> dict:
         store, jobs = stack.store, stack.jobs
         stub = device_pb2_grpc.DeviceServiceStub(stack.channel)
         job = (await jobs.submit(SPEC, "enrol")).job_id
+        start = len(await store.audit_trail(job))
+        await code(stub.Heartbeat(device_pb2.HeartbeatRequest(job_id=job), metadata=(
+            ("x-tsfl-device", "anon"), ("authorization", "Bearer nope"))))
+        out["heartbeat_refusal"] = [(e["kind"], e["payload"]["code"])
+                                    for e in (await store.audit_trail(job))[start:]]
         out["huge_id"] = await code(stub.Register(device_pb2.RegisterRequest(
             job_id=job, device_id="x" * 1_000_000, enrollment_token="enrol")))
+        # the issue's +8.7 MB: a 1 MB device id with a wrong token wrote audit rows
+        out["huge_id_wrong_token"] = await code(stub.Register(device_pb2.RegisterRequest(
+            job_id=job, device_id="y" * 1_000_000, enrollment_token="wrong")))
         reg = await stub.Register(device_pb2.RegisterRequest(
             job_id=job, device_id="dev-1", enrollment_token="enrol"))
         md = (("x-tsfl-device", "dev-1"), ("authorization", f"Bearer {reg.session_token}"))
@@ -50,7 +59,10 @@ async def _scenario(tmp_path) -> dict:
                                                      ("authorization", "Bearer nope"))))
                  for i in range(200)]
         out["beats"] = {c: beats.count(c) for c in set(beats)}
-        out["rows_added"] = len(await store.audit_trail(job)) - before
+        trail = await store.audit_trail(job)
+        out["rows_added"] = len(trail) - before
+        rows = [*await store.audit_trail(job), *await store.audit_trail("_system")]
+        out["largest_row"] = max(len(json.dumps(e["payload"])) for e in rows)
         out["stream_audit"] = {e["payload"]["code"]
                                for chain in (job, "_system")
                                for e in await store.audit_trail(chain)
@@ -69,11 +81,15 @@ def test_anonymous_calls_are_rate_limited_and_audited_in_bounded_rows(outcome):
     assert set(outcome["beats"]) == {S.UNAUTHENTICATED, S.RESOURCE_EXHAUSTED}
     assert outcome["beats"][S.UNAUTHENTICATED] <= 25  # the burst, then the limiter
     assert outcome["rows_added"] <= 2
+    # finding 9: refused heartbeats were audited as upload.refused
+    assert outcome["heartbeat_refusal"] == [("call.refused", "bad_credentials")]
     assert outcome["chain"] == (True, "ok")
 
 
 def test_device_ids_are_bounded_before_anything_is_written(outcome):
     assert outcome["huge_id"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert outcome["huge_id_wrong_token"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert outcome["largest_row"] < 4096  # no row carries a megabyte id
 
 
 def test_a_live_device_id_cannot_be_taken_over(outcome):
@@ -95,16 +111,39 @@ def test_limiter_and_log_units():
     rows = []
 
     async def write(chain, kind, payload):
-        rows.append((chain, payload["count"]))
+        rows.append((chain, kind, payload["count"]))
 
     async def go():
         log = RefusalLog(write, window_s=3600)
         for _ in range(5):
             await log.refused("j", "call.refused", "bad", {"peer": "p"})
+        for _ in range(2):
+            await log.refused("j", "upload.refused", "bad", {"peer": "p"})
         await log.flush()
 
     asyncio.run(go())
-    assert rows == [("j", 1), ("j", 4)]  # nothing lost, two rows
+    # nothing lost, one row per (chain, kind, code) and window, each under its own kind
+    assert rows == [("j", "call.refused", 1), ("j", "upload.refused", 1),
+                    ("j", "call.refused", 4), ("j", "upload.refused", 1)]
+
+
+def test_a_burst_is_counted_whole_when_its_window_ends():
+    """200 refusals in a burst, then silence: the 199 held back were counted only if a
+    later refusal came (never, for an attacker who stops). The window's end writes them."""
+    rows = []
+
+    async def write(chain, kind, payload):
+        rows.append((kind, payload["count"]))
+
+    async def go():
+        log = RefusalLog(write, window_s=0.2)
+        for _ in range(200):
+            await log.refused("j", "call.refused", "bad_credentials", {"peer": "p"})
+        assert rows == [("call.refused", 1)]
+        await asyncio.sleep(0.5)  # no flush, no later refusal
+
+    asyncio.run(go())
+    assert rows == [("call.refused", 1), ("call.refused", 199)]
 
 
 def test_empty_and_refused_streams_are_audited(outcome):
@@ -113,3 +152,40 @@ def test_empty_and_refused_streams_are_audited(outcome):
     # dev-1 is not selected in an open round: refused at its first chunk, before a buffer
     assert truncated == grpc.StatusCode.FAILED_PRECONDITION
     assert {"empty", "not_selected"} <= outcome["stream_audit"]
+
+
+async def _truncated_stream(tmp_path) -> tuple[grpc.StatusCode, list]:
+    from tsfl.rpc.client import GrpcTransport
+
+    spec = yaml.safe_dump({"name": "trunc", "rounds": 1, "clients": {"count": 1,
+                                                                     "per_round": 1},
+                           "model": {"kind": "logreg"}})
+    async with coordinator_grpc(tmp_path / "trunc.db") as stack:
+        job = (await stack.jobs.submit(spec, "enrol")).job_id
+        device = GrpcTransport(stack.address, job, "dev-t")
+        try:
+            await device.register("enrol")
+            for _ in range(300):  # selected in the job's open round
+                if await device.get_task("dev-t"):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("dev-t was never given a task")
+            chunk = device_pb2.UploadChunk(job_id=job, total_size=100, checksum=1,
+                                           data=b"x" * 10)  # then the stream ends
+            ended = await status_of(device.stub.UploadUpdate(iter([chunk]),
+                                                             metadata=device._md()))
+        finally:
+            await device.close()
+        rows = [(e["kind"], e["payload"]) for e in await stack.store.audit_trail(job)
+                if e["kind"] == "upload.refused"]
+    return ended, rows
+
+
+def test_a_truncated_stream_of_a_selected_device_is_audited(tmp_path):
+    """Issue #16, finding 9: truncated (non-resumable) upload streams left no trace."""
+    ended, rows = asyncio.run(_truncated_stream(tmp_path))
+    assert ended == grpc.StatusCode.DATA_LOSS
+    assert [(kind, p["code"], p["count"]) for kind, p in rows] == [
+        ("upload.refused", "truncated", 1)]
+    assert rows[0][1]["samples"][0] == {"client_id": "dev-t", "received": 10, "total": 100}

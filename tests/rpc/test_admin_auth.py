@@ -58,6 +58,7 @@ async def _play(stack) -> dict:
         job_id=job.job_id, device_id="d1", enrollment_token="enrol"))).session_token
     out["device_session"] = await code(admin.GetJob, ref, session)
     out["anonymous_cancel"] = await code(admin.CancelJob, ref, None)
+    out["every_method"] = await _every_method(admin, job.job_id, tokens, session)
     out["bob_reads"] = await code(admin.GetJob, ref, tokens["bob"])
     out["bob_cancels"] = await code(admin.CancelJob, ref, tokens["bob"])
     out["viewer_reads"] = await code(admin.GetJob, ref, tokens["auditor"])
@@ -90,10 +91,38 @@ async def _play(stack) -> dict:
     stack.jobs.policy = policy
     out["alice_cancels"] = await code(admin.CancelJob, ref, tokens["alice"])
     out["status"] = (await admin.GetJob(ref, metadata=_md(tokens["root"]))).status
+    generated = await admin.SubmitJob(admin_pb2.SubmitJobRequest(spec_yaml=SPEC),
+                                      metadata=_md(tokens["root"]), timeout=120)
+    out["generated_token"] = generated.enrollment_token
+    await admin.CancelJob(admin_pb2.JobRef(job_id=generated.job_id),
+                          metadata=_md(tokens["root"]))
     out["audit"] = await store.audit_trail(job.job_id)
     out["row"] = await store.get_job(job.job_id)
     out["token_rows"] = [await store.admin_token(t.split(".")[1])
                          for t in tokens.values()]
+    return out
+
+
+async def _every_method(admin, job_id: str, tokens: dict, session: str) -> dict:
+    """Each AdminService method, found in the service's descriptor (a method added later
+    is covered too), called with no credential, a device's session token and another
+    submitter's token: ``{method: (anonymous, device, bob)}``."""
+    service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    out = {}
+    for method in service.methods:
+        request = getattr(admin_pb2, method.input_type.name)()
+        if "job_id" in method.input_type.fields_by_name:
+            request.job_id = job_id
+        call = getattr(admin, method.name)
+        codes = []
+        for token in (None, session, tokens["bob"]):
+            if method.server_streaming:  # the first message, or the refusal
+                stream = call(request, metadata=_md(token), timeout=30)
+                codes.append(await status_of(stream.read()))
+                stream.cancel()
+            else:
+                codes.append(await status_of(call(request, metadata=_md(token), timeout=30)))
+        out[method.name] = tuple(codes)
     return out
 
 
@@ -111,6 +140,21 @@ def test_no_credential_no_admin_call(outcome):
 
 def test_a_device_credential_is_never_an_admin(outcome):
     assert outcome["device_session"] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_every_admin_method_is_authenticated_and_authorised_per_job(outcome):
+    """Issue #16, finding 1: SubmitJob, GetJob, ListParticipants, QueryAudit, WatchJob
+    and CancelJob answered a plain channel without credentials. Every method of the
+    service now refuses no credential and a device's credential, and every method about
+    one job refuses a submitter who does not own it."""
+    S = grpc.StatusCode
+    every = outcome["every_method"]
+    assert {"SubmitJob", "GetJob", "CancelJob", "WatchJob", "ListRounds",
+            "ListParticipants", "QueryAudit", "ListJobs"} <= set(every)
+    for name, (anonymous, device, bob) in every.items():
+        assert anonymous == device == S.UNAUTHENTICATED, name
+        if name not in ("SubmitJob", "ListJobs"):  # about one job, which alice owns
+            assert bob == S.PERMISSION_DENIED, name
 
 
 def test_roles_and_ownership(outcome):
@@ -176,3 +220,17 @@ def test_get_job_gives_the_model_layout(outcome):
 
     layout = json.loads(outcome["layout"])
     assert layout and {"name", "shape"} <= set(layout[0])
+
+
+def test_a_generated_enrolment_token_is_a_safe_cli_argument(outcome):
+    """Issue #16, finding 9: a generated token starting with "-" broke ``--token TOKEN``
+    (argparse took it for an option). Generated tokens are hex: never an option."""
+    import argparse
+    import re
+
+    token = outcome["generated_token"]
+    assert re.fullmatch(r"[0-9a-f]{48}", token)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token")
+    assert parser.parse_args(["--token", token]).token == token
+    assert all(t.startswith("tsfl-admin.") for t in outcome["tokens"].values())

@@ -173,3 +173,52 @@ def test_tsfl_models_lists_the_installed_builders(capsys):
     assert main(["models"]) == 0
     printed = capsys.readouterr().out
     assert "mlp-layernorm" in printed and "tsfl.sim.models:mlp_layernorm" in printed
+
+
+@pytest.mark.parametrize("step", ["parse_spec_text", "admit"])
+def test_expensive_admission_work_runs_off_the_event_loop(tmp_path, monkeypatch, step):
+    """Issue #16, finding 4: an alias bomb blocked the coordinator's event loop for
+    minutes (no device or admin call answered meanwhile). Parsing and building run in a
+    worker thread: a step made to block for a second leaves the loop answering."""
+    import time
+
+    import tsfl.runtime.jobs as jobs_module
+
+    real = getattr(jobs_module, step)
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)  # blocking, as a slow parse or a big model build would be
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs_module, step, slow)
+
+    async def go() -> tuple[float, float]:
+        store = await Store.open(f"sqlite:///{tmp_path / 'loop.db'}")
+        pipeline = await LocalPipeline.in_memory(store)
+        jobs = JobManager(pipeline.coordinator)
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        started = time.monotonic()
+        try:
+            await jobs.submit(yaml.safe_dump(BASE))
+        finally:
+            took = time.monotonic() - started
+            done.set()
+            await tick
+            await jobs.stop()
+            await pipeline.stop()
+            await store.close()
+        return took, max(gaps)
+
+    took, longest_gap = asyncio.run(go())
+    assert took >= 1.0 and longest_gap < 0.5

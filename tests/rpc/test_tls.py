@@ -19,6 +19,7 @@ from tsfl.rpc.server import start_coordinator_server
 from tsfl.runtime.jobs import JobManager
 from tsfl.runtime.service import ServiceConfig, server_credentials
 from tsfl.storage import Store
+from tsfl.v1 import admin_pb2, admin_pb2_grpc
 
 
 def _cert(name: str, issuer_key, issuer_name, *, ca: bool = False, ip: str | None = None):
@@ -74,6 +75,19 @@ async def test_mtls_admits_devices_with_a_certificate_and_refuses_others(pki, tm
         await ok.register("enrol")
         assert ok.session
         await ok.close()
+        # issue #16: with --tls-client-ca, a device certificate used to be a full admin
+        device_channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(
+            ca_pem, dev_key, dev_pem))
+        admin = admin_pb2_grpc.AdminServiceStub(device_channel)
+        for call, request in ((admin.GetJob, admin_pb2.JobRef(job_id=sub.job_id)),
+                              (admin.CancelJob, admin_pb2.JobRef(job_id=sub.job_id)),
+                              (admin.SubmitJob, admin_pb2.SubmitJobRequest(
+                                  spec_yaml="name: x\n"))):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        await device_channel.close()
+        assert (await store.get_job(sub.job_id))["status"] == "RUNNING"
         no_cert = GrpcTransport(address, sub.job_id, "device-2", tls=TLSConfig(ca=ca_pem))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await no_cert.register("enrol")
@@ -101,3 +115,35 @@ def test_bad_tls_settings_are_refused(tmp_path):
         server_credentials(ServiceConfig(name="coordinator", kafka="-", database="-",
                                          tls_cert=str(tmp_path / "no.pem"),
                                          tls_key=str(tmp_path / "no.key")))
+
+
+def test_plaintext_off_loopback_is_refused_unless_allowed():
+    """Issue #16, finding 9: the admin port was plaintext unless TLS flags were given, so
+    admin tokens and device sessions crossed the network in the clear."""
+    def cfg(grpc_address: str, allow: bool = False) -> ServiceConfig:
+        return ServiceConfig(name="coordinator", kafka="-", database="-",
+                             grpc=grpc_address, allow_insecure=allow)
+
+    for address in ("0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051", "coordinator:50051"):
+        with pytest.raises(ValueError, match="refusing plaintext gRPC"):
+            server_credentials(cfg(address))
+        assert server_credentials(cfg(address, allow=True)) is None  # a private network
+    for address in ("127.0.0.1:50051", "localhost:50051", "[::1]:50051"):
+        assert server_credentials(cfg(address)) is None
+
+
+@pytest.mark.parametrize("address,refused", [("10.1.2.3:50051", True),
+                                             ("coordinator:50051", True),
+                                             ("127.0.0.1:1", False)])
+def test_the_admin_cli_never_sends_a_token_in_plaintext_off_loopback(address, refused,
+                                                                     capsys):
+    from tsfl.cli.main import main
+
+    token = "tsfl-admin.0123456789abcdef." + "A" * 43
+    args = ["job", "status", "some-job", "--coordinator", address, "--admin-token", token]
+    if refused:
+        with pytest.raises(SystemExit, match="refusing to send an admin token in plaintext"):
+            main(args)
+    else:  # nothing listens there: the call itself fails, after the check let it go
+        assert main(args) != 0
+    assert token not in capsys.readouterr().err

