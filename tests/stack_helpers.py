@@ -32,7 +32,7 @@ def job_info(address: str, job_id: str) -> admin_pb2.JobInfo:
 
 
 def fleet(address: str, job_id: str, job: dict, token: str = "enrol-me") -> list[int]:
-    from tsfl.cli.distributed import run_fleet
+    from tsfl.runtime.fleet import run_fleet
 
     return asyncio.run(asyncio.wait_for(
         run_fleet(address, job_id, token, parse_job(job), job["clients"]["count"]), 300))

@@ -90,7 +90,7 @@ def _log_lines(path: Path, since: int) -> list[dict]:
 
 
 def _fleet_in_background(address: str, job_id: str, job: dict) -> tuple[threading.Thread, list]:
-    from tsfl.cli.distributed import run_fleet
+    from tsfl.runtime.fleet import run_fleet
 
     result: list = []
 

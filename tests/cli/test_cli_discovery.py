@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tsfl.cli.distributed import DEFAULT_COORDINATOR, coordinator_address
+from tsfl.cli.client import DEFAULT_COORDINATOR, coordinator_address
 from tsfl.runtime import stack
 
 

@@ -16,7 +16,6 @@ import pytest
 import yaml
 from grpc_stack import coordinator_grpc, status_of
 
-from tsfl.cli.distributed import run_fleet
 from tsfl.config import parse_job
 from tsfl.core.layout import ParamLayout
 from tsfl.he import HeJob
@@ -25,6 +24,7 @@ from tsfl.identity import DeviceIdentity, IdentityAuthority
 from tsfl.pipeline import coordinator_crypto as coordinator_module
 from tsfl.pipeline.he_ceremony import CeremonyRelay
 from tsfl.runtime.embedded import run_embedded
+from tsfl.runtime.fleet import run_fleet
 from tsfl.v1 import device_pb2, device_pb2_grpc
 from tsfl.wire.messages import encode_model
 
@@ -204,7 +204,8 @@ def test_he_steps_answer_precise_statuses(tmp_path):
 def test_the_cli_names_the_silos_authority(tmp_path):
     """``tsfl job submit --authority CA.pub`` puts it in the spec; ``tsfl devices`` takes
     only an authority the job trusts for its silos."""
-    from tsfl.cli.distributed import threshold_authority, with_authority
+    from tsfl.runtime.fleet import threshold_authority
+    from tsfl.runtime.he_spec import with_authority
 
     CA.save(tmp_path / "ca.key")
     spec_yaml = yaml.safe_dump({**JOB, "crypto": {"mode": "he"}})

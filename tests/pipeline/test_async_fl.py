@@ -316,7 +316,7 @@ def test_async_run_writes_releases_and_audit_to_the_store(tmp_path):
 def test_several_audit_appends_in_one_transaction_chain(tmp_path):
     """Regression: a sole-writer SQLite store caches the audit chain's head; a second
     append in the same transaction used the stale head (a duplicate seq)."""
-    from tsfl.storage import queries as q
+    from tsfl.storage.queries.audit import append_audits
     from tsfl.storage.store import Store
 
     async def go() -> tuple[bool, str]:
@@ -325,8 +325,8 @@ def test_several_audit_appends_in_one_transaction_chain(tmp_path):
             await s.append_audit("j", "one", {})
 
             def two(conn: Any) -> None:
-                q.append_audits(conn, "j", [("two", "t", {})])
-                q.append_audits(conn, "j", [("three", "t", {})])
+                append_audits(conn, "j", [("two", "t", {})])
+                append_audits(conn, "j", [("three", "t", {})])
 
             await s.run_in_transaction(two)
             await s.append_audit("j", "four", {})

@@ -284,7 +284,7 @@ def test_cli_audit_privacy_writes_its_outputs(tmp_path, capsys):
 
 
 def test_cli_audit_of_a_job_id_still_parses_and_dp_sgd_is_refused(tmp_path, capsys):
-    from tsfl.cli.distributed import cmd_audit
+    from tsfl.cli.jobs import cmd_audit
 
     args = build_parser().parse_args(["audit", "some-job-0123456789"])
     assert args.func is cmd_audit and args.job == "some-job-0123456789"

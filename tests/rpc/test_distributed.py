@@ -402,10 +402,11 @@ def test_distributed_he_job_equals_the_embedded_run(services, database, tmp_path
     holder's model is the embedded one."""
     import json
 
-    from tsfl.cli.distributed import run_fleet, with_he_key
     from tsfl.he import HeJob, SealedVector, SecretKeySet, open_vector
     from tsfl.he.job import he_params
     from tsfl.identity import IdentityAuthority
+    from tsfl.runtime.fleet import run_fleet
+    from tsfl.runtime.he_spec import with_he_key
     from tsfl.runtime.simulation import initial_model
 
     state, _ = services
@@ -488,7 +489,7 @@ def test_distributed_threshold_he_job_equals_the_embedded_run(services, database
 
 
 async def run_fleet_silos(address: str, job_id: str, job: dict, ca, silos: dict) -> list[int]:
-    from tsfl.cli.distributed import run_fleet
+    from tsfl.runtime.fleet import run_fleet
 
     return await run_fleet(address, job_id, "enrol-me", parse_job(job),
                            job["clients"]["count"], authority=ca, silos=silos)

@@ -140,7 +140,7 @@ async def test_unsupported_database_url():
 async def test_exclusive_sqlite_store_caches_audit_heads_safely(tmp_path):
     """The sole-writer cache of chain heads survives a rolled-back transaction."""
     from tsfl.storage import Store
-    from tsfl.storage import queries as q
+    from tsfl.storage.queries.audit import append_audits
 
     store = await Store.open(f"sqlite:///{tmp_path / 'x.db'}", exclusive=True)
     try:
@@ -148,7 +148,7 @@ async def test_exclusive_sqlite_store_caches_audit_heads_safely(tmp_path):
         await store.append_audit("j1", "note", {"i": 1})
 
         def append_then_fail(conn):
-            q.append_audits(conn, "j1", [("doomed", "test", {})])
+            append_audits(conn, "j1", [("doomed", "test", {})])
             raise RuntimeError("boom")
 
         with pytest.raises(RuntimeError):

@@ -297,17 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--rounds", type=int, help="override the example's 30 rounds")
     rob.set_defaults(func=cmd_bench_robustness)
 
-    from tsfl.cli.distributed import add_commands
-    from tsfl.cli.export import add_commands as add_export
-    from tsfl.cli.loadtest import add_commands as add_loadtest
-    from tsfl.cli.psi import add_commands as add_psi
-    from tsfl.cli.vertical import add_commands as add_vertical
+    from tsfl.cli import admin, devices, export, jobs, keys, loadtest, psi, service, stack, vertical
 
-    add_commands(sub)
-    add_export(sub)
-    add_loadtest(sub)
-    add_psi(sub)
-    add_vertical(sub)
+    for add in (service.add_commands, stack.add_commands, devices.add_commands,
+                jobs.add_commands, keys.add_commands, jobs.add_audit_command,
+                admin.add_commands, export.add_commands, loadtest.add_commands,
+                psi.add_commands, vertical.add_commands):
+        add(sub)
     audit = sub.choices.get("audit")
     if audit is not None:  # `tsfl audit privacy ...` is parsed by its own parser (main)
         audit.usage = ("tsfl audit JOB_ID [--coordinator ADDR]\n"

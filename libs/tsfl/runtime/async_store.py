@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import Connection
 
-from tsfl.storage import queries as q
+from tsfl.storage.queries import checkpoints, rounds
 from tsfl.storage.states import RoundState
 from tsfl.storage.store import Store
 
@@ -93,10 +93,10 @@ def _write_release(conn: Connection, job_id: str, number: int, digest: str,
                    vector: np.ndarray, strategy_state: dict[str, Any] | None,
                    accepted: list[str], rejected: dict[str, str],
                    audit: tuple[str, str, dict[str, Any]], metrics: dict[str, Any]) -> None:
-    q.open_round(conn, job_id, number, number - 1)
-    q.start_collecting(conn, job_id, number, [*accepted, *rejected])
-    q.transition_round(conn, job_id, number, RoundState.CLOSING)
-    q.complete_round(conn, job_id, number, accepted, rejected, [], True)
-    q.release_model(conn, job_id, number, number, digest, vector, strategy_state, None,
-                    [audit])
-    q.set_round_metrics(conn, job_id, number, metrics)
+    rounds.open_round(conn, job_id, number, number - 1)
+    rounds.start_collecting(conn, job_id, number, [*accepted, *rejected])
+    rounds.transition_round(conn, job_id, number, RoundState.CLOSING)
+    rounds.complete_round(conn, job_id, number, accepted, rejected, [], True)
+    checkpoints.release_model(conn, job_id, number, number, digest, vector, strategy_state,
+                              None, [audit])
+    rounds.set_round_metrics(conn, job_id, number, metrics)
