@@ -20,12 +20,8 @@ from tsfl.config import bundled_example
 from tsfl.runtime import stack
 from tsfl.runtime.broker import free_port, start_local_broker
 from tsfl.runtime.embedded import run_embedded
+from tsfl.runtime.fleet import run_fleet
 from tsfl.storage import Store
-
-try:  # the fleet's home after the cli split (in progress when this test was written)
-    from tsfl.runtime.fleet import run_fleet
-except ImportError:  # pragma: no cover
-    from tsfl.cli.distributed import run_fleet  # type: ignore[no-redef]
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
