@@ -222,3 +222,9 @@ def test_expensive_admission_work_runs_off_the_event_loop(tmp_path, monkeypatch,
 
     took, longest_gap = asyncio.run(go())
     assert took >= 1.0 and longest_gap < 0.5
+
+
+@pytest.mark.parametrize("selection", [{"kind": "oort"}, {"over_selection": 0.3}])
+def test_selection_the_selector_service_cannot_draw_is_refused(tmp_path, selection):
+    """Not silently drawn uniformly: the policy needs the simulation's device book."""
+    _refused(tmp_path, {**BASE, "selection": selection}, "selector service draws cohorts")

@@ -9,18 +9,24 @@ refused with any DP mode: DP's amplification by sampling needs a random, secret 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tsfl.config.base import PositiveFloat, Spec
+from tsfl.plugins import SELECTION_GROUP, installed
+
+#: the policies that ship with tsfl
+BUILT_IN = ("uniform", "speed", "oort", "stratified")
 
 
 class SelectionSpec(Spec):
-    kind: Literal["uniform", "speed", "oort", "stratified"] = Field("uniform", description=(
+    kind: str = Field("uniform", max_length=64, description=(
         "uniform: k of n at random; speed: online devices, fastest expected first (with "
         "exploration); oort: statistical utility × system speed (Lai et al., OSDI 2021); "
-        "stratified: proportional to declared label histograms' dominant class"))
+        "stratified: proportional to declared label histograms' dominant class; or a "
+        "policy the operator installed (entry-point group tsfl.selection: "
+        "docs/extending.md)"))
     over_selection: Annotated[float, Field(ge=0, le=4)] = Field(0.0, description=(
         "ask ⌈(1 + o)·per_round⌉ devices; the round closes after per_round updates "
         "(quorum of per_round) or its deadline (Bonawitz et al., SysML 2019, §2.1)"))
@@ -31,3 +37,12 @@ class SelectionSpec(Spec):
         "(default: round.deadline_s)"))
     straggler_penalty: Annotated[float, Field(ge=0, le=10)] = Field(
         2.0, description="oort: α in (T / t_i)^α for devices slower than T")
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        if kind not in BUILT_IN and kind not in installed(SELECTION_GROUP):
+            raise ValueError(f"unknown selection {kind!r}: built in are "
+                             f"{', '.join(BUILT_IN)}; installed: "
+                             f"{', '.join(sorted(installed(SELECTION_GROUP))) or 'none'}")
+        return kind

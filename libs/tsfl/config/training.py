@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tsfl.config.adaptive import ClientLrSpec, FedBuffSpec, LrScheduleSpec
 from tsfl.config.base import Fraction, PositiveFloat, PositiveInt, Spec
 from tsfl.config.clock import ClockSpec
+from tsfl.plugins import STRATEGY_GROUP, installed
 
 
 class DpSgdSpec(Spec):
@@ -44,11 +45,19 @@ _STRATEGY_OPTIONS: dict[str, set[str]] = {
 
 
 #: StrategySpec fields that are not the named strategy's constructor options
-_NOT_OPTIONS = {"name", "mode", "fedbuff", "lr_schedule", "client_lr"}
+_NOT_OPTIONS = {"name", "mode", "fedbuff", "lr_schedule", "client_lr", "options"}
+
+#: a plugin strategy's options: scalars only, a few of them
+PluginOption = Annotated[float, Field(allow_inf_nan=False)] | bool | Annotated[
+    str, Field(max_length=256)]
 
 
 class StrategySpec(Spec):
-    name: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    name: str = Field("fedavg", max_length=64, description=(
+        "fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, or a strategy the "
+        "operator installed (entry-point group tsfl.strategies: docs/extending.md)"))
+    options: dict[Annotated[str, Field(max_length=64)], PluginOption] | None = Field(
+        None, max_length=32, description="an installed strategy's constructor options")
     server_lr: PositiveFloat | None = None
     momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
     mu: Annotated[float, Field(ge=0)] | None = None
@@ -63,16 +72,40 @@ class StrategySpec(Spec):
     lr_schedule: LrScheduleSpec | None = Field(None, description="server η schedule")
     client_lr: ClientLrSpec | None = Field(None, description="client lr by data size")
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in _STRATEGY_OPTIONS and name not in installed(STRATEGY_GROUP):
+            raise ValueError(f"unknown strategy {name!r}: built in are "
+                             f"{', '.join(sorted(_STRATEGY_OPTIONS))}; installed: "
+                             f"{', '.join(sorted(installed(STRATEGY_GROUP))) or 'none'}")
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> StrategySpec:
         given = {k for k in type(self).model_fields
                  if k not in _NOT_OPTIONS and getattr(self, k) is not None}
+        if self.name not in _STRATEGY_OPTIONS:
+            if given:
+                raise ValueError(f"strategy {self.name!r} is installed: its settings go in "
+                                 f"strategy.options, not {', '.join(sorted(given))}")
+            return self
+        if self.options is not None:
+            raise ValueError(f"strategy.options is for installed strategies; {self.name!r} "
+                             "takes its settings as strategy fields")
         wrong = sorted(given - _STRATEGY_OPTIONS[self.name])
         if wrong:
             raise ValueError(f"option(s) {', '.join(wrong)} do not apply to strategy {self.name!r}")
         return self
 
+    @property
+    def is_installed(self) -> bool:
+        """Whether ``name`` is an operator-installed strategy (not a built-in one)."""
+        return self.name not in _STRATEGY_OPTIONS
+
     def params(self) -> dict[str, Any]:
+        if self.is_installed:
+            return dict(self.options or {})
         return {
             k: getattr(self, k)
             for k in type(self).model_fields

@@ -28,6 +28,7 @@ import numpy as np
 
 from tsfl.config.selection import SelectionSpec
 from tsfl.pipeline.selection import UniformSelector
+from tsfl.plugins import SELECTION_GROUP, load_plugin
 
 
 @dataclass
@@ -211,4 +212,7 @@ POLICIES: dict[str, type[SelectionPolicy]] = {
 
 
 def build_policy(spec: SelectionSpec, seed: int, deadline_s: float) -> SelectionPolicy:
-    return POLICIES[spec.kind](spec, seed, deadline_s)
+    """The policy ``spec.kind``: a built-in one, else one installed in the
+    ``tsfl.selection`` entry-point group (:mod:`tsfl.plugins`)."""
+    cls = POLICIES.get(spec.kind) or load_plugin(SELECTION_GROUP, spec.kind, SelectionPolicy)
+    return cls(spec, seed, deadline_s)

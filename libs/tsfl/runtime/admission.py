@@ -81,6 +81,18 @@ def refuse_seeded_privacy(spec: JobSpec) -> None:
                            "uses 'secure' (the default)" for k in keys])
 
 
+def refuse_simulated_selection(spec: JobSpec) -> None:
+    """The selector service draws uniformly: the other policies (and over-selection) need
+    a device book — speeds, availability, losses — that only the simulation keeps today.
+    Refused rather than silently drawn uniformly."""
+    sel = spec.selection
+    if sel.kind != "uniform" or sel.over_selection > 0:
+        what = (f"selection.kind {sel.kind!r}" if sel.kind != "uniform"
+                else f"selection.over_selection {sel.over_selection}")
+        raise ConfigError([f"{what}: the selector service draws cohorts uniformly; this "
+                           "policy runs in the embedded simulation (tsfl run) only"])
+
+
 def confine(path: str, policy: AdmissionPolicy, field: str = "data.path") -> Path:
     """``path`` resolved inside the operator's data directory (links followed: a link out
     of it is refused), as an existing regular file within the size bound; errors name
@@ -131,6 +143,7 @@ def admit(spec: JobSpec, policy: AdmissionPolicy
     """Check ``spec`` against the policy and build its initial model; raises
     :class:`ConfigError` naming the field. Blocking: run it in a worker thread."""
     refuse_seeded_privacy(spec)
+    refuse_simulated_selection(spec)
     if spec.vertical is not None:
         raise ConfigError(["vertical: a vertical job has no horizontal model; admit it with "
                            "admit_vertical"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tsfl.plugins import STRATEGY_GROUP, PluginError, load_plugin
 from tsfl.strategies.base import Strategy
 from tsfl.strategies.fedavg import FedAvg, FedProx
 from tsfl.strategies.fedavgm import FedAvgM
@@ -15,12 +16,19 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def build_strategy(name: str, **params: Any) -> Strategy:
-    """Instantiate a strategy by its registered name."""
+    """Instantiate a strategy by its name: a built-in one, else one installed in the
+    ``tsfl.strategies`` entry-point group (:mod:`tsfl.plugins`)."""
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        try:
+            cls = load_plugin(STRATEGY_GROUP, name, Strategy)
+        except PluginError as exc:
+            raise ValueError(f"unknown strategy {name!r}; built in: {sorted(STRATEGIES)}; "
+                             f"{exc}") from None
     try:
-        cls = STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}") from None
-    return cls(**params)
+        return cls(**params)
+    except TypeError as exc:  # an option the plugin's constructor does not take
+        raise ValueError(f"strategy {name!r}: {exc}") from None
 
 
 __all__ = [
