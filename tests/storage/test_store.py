@@ -175,3 +175,15 @@ def test_sqlite_database_file_is_owner_only(tmp_path):
     os.chmod(tmp_path, 0o755)
     asyncio.run(go())
     assert stat.S_IMODE(os.stat(tmp_path / "private.db").st_mode) == 0o600
+
+
+async def test_a_device_joins_an_asynchronous_release_once(store):
+    await _job(store, cohort=())  # a FedBuff release: no cohort up front
+    assert await store.join_release("j1", 1, "late")
+    assert not await store.join_release("j1", 1, "late")  # already in it
+    assert await store.record_upload("j1", 1, "late", num_examples=3, bytes_up=10, metrics={})
+    assert not await store.record_upload("j1", 1, "late", num_examples=3, bytes_up=10,
+                                         metrics={})
+    assert (await store.get_round("j1", 1))["cohort_size"] == 1
+    (part,) = await store.list_participants("j1", 1)
+    assert (part["client_id"], part["status"]) == ("late", "uploaded")

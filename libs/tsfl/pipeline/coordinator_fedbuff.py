@@ -35,7 +35,6 @@ from tsfl.pipeline.job_state import ActiveRound, JobState, UploadRefused
 from tsfl.pipeline.selection import client_seed
 from tsfl.pipeline.task_config import ingest_topic
 from tsfl.privacy.clipping import l2_norm
-from tsfl.storage.buffered_rounds import join_release
 from tsfl.storage.store import RoundState
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update, peek_update_meta, retag_update
@@ -215,8 +214,7 @@ class BufferDesk(DeviceDesk):
         # publish, then persist, then acknowledge (as for a synchronous round)
         await self.bus.publish(ingest_topic(job.spec), frame,
                                key=events.update_key(job.job_id, active.number, client_id))
-        await self.store.run_in_transaction(join_release, job.job_id, active.number,
-                                            client_id)
+        await self.store.join_release(job.job_id, active.number, client_id)
         await self.store.record_upload(job.job_id, active.number, client_id,
                                        num_examples=meta["num_examples"],
                                        bytes_up=len(data), metrics={})

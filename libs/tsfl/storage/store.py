@@ -130,6 +130,11 @@ class Store(Database):
         return await self._tx(participants.record_upload, job_id, number, client_id, num_examples,
                               bytes_up, metrics)
 
+    async def join_release(self, job_id: str, number: int, client_id: str) -> bool:
+        """Add a device to an asynchronous job's open release (FedBuff) before its upload
+        is recorded; False when it is in it already."""
+        return await self._tx(participants.join_release, job_id, number, client_id)
+
     _SQLITE_RECORD_UPLOAD = (
         "UPDATE participants SET status = 'uploaded', num_examples = ?, bytes_up = ?, "
         "metrics = ?, updated_at = ? WHERE job_id = ? AND round = ? AND client_id = ? "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from tsfl.storage.queries.audit import append_audits
 from tsfl.storage.queries.common import now
-from tsfl.storage.schema import participants
+from tsfl.storage.schema import participants, rounds
 from tsfl.storage.states import StoreError
 
 # Hot-path statements are built once: constructing SQLAlchemy expressions per call costs
@@ -76,3 +76,20 @@ def list_participants(conn: Connection, job_id: str, number: int | None
     rows = conn.execute(query.order_by(participants.c.round,
                                        participants.c.client_id)).mappings().all()
     return [dict(r) for r in rows]
+
+
+def join_release(conn: Connection, job_id: str, number: int, client_id: str) -> bool:
+    """An asynchronous (FedBuff) release has no cohort drawn up front: a device joins it
+    as a selected participant when its update is accepted into it (the upload is then
+    recorded as for any round), and the release's cohort size counts it. False, changing
+    nothing, when it is a participant already."""
+    present = conn.execute(_PARTICIPANT_STATUS, {"p_job": job_id, "p_round": number,
+                                                 "p_client": client_id}).scalar()
+    if present is not None:
+        return False
+    ts = now()
+    conn.execute(insert(participants).values(job_id=job_id, round=number, client_id=client_id,
+                                             status="selected", updated_at=ts))
+    conn.execute(update(rounds).where(rounds.c.job_id == job_id, rounds.c.number == number)
+                 .values(cohort_size=rounds.c.cohort_size + 1, updated_at=ts))
+    return True
