@@ -1,6 +1,8 @@
 """What the parts of the coordinator share: its state and the round transitions each part
 may call. :class:`~tsfl.pipeline.coordinator.Coordinator` is one role assembled from
-:class:`~tsfl.pipeline.coordinator_devices.DeviceDesk` (the device API),
+:class:`~tsfl.pipeline.coordinator_jobs.JobDesk` (jobs: submit, resume, finish, enrol),
+:class:`~tsfl.pipeline.coordinator_devices.DeviceDesk` (the device API) with
+:class:`~tsfl.pipeline.coordinator_fedbuff.BufferDesk` (its asynchronous jobs),
 :class:`~tsfl.pipeline.coordinator_crypto.CryptoDesk` (SecAgg+ and threshold HE) and
 :class:`~tsfl.pipeline.coordinator_metrics.ReleaseRecorder` (what a release records);
 the round state machine itself stays in the coordinator module.
@@ -36,6 +38,10 @@ class CoordinatorBase(BusRole):
     @abstractmethod
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` beside the round (kept referenced; stop() cancels it)."""
+
+    @abstractmethod
+    async def _announce_open(self, job: JobState, number: int) -> None:
+        """Ask the selector for round ``number``'s cohort."""
 
     @abstractmethod
     async def _on_deadline(self, job_id: str, number: int) -> None:
