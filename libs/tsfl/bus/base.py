@@ -17,6 +17,9 @@ from typing import Self
 
 from tsfl.errors import ErrorKind, TsflError
 
+#: a record's value: bytes, or a bytearray reassembled from chunks
+Payload = bytes | bytearray
+
 
 class BusError(TsflError, RuntimeError):
     """Misuse of the bus (unknown topic, closed bus, ...)."""
@@ -38,7 +41,7 @@ class Record:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes | bytearray  # bytearray: reassembled from chunks (no extra copy)
+    value: Payload  # bytearray: reassembled from chunks (no extra copy)
     headers: tuple[tuple[str, bytes], ...] = field(default=())
 
 
@@ -107,15 +110,17 @@ class Bus(ABC):
     async def stop(self) -> None: ...
 
     @abstractmethod
-    async def create_topics(self, topics: dict[str, int]) -> None:
-        """Create topics (name -> partitions); existing ones are left as they are."""
+    async def create_topics(self, topics: dict[str, int], timeout_s: float = 30.0
+                            ) -> list[str]:
+        """Create the missing topics (name -> partitions); existing ones are left as they
+        are. Returns the names created."""
 
     @abstractmethod
-    async def publish(self, topic: str, value: bytes, key: bytes | None = None,
+    async def publish(self, topic: str, value: Payload, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
         """Append a record; returns once the bus has accepted it."""
 
-    async def publish_nowait(self, topic: str, value: bytes, key: bytes | None = None,
+    async def publish_nowait(self, topic: str, value: Payload, key: bytes | None = None,
                              headers: Sequence[tuple[str, bytes]] = ()) -> asyncio.Future[None]:
         """Hand a record to the bus and return a future that resolves once it is
         accepted, so a stage can keep working while its output is in flight."""

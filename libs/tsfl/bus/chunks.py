@@ -59,7 +59,8 @@ class ChunkAssembler:
         self._open: dict[tuple[str, int, bytes], _Assembly] = {}
         self._done: set[tuple[str, int, bytes]] = set()
 
-    def add(self, topic: str, partition: int, offset: int, meta: bytes, part: bytes
+    def add(self, topic: str, partition: int, offset: int, meta: bytes,
+            part: bytes | bytearray
             ) -> bytearray | None:
         """The whole value once its last chunk arrives, else None."""
         try:

@@ -26,7 +26,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from tsfl.bus.base import Bus, BusError, BusUnavailable, Consumer, Record, latest_per_partition
+from tsfl.bus.base import (
+    Bus,
+    BusError,
+    BusUnavailable,
+    Consumer,
+    Payload,
+    Record,
+    latest_per_partition,
+)
 from tsfl.bus.chunks import CHUNK_HEADER, ChunkAssembler, split
 from tsfl.telemetry import inject_trace_headers
 from tsfl.wire.envelope import WIRE_VERSION
@@ -132,7 +140,7 @@ class KafkaBus(Bus):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(admin.close(), STOP_TIMEOUT_S)
 
-    async def publish(self, topic: str, value: bytes, key: bytes | None = None,
+    async def publish(self, topic: str, value: Payload, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
         """Raises :class:`~tsfl.bus.base.BusUnavailable` when the broker did not accept
         the record within ``request_timeout_ms``."""
@@ -141,7 +149,7 @@ class KafkaBus(Bus):
         except KafkaError as exc:
             raise unavailable(exc, f"publishing to {topic}") from exc
 
-    async def publish_nowait(self, topic: str, value: bytes, key: bytes | None = None,
+    async def publish_nowait(self, topic: str, value: Payload, key: bytes | None = None,
                              headers: Sequence[tuple[str, bytes]] = ()) -> asyncio.Future[None]:
         if self._producer is None:
             raise BusError("bus is not started")

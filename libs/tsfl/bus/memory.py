@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tsfl.bus.base import Bus, BusError, Consumer, Record
+from tsfl.bus.base import Bus, BusError, Consumer, Payload, Record
 
 
 @dataclass
@@ -49,13 +49,18 @@ class MemoryBus(Bus):
         for topic in list(self._readers):
             self._wake(topic)
 
-    async def create_topics(self, topics: dict[str, int]) -> None:
+    async def create_topics(self, topics: dict[str, int], timeout_s: float = 30.0
+                            ) -> list[str]:
+        created = []
         for name, partitions in topics.items():
             if partitions < 1:
                 raise BusError(f"topic {name!r} needs at least one partition")
-            self._topics.setdefault(name, [_Partition() for _ in range(partitions)])
+            if name not in self._topics:
+                self._topics[name] = [_Partition() for _ in range(partitions)]
+                created.append(name)
+        return created
 
-    async def publish(self, topic: str, value: bytes, key: bytes | None = None,
+    async def publish(self, topic: str, value: Payload, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
         if not self._running:
             raise BusError("bus is not started")

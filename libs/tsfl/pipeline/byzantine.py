@@ -89,6 +89,7 @@ class Byzantine(BusRole):
             if spec.robust.aggregator == "none":
                 self.jobs[job_id] = None
                 return None
+            extra: dict[str, Any]
             history, extra, next_round = ClientHistory(), {}, 1
             saved = await self.store.load_robust_state(job_id)
             if saved is not None:

@@ -52,6 +52,7 @@ from tsfl.pipeline.task_config import (
     secret_cohorts,
 )
 from tsfl.storage.store import RoundState, Store, StoreError
+from tsfl.wire.envelope import Frame
 from tsfl.wire.messages import decode_model
 
 __all__ = ["SYSTEM_AUDIT", "Coordinator", "RoundResult", "UploadRefused"]
@@ -285,7 +286,7 @@ class Coordinator(JobDesk, CryptoDesk, ReleaseRecorder):
             await self._fail(job, job.round, head.get("reason") or "aggregation failed",
                              dict(head["rejected"]))
 
-    async def _on_model(self, data: bytes) -> None:
+    async def _on_model(self, data: Frame) -> None:
         job_id_hint = events.peek_model_job(data)
         job = self.jobs.get(job_id_hint)
         if job is None:
@@ -317,7 +318,7 @@ class Coordinator(JobDesk, CryptoDesk, ReleaseRecorder):
             job.delta_cache.clear()
         self._settle_device_evaluations(job)
         self._superseded(job, job.version, job.model_bytes)
-        job.version, job.model_bytes, job.release_round = version, data, active.number
+        job.version, job.model_bytes, job.release_round = version, bytes(data), active.number
         await self.bus.publish(topics.ROUNDS, events.round_event(
             events.PUBLISHED, job.job_id, active.number, model_version=version),
             key=job.job_id.encode())

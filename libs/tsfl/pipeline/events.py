@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tsfl.wire.codecs import encode_f32
-from tsfl.wire.envelope import pack, pack_frame, require, unpack, unpack_frame
+from tsfl.wire.envelope import Frame, pack, pack_frame, require, unpack, unpack_frame
 
 ROUND_EVENT = "round_event"
 AGGREGATE = "aggregate"
@@ -31,7 +31,7 @@ def round_event(event_type: str, job_id: str, round_number: int, **fields: Any) 
                               **fields})
 
 
-def parse_round_event(data: bytes) -> dict[str, Any]:
+def parse_round_event(data: Frame) -> dict[str, Any]:
     obj = unpack(data, ROUND_EVENT, max_bytes=64 * 1024 * 1024)
     require(obj, "type", str)
     require(obj, "job", str)
@@ -68,7 +68,7 @@ def aggregate_message(job_id: str, round_number: int, version: int, *, layout: s
     return pack_frame(AGGREGATE, head, append_sealed(head, payload, sealed))
 
 
-def parse_aggregate(data: bytes) -> tuple[dict[str, Any], memoryview]:
+def parse_aggregate(data: Frame) -> tuple[dict[str, Any], memoryview]:
     head, payload = unpack_frame(data, AGGREGATE)
     for field, typ in (("job", str), ("round", int), ("version", int), ("layout", str),
                        ("ok", bool), ("accepted", list), ("rejected", dict)):
@@ -100,7 +100,7 @@ def cohort_message(job_id: str, round_number: int, cohort: list[str],
     return pack(COHORT, body)
 
 
-def parse_cohort(data: bytes) -> dict[str, Any]:
+def parse_cohort(data: Frame) -> dict[str, Any]:
     obj = unpack(data, COHORT, max_bytes=64 * 1024 * 1024)
     for field, typ in (("job", str), ("round", int), ("cohort", list)):
         require(obj, field, typ)
@@ -118,7 +118,7 @@ def verdict_message(job_id: str, round_number: int, client_id: str, *, weight: f
                           "scale": float(scale)})
 
 
-def parse_verdict(data: bytes) -> dict[str, Any]:
+def parse_verdict(data: Frame) -> dict[str, Any]:
     obj = unpack(data, VERDICT, max_bytes=1024 * 1024)
     for field, typ in (("job", str), ("round", int), ("client", str), ("weight", float),
                        ("reason", str)):
@@ -148,7 +148,7 @@ def update_key(job_id: str, round_number: int, client_id: str) -> bytes:
     return f"{job_id}:{round_number}:{client_id}".encode()
 
 
-def peek_model_job(data: bytes) -> str:
+def peek_model_job(data: Frame) -> str:
     """The job a ``tsfl.models`` frame belongs to (header only)."""
     head, _ = unpack_frame(data, "model", verify=False)
     return require(head, "job", str)

@@ -74,8 +74,11 @@ class CommitBoard:
                 raise HeError("malformed", "a commitment is a 32-byte section digest")
             cert = IdentityCertificate.from_wire(msg.get("c"))
             verify_certificate(cert, self.authorities, client_id)
+            signature = msg.get("s")
+            if not isinstance(signature, bytes):
+                raise HeError("malformed", "a commitment must be signed")
             verify(cert, COMMIT, commit_body(self.job_id, self.round, self.key_id, digest),
-                   msg.get("s"))
+                   signature)
         except IdentityError as exc:
             raise HeError("identity", f"commitment: {exc}") from None
 

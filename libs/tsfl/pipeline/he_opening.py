@@ -71,7 +71,10 @@ class OpeningStages:
                 raise HeError("opening", f"Shamir point {x!r} is out of range")
             cert = IdentityCertificate.from_wire(msg.get("c"))
             verify_certificate(cert, self.authorities, client_id)
-            verify(cert, purpose, signed_body(self.view, x, value), msg.get("s"))
+            signature = msg.get("s")
+            if not isinstance(signature, bytes):
+                raise HeError("opening", "the message is not signed")
+            verify(cert, purpose, signed_body(self.view, x, value), signature)
         except IdentityError as exc:
             raise HeError("identity", str(exc)) from None
         return x
@@ -152,7 +155,9 @@ class OpeningStages:
                 msg = payload.get("partial")
                 if self.decryptors is None or client_id not in self.decryptors:
                     raise HeError("opening", f"{client_id!r} is not a decryptor")
-                blob = msg.get("d") if isinstance(msg, dict) else None
+                if not isinstance(msg, dict):
+                    raise HeError("opening", "a partial decryption is a map")
+                blob = msg.get("d")
                 if not isinstance(blob, bytes):
                     raise HeError("opening", "a partial decryption needs its bytes")
                 if msg.get("v") != hashlib.sha256(blob).digest():

@@ -49,7 +49,7 @@ from tsfl.storage.rows import CheckpointRow, JobRow, job_layout
 from tsfl.storage.store import Store
 from tsfl.strategies import Strategy
 from tsfl.wire.codecs import encode_f32
-from tsfl.wire.envelope import WireError, pack_frame
+from tsfl.wire.envelope import Frame, WireError, pack_frame
 from tsfl.wire.messages import append_sealed, decode_update, encode_update, peek_update_meta
 
 #: stream id mixed into the job seed for the central noise of a round
@@ -165,7 +165,7 @@ class Privacy(BusRole):
                                                    headers=record.headers)
         self.settle_when_published(record, published)
 
-    def _clip(self, state: _Release, data: bytes) -> bytes:
+    def _clip(self, state: _Release, data: Frame) -> bytes:
         assert state.plan is not None and state.clip_norm is not None
         update = decode_update(data, state.layout, max_bytes=self.max_update_bytes,
                                verify_checksum=False, allow_nonfinite=True)

@@ -35,6 +35,7 @@ class UniformSelector:
         if self.secure:
             picks = secrets.SystemRandom().sample(range(len(available)), k)
         else:
+            assert self.seed is not None
             rng = np.random.default_rng([self.seed, round_number, 0x5E1EC7])
             picks = rng.choice(len(available), size=k, replace=False).tolist()
         return [available[i] for i in picks]
@@ -47,6 +48,7 @@ class UniformSelector:
         if self.secure:
             u = SecureNoise().uniform(len(available)) if available else np.zeros(0)
         else:
+            assert self.seed is not None
             u = np.random.default_rng([self.seed, round_number, 0x9015]).random(len(available))
         keep = u < rate
         return [c for c, k in zip(available, keep, strict=True) if k]

@@ -18,7 +18,7 @@ F32 = np.dtype("<f4")
 
 def encode_f32(vec: np.ndarray) -> memoryview:
     """The vector's bytes (no copy when it is already contiguous little-endian float32)."""
-    return memoryview(np.ascontiguousarray(vec, dtype=F32)).cast("B")
+    return np.ascontiguousarray(vec, dtype=F32).data.cast("B")
 
 
 def decode_f32(payload: bytes | memoryview, expected_size: int) -> np.ndarray:

@@ -22,6 +22,10 @@ import xxhash
 
 from tsfl.errors import TsflError
 
+#: what a decoder reads: a frame as received (a bus record may be a reassembled
+#: bytearray), or a zero-copy view of one
+Frame = bytes | bytearray | memoryview
+
 WIRE_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3 + 1024**2  # a 2 GiB model plus its header
 MAGIC = b"TSF1"
@@ -47,7 +51,7 @@ def checksum(payload: bytes | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(payload)
 
 
-def _loads(data: bytes | memoryview, max_bytes: int) -> Any:
+def _loads(data: Frame, max_bytes: int) -> Any:
     try:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=True, max_bin_len=max_bytes,
@@ -73,7 +77,7 @@ def pack(kind: str, body: dict[str, Any]) -> bytes:
     return msgpack.packb({"v": WIRE_VERSION, "kind": kind, **body}, use_bin_type=True)
 
 
-def unpack(data: bytes | memoryview, kind: str,
+def unpack(data: Frame, kind: str,
            max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, Any]:
     """Decode a control envelope of the expected ``kind``; never trusts the sender."""
     if len(data) > max_bytes:
@@ -89,7 +93,7 @@ def pack_frame(kind: str, header: dict[str, Any], payload: bytes | memoryview) -
     return b"".join((_PREFIX.pack(MAGIC, len(head)), head, bytes(pad), payload))
 
 
-def unpack_frame(data: bytes | memoryview, kind: str,
+def unpack_frame(data: Frame, kind: str,
                  max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  verify: bool = True) -> tuple[dict[str, Any], memoryview]:
     """Split and check a frame; the payload comes back as a zero-copy memoryview."""

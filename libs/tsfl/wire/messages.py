@@ -19,6 +19,7 @@ from tsfl.core.update import Update
 from tsfl.wire.codecs import check_chain, decode_f32, decode_payload, encode_f32
 from tsfl.wire.envelope import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    Frame,
     WireError,
     checksum,
     pack_frame,
@@ -47,6 +48,7 @@ def encode_update(update: Update, layout: ParamLayout, encoded: Encoded | None =
         "layout": layout.digest,
         "codecs": ["f32"],
     }
+    payload: bytes | memoryview
     if encoded is None:
         payload = encode_f32(update.delta)
     else:
@@ -104,7 +106,7 @@ def _meta(head: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def peek_update_meta(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
+def peek_update_meta(data: Frame, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
                      verify: bool = False) -> dict[str, Any]:
     """Job, round, client and sizes of an update without decoding its values.
 
@@ -114,7 +116,7 @@ def peek_update_meta(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
     return _meta(head)
 
 
-def decode_update(data: bytes, layout: ParamLayout, *,
+def decode_update(data: Frame, layout: ParamLayout, *,
                   max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                   allow_nonfinite: bool = False, verify_checksum: bool = True,
                   he_clear: np.ndarray | None = None) -> Update:
@@ -214,7 +216,7 @@ def model_base(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
     return base
 
 
-def decode_model(data: bytes | memoryview, layout: ParamLayout,
+def decode_model(data: Frame, layout: ParamLayout,
                  max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  base: np.ndarray | None = None
                  ) -> tuple[str, int, np.ndarray, dict[str, Any]]:
