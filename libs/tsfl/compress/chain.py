@@ -131,7 +131,7 @@ def encode_vector(vec: np.ndarray, chain: CodecChain, settings: CodecSettings,
             indices = random_k(n, k, seed)
         values = vec[indices]
     if chain.values == "f32":
-        sections.append(memoryview(values).cast("B"))
+        sections.append(np.ascontiguousarray(values).data.cast("B"))
         decoded = values
     elif chain.values == "qsgd":
         params["block"], params["levels"] = settings.block, settings.levels

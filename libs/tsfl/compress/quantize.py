@@ -98,9 +98,9 @@ def quantize_qsgd(values: np.ndarray, levels: int, block: int, rng: np.random.Ge
                   ) -> tuple[bytes, bytes, np.ndarray]:
     """(int8 signed levels, per-block float32 norms, the decoded values)."""
     m = values.size
-    x = np.zeros(num_blocks(m, block) * block, np.float32)
-    x[:m] = values
-    x = x.reshape(-1, block)
+    flat = np.zeros(num_blocks(m, block) * block, np.float32)
+    flat[:m] = values
+    x = flat.reshape(-1, block)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
     safe = np.where(norms > 0, norms, np.float32(1))[:, None]
     scaled = np.abs(x) * (np.float32(levels) / safe)

@@ -22,7 +22,7 @@ def encode_xor_delta(new: np.ndarray, old: np.ndarray) -> bytes:
     x = np.bitwise_xor(np.ascontiguousarray(new, "<f4").view("<u4"),
                        np.ascontiguousarray(old, "<f4").view("<u4"))
     shuffled = np.ascontiguousarray(x.view(np.uint8).reshape(-1, 4).T)
-    return lossless.compress("zstd", memoryview(shuffled).cast("B"))
+    return lossless.compress("zstd", shuffled.data.cast("B"))
 
 
 def decode_xor_delta(payload: bytes | memoryview, old: np.ndarray) -> np.ndarray:

@@ -158,12 +158,13 @@ def _epsilons(runs: tuple[tuple[RoundEvent, int], ...], delta: float,
     has_fixed = any(ev.sampling == "fixed" for ev, _ in runs)
     has_staircase = any(ev.mechanism == "staircase" for ev, _ in runs)
     events = [ev.dp_event() for ev, _ in runs]
-    if all(isinstance(e, dp_event.GaussianDpEvent) for e in events):
+    gaussians = [e for e in events if isinstance(e, dp_event.GaussianDpEvent)]
+    if len(gaussians) == len(events):
         # Unsampled Gaussian releases compose exactly into one Gaussian with
         # σ = (Σ nᵢ/σᵢ²)^(-1/2) (Dong, Roth & Su 2019, Cor. 3.3), whose ε dp-accounting
         # gives analytically (Balle & Wang 2018): exact, where the n-fold PLD of a
         # low-noise Gaussian is a grid of millions of points.
-        sigma = sum(n / e.noise_multiplier ** 2 for e, (_, n) in zip(events, runs,
+        sigma = sum(n / e.noise_multiplier ** 2 for e, (_, n) in zip(gaussians, runs,
                                                                        strict=True)) ** -0.5
         exact = float(gaussian_mechanism.get_epsilon_gaussian(sigma, delta))
         rdp_eps = _rdp_epsilon(runs, delta, NeighborRel.ADD_OR_REMOVE_ONE)

@@ -293,8 +293,11 @@ def discrete_laplace(scale: float, size: int, source: NoiseSource) -> np.ndarray
         ok = prop.keep
         if prop.m:
             x = prop.u / t
-            ok &= _accept(x, x * 2.0 ** -52,
-                          lambda i, u=prop.u: Fraction(int(u[i])) / t_exact, source)
+
+            def exact(i: int) -> Fraction:
+                return Fraction(int(prop.u[i])) / t_exact
+
+            ok &= _accept(x, x * 2.0 ** -52, exact, source)
         return ok
 
     return _fill(size, t, source, accepted, first_rate=0.9, min_rate=0.1)
@@ -346,9 +349,12 @@ def discrete_gaussian(sigma: float, size: int, source: NoiseSource) -> np.ndarra
         # beyond (probability e^{−63}), an infinite bound sends the comparison to the slow path
         err = np.where(prop.mag <= 64.0 * sigma, 2.0 ** -33, np.inf)
         ok = prop.keep
-        ok &= _accept(x, err, lambda i, prop=prop: (
-            Fraction(int(prop.u[i])) / int(t) + (prop.exact_mag(i) - c_exact) ** 2
-            / (2 * s_exact)), source)
+
+        def exact(i: int) -> Fraction:
+            return (Fraction(int(prop.u[i])) / int(t)
+                    + (prop.exact_mag(i) - c_exact) ** 2 / (2 * s_exact))
+
+        ok &= _accept(x, err, exact, source)
         return ok
 
     return _fill(size, t, source, accepted, first_rate=0.7, min_rate=0.05)

@@ -68,12 +68,13 @@ class ClientHistory:
         d = x.shape[0]
         if d <= self.sketch_size:
             return x.astype(np.float32, copy=True)
-        if self._hash is None or self._hash[0] != d:
+        hashed = self._hash
+        if hashed is None or hashed[0] != d:
             rng = np.random.default_rng(self.seed)
-            buckets = rng.integers(0, self.sketch_size, d)
-            signs = rng.integers(0, 2, d).astype(np.float32) * 2 - 1
-            self._hash = (d, buckets, signs)
-        _, buckets, signs = self._hash
+            buckets = np.asarray(rng.integers(0, self.sketch_size, d))
+            signs = np.asarray(rng.integers(0, 2, d), dtype=np.float32) * 2 - 1
+            hashed = self._hash = (d, buckets, signs)
+        _, buckets, signs = hashed
         return np.bincount(buckets, weights=x * signs, minlength=self.sketch_size
                            ).astype(np.float32)
 

@@ -163,6 +163,7 @@ def dp_sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor
         if anchors is not None:
             with torch.no_grad():
                 for p, a in zip(named, anchors, strict=True):
+                    assert p.grad is not None  # set from the noised update just above
                     p.grad.add_(p - a, alpha=settings.proximal_mu)
         opt.step()
     return {"train_loss": loss_sum / max(seen, 1), "steps": steps, "sampling_rate": q,

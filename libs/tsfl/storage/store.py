@@ -152,6 +152,7 @@ class Store(Database):
         if self._conn.in_transaction():
             raise StoreError("record_upload called inside another transaction")
         raw = self._conn.connection.driver_connection
+        assert raw is not None
         raw.execute("BEGIN IMMEDIATE")
         try:
             cur = raw.execute(self._SQLITE_RECORD_UPLOAD, (

@@ -199,9 +199,9 @@ def _train_chunk(module: nn.Module, layout: ParamLayout, start: torch.Tensor,
     offsets[order] = np.concatenate([[0], np.cumsum(sizes[order])[:-1]])
     x = torch.cat([members[k].x for k in order])
     y = torch.cat([members[k].y.long() for k in order])
-    rows = _batch_rows(members, order, s, offsets, steps)
-    counts = (rows >= 0).sum(axis=2)  # b_k,t
-    index = torch.from_numpy(np.maximum(rows, 0))
+    batch_rows = _batch_rows(members, order, s, offsets, steps)
+    counts = (batch_rows >= 0).sum(axis=2)  # b_k,t
+    index = torch.from_numpy(np.maximum(batch_rows, 0))
     active = [int((steps > t).sum()) for t in range(int(steps.max()))]
     short = [_short_batches(counts[:m, t], s.batch_size) for t, m in enumerate(active)]
 

@@ -52,6 +52,8 @@ def train_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor,
             if anchors is not None:
                 with torch.no_grad():
                     for p, a in zip(params, anchors, strict=True):
+                        if p.grad is None:  # not in this batch's graph: the term alone
+                            p.grad = torch.zeros_like(p)
                         p.grad.add_(p - a, alpha=settings.proximal_mu)
             opt.step()
             total += float(loss.detach()) * len(idx)

@@ -150,10 +150,11 @@ class KeyShare:
         public = CollectivePublicKey.from_wire(raw.get("public"))
         me = public.participant(str(raw.get("id")))
         out = raw.get("out")
-        if me.x != raw.get("x") or not isinstance(out, bytes) or len(out) != 32:
+        share = raw.get("share")
+        if (me.x != raw.get("x") or not isinstance(out, bytes) or len(out) != 32
+                or not isinstance(share, bytes)):
             raise HeError("key", "the key share file is corrupted")
-        return cls(public, me.device_id, me.x, poly_from(raw.get("share"), public.params),
-                   out)
+        return cls(public, me.device_id, me.x, poly_from(share, public.params), out)
 
     def write(self, path: str | Path) -> Path:
         p = Path(path)

@@ -89,7 +89,7 @@ class NegacyclicNtt:
         twiddles shaped to broadcast over the stage's view."""
         p, n, k = np.uint64(self.p), self.n, self._k
         shoup = (w << _U32) // p
-        stages = []
+        stages: list[tuple[bool, int, int, np.ndarray, np.ndarray]] = []
         dist = n // 2 if forward else 1
         while 1 <= dist < n:
             m = n // (2 * dist)  # butterfly groups; their twiddles are w[m : 2m]

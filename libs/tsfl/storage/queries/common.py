@@ -28,4 +28,5 @@ def now() -> str:
 
 
 def count(conn: Connection, table_name: str) -> int:
-    return int(conn.execute(select(func.count()).select_from(TABLES[table_name])).scalar())
+    return int(conn.execute(select(func.count()).select_from(TABLES[table_name])).scalar()
+               or 0)

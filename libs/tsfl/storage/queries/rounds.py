@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Update, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -27,7 +27,7 @@ _ROUND_WHERE = (rounds.c.job_id == bindparam("r_job"), rounds.c.number == bindpa
 _ROUND_STATE = select(rounds.c.state).where(*_ROUND_WHERE)
 _ROUND_METRICS = update(rounds).where(*_ROUND_WHERE).values(metrics=bindparam("m"),
                                                            updated_at=bindparam("ts"))
-_TRANSITIONS = {
+_TRANSITIONS: dict[RoundState, Update] = {
     new: update(rounds).where(
         *_ROUND_WHERE, rounds.c.state.in_([s.value for s, nx in NEXT_STATES.items()
                                            if new in nx]))
