@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -65,6 +65,7 @@ from tsfl.privacy.audit import BETA, audit
 from tsfl.runtime.audit_report import PrivacyAudit
 from tsfl.runtime.embedded import RoundCallback, run_embedded
 from tsfl.runtime.simulation import Federation, build_federation
+from tsfl.sdk.client import TorchClient
 from tsfl.wire.envelope import WireError
 from tsfl.wire.messages import decode_update
 
@@ -340,7 +341,7 @@ async def run_privacy_audit(spec: JobSpec, out_dir: Path, *, canaries: int = 100
     privacy = device_privacy or _seeded_device(run_spec, cset.seed)
     devices = _registered(run_spec, cset, absent, layout, privacy)
     fed.client_ids = [*fed.client_ids, *devices]
-    fed.clients.update(devices)
+    fed.clients.update(cast(dict[str, TorchClient], devices))  # canaries train like one
     notes = []
     if p.noise == "seeded":
         notes.append("noise: seeded — the run's noise is predictable from the job's seed "

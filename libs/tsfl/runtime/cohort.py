@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -105,7 +105,9 @@ class CohortTraining:
         if self.off is not None:
             return client
         if isinstance(client, MaliciousClient) and self._plain(client.inner):
-            return MaliciousClient(_Served(cid, client.inner, self), client.attack)
+            # a served client trains like the TorchClient it wraps (the attack wraps it)
+            return MaliciousClient(cast(TorchClient, _Served(cid, client.inner, self)),
+                                   client.attack)
         return _Served(cid, client, self) if self._plain(client) else client
 
     def _plain(self, client: Any) -> bool:

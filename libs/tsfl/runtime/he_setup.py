@@ -51,8 +51,9 @@ class HeSetup:
 
         async def one(cid: str) -> None:
             device = self.devices[cid]
-            await device.open_round(transport, cid, job_id, version, model,
-                                    *device.job(config, layout))
+            keys, he_job = device.job(config, layout)
+            assert isinstance(keys, KeyShare)  # threshold keying: a silo holds a share
+            await device.open_round(transport, cid, job_id, version, model, keys, he_job)
 
         await asyncio.gather(*(one(c) for c in online))
 

@@ -54,6 +54,7 @@ def with_authority(spec_yaml: str, authority: str) -> str:
     crypto = data.get("crypto") if isinstance(data, dict) else None
     if not isinstance(crypto, dict) or crypto.get("mode") != "he":
         raise ValueError("--authority is for jobs with crypto.mode he")
-    he = crypto.get("he") if isinstance(crypto.get("he"), dict) else {}
+    given = crypto.get("he")
+    he = given if isinstance(given, dict) else {}
     crypto["he"] = {**he, "authority": [public.hex()]}
     return yaml.safe_dump(data, sort_keys=False)

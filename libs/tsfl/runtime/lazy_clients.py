@@ -64,12 +64,12 @@ class PopulationClient(TorchClient):
     def _set_records(self, x: Any, y: Any) -> None:
         """Nothing to set: the records are the population's."""
 
-    @property  # type: ignore[override]
-    def x(self) -> torch.Tensor:
+    @property
+    def x(self) -> torch.Tensor:  # type: ignore[override]
         return self.records.get(self.index)[0]
 
-    @property  # type: ignore[override]
-    def y(self) -> torch.Tensor:
+    @property
+    def y(self) -> torch.Tensor:  # type: ignore[override]
         return self.records.get(self.index)[1]
 
     @property

@@ -148,7 +148,7 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
         server, port, health = await start_coordinator_server(
             role, jobs, cfg.grpc, credentials=server_credentials(cfg))
         address = f"{cfg.grpc.rsplit(':', 1)[0]}:{port}"
-        names = COORDINATOR_HEALTH
+        names: tuple[str, ...] = COORDINATOR_HEALTH
         if not cfg.health.endswith(":0"):
             # a plaintext health port beside the (possibly TLS) device port: what
             # Kubernetes' gRPC probes, which speak no TLS, can reach

@@ -212,8 +212,9 @@ class ClientRunner:
             return RoundOutcome(task, UploadReceipt(True), trained.bytes_down, sent, metrics)
         sealed, base = None, global_vec
         if he is not None:  # the hidden coordinates leave encrypted; the rest as usual
-            seal = functools.partial(self.he.seal_update, *he, global_vec, delta, int(n),
-                                     job_id=task.job_id, round_number=task.round)
+            keys, he_job = he
+            seal = functools.partial(self.he.seal_update, keys, he_job, global_vec, delta,
+                                     int(n), job_id=task.job_id, round_number=task.round)
             delta, sealed = await asyncio.to_thread(seal) if self.offload else seal()
             base = global_vec[he[1].clear]
             if isinstance(he[0], KeyShare):  # commit before reveal (threshold keying)

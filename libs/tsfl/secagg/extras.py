@@ -67,10 +67,10 @@ class Extras:
         m_clip, scale = self.metric_clip, 1 << FRAC_BITS
         for name in self.metrics:
             value = metrics.get(name)
-            ok = isinstance(value, int | float) and math.isfinite(value)
-            weight = num_examples if ok else 0
-            fixed = round((min(max(float(value), -m_clip), m_clip) + m_clip) * scale) \
-                if ok else 0  # type: ignore[arg-type]
+            weight, fixed = 0, 0
+            if isinstance(value, int | float) and math.isfinite(value):
+                weight = num_examples
+                fixed = round((min(max(float(value), -m_clip), m_clip) + m_clip) * scale)
             limbs += self._split(weight, N_BITS) + self._split(weight * fixed,
                                                                self._value_bits)
         return np.asarray(limbs, dtype=np.uint64)

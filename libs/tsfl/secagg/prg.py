@@ -32,7 +32,7 @@ def fill(seed: bytes, out: np.ndarray) -> np.ndarray:
     if out.dtype != np.dtype("<u8") or not out.flags.c_contiguous:
         raise ValueError("masks are written into contiguous little-endian uint64 arrays")
     enc = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
-    enc.update_into(_zeros(out.nbytes), out.view(np.uint8))
+    enc.update_into(_zeros(out.nbytes), out.view(np.uint8).data)
     return out
 
 

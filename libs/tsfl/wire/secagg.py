@@ -50,7 +50,7 @@ def encode_request(stage: str, payload: dict[str, Any], ring_bits: int) -> bytes
         width = ring_width(ring_bits)
         y = np.ascontiguousarray(payload["y"], dtype="<u8")
         packed = y.view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
-        body = {"y": packed}
+        body: dict[str, Any] = {"y": packed}
     elif stage == "unmask":
         body = {"shares": {v: [k, int(x).to_bytes(SHARE_BYTES, "big")]
                            for v, (k, x) in payload["shares"].items()}}
