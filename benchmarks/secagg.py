@@ -42,9 +42,11 @@ from benchmarks._common import RESULTS, console, print_table, write_results
 from tsfl.identity import DeviceIdentity, IdentityAuthority
 from tsfl.secagg import keys
 from tsfl.secagg.advert import Trust
+from tsfl.secagg.client import SecAggClient
 from tsfl.secagg.extras import Extras
-from tsfl.secagg.protocol import RoundConfig, SecAggClient, SecAggServer
 from tsfl.secagg.ring import RingSpec, dequantize_sum, quantize
+from tsfl.secagg.round import RoundConfig
+from tsfl.secagg.server import SecAggServer
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 SIZE = 100_000

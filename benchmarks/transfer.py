@@ -89,7 +89,7 @@ async def naive_download(transport: Any, job_id: str) -> bytes:
 
 async def measure(port: int, n: int) -> dict[str, Any]:
     from tsfl.core.layout import ParamLayout
-    from tsfl.rpc.client import GrpcTransport
+    from tsfl.sdk.grpc_transport import GrpcTransport
     from tsfl.wire import decode_model
 
     layout = ParamLayout([("w", (n,), "float32")])

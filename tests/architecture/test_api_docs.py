@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 PUBLIC = ["tsfl.api", "tsfl.config", "tsfl.sdk.client", "tsfl.sdk.runner",
-          "tsfl.sdk.privacy_guard", "tsfl.rpc.client", "tsfl.identity", "tsfl.metrics"]
+          "tsfl.sdk.privacy_guard", "tsfl.sdk.grpc_client", "tsfl.sdk.grpc_transport",
+          "tsfl.identity", "tsfl.metrics"]
 
 
 def test_api_reference_builds(tmp_path):

@@ -11,7 +11,7 @@ from tsfl.bus.liveness import BrokerWatch
 from tsfl.config.base import MAX_CLIENTS, MAX_ROUNDS
 from tsfl.config.training import RoundSpec
 from tsfl.pipeline.job_state import NORM_MIN_HISTORY, NORM_WINDOW
-from tsfl.rpc import admin_auth, admin_service, common, server
+from tsfl.rpc import admin_auth, admin_service, common, device_gate, device_uploads
 from tsfl.rpc.guard import PeerLimiter, RefusalLog, valid_device_id
 from tsfl.rpc.spool import UploadSpool
 from tsfl.runtime import jobs
@@ -77,10 +77,10 @@ def test_the_limits_table_gives_the_codes_defaults():
         "refusal audit rows": f"1 per (chain, kind, code) per {refusals.window_s:.0f} s",
         "device id": "1-128 characters",
         "a live device id is locked for":
-            f"{server.LIVE_S:.0f} s after its last authenticated call",
+            f"{device_gate.LIVE_S:.0f} s after its last authenticated call",
         "uploads in flight, all devices": f"{spool.max_bytes // GiB} GiB (declared sizes)",
         "uploads in flight, one device and job": f"{spool.per_device}",
-        "a stream sending nothing is dropped after": f"{server.STREAM_IDLE_S:.0f} s",
+        "a stream sending nothing is dropped after": f"{device_uploads.STREAM_IDLE_S:.0f} s",
         "a partial upload idle is dropped after": f"{spool.ttl_s:.0f} s",
         "one unary message": f"{common.MAX_UNARY_BYTES // MiB} MiB",
         "update-norm bound":

@@ -22,11 +22,11 @@ import yaml
 
 from tsfl.config import parse_job
 from tsfl.core.layout import ParamLayout
-from tsfl.rpc.client import start_client
 from tsfl.rpc.health import check
 from tsfl.rpc.retry import Backoff
 from tsfl.runtime import stack
 from tsfl.runtime.broker import LocalBroker, free_port, start_local_broker
+from tsfl.sdk.grpc_client import start_client
 from tsfl.storage import Store
 from tsfl.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 
@@ -111,8 +111,8 @@ class _Devices:
     """Devices driven step by step over real gRPC (one event loop for their channels)."""
 
     def __init__(self, address: str, job_id: str, job: dict, count: int):
-        from tsfl.rpc.client import GrpcTransport
         from tsfl.runtime.simulation import initial_model
+        from tsfl.sdk.grpc_transport import GrpcTransport
 
         self.loop = asyncio.new_event_loop()
         self.job_id = job_id

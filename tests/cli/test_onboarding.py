@@ -12,8 +12,8 @@ from grpc_stack import coordinator_grpc
 from torch import nn
 
 from tsfl.core.layout import ParamLayout
-from tsfl.rpc.client import LayoutMismatch, start_client
 from tsfl.sdk import TorchClient
+from tsfl.sdk.grpc_client import LayoutMismatch, start_client
 from tsfl.training.flat import FlatModule
 
 SPEC = yaml.safe_dump({"name": "onboard", "rounds": 1, "clients": {"count": 2, "per_round": 2},
@@ -73,7 +73,7 @@ def test_a_custom_layout_is_refused_with_what_to_do():
 def test_a_device_joins_knowing_only_the_job_id(tmp_path):
     """GetJob's promise kept on the device API: the layout from registration is enough to
     build the model, train, and end with the job's final model."""
-    from tsfl.rpc.client import fetch_job_layout, run_client
+    from tsfl.sdk.grpc_client import fetch_job_layout, run_client
     from tsfl.sdk.job_model import job_model
 
     async def scenario():

@@ -12,11 +12,12 @@ from tsfl.bus import topics
 from tsfl.config import parse_job
 from tsfl.core.update import Update
 from tsfl.pipeline.roles import LocalPipeline
+from tsfl.rpc import device_service
 from tsfl.rpc import server as rpc_server
-from tsfl.rpc.client import GrpcTransport
 from tsfl.rpc.spool import SpoolError, UploadSpool
 from tsfl.runtime.jobs import JobManager
 from tsfl.runtime.simulation import initial_model
+from tsfl.sdk.grpc_transport import GrpcTransport
 from tsfl.storage.store import Store
 from tsfl.v1 import device_pb2
 from tsfl.wire import decode_model, encode_update
@@ -55,7 +56,7 @@ def test_spool_resumes_and_checks_its_limits():
     assert expiring.get("j", "d", "x") is None
 
 
-class FlakyServicer(rpc_server.DeviceServicer):
+class FlakyServicer(device_service.DeviceServicer):
     """Cuts the first upload and the first download stream half-way (a dropped link)."""
 
     cut_uploads = 1
@@ -90,7 +91,7 @@ async def coordinator_server(tmp_path, monkeypatch):
     monkeypatch.setattr(rpc_server, "DeviceServicer", FlakyServicer)
     monkeypatch.setattr(FlakyServicer, "cut_uploads", 1)
     monkeypatch.setattr(FlakyServicer, "cut_downloads", 1)
-    monkeypatch.setattr(rpc_server, "CHUNK_BYTES", 16 * 1024)
+    monkeypatch.setattr(device_service, "CHUNK_BYTES", 16 * 1024)
     store = await Store.open(f"sqlite:///{tmp_path / 't.db'}")
     pipeline = await LocalPipeline.in_memory(store)
     jobs = JobManager(pipeline.coordinator, registration_timeout_s=30)

@@ -24,9 +24,9 @@ from tsfl.bus import topics  # noqa: E402
 from tsfl.cli.main import main  # noqa: E402
 from tsfl.config import parse_job  # noqa: E402
 from tsfl.pipeline.registry import parse_registry_event, vector_sha256  # noqa: E402
-from tsfl.rpc.client import run_client  # noqa: E402
 from tsfl.runtime.embedded import run_embedded  # noqa: E402
 from tsfl.runtime.simulation import build_federation  # noqa: E402
+from tsfl.sdk.grpc_client import run_client  # noqa: E402
 from tsfl.sim.datasets import load_dataset  # noqa: E402
 from tsfl.sim.models import build_model  # noqa: E402
 from tsfl.storage import Store  # noqa: E402

@@ -20,8 +20,8 @@ from tsfl.pipeline.federated_eval import (
     VersionEvaluation,
     check_report,
 )
-from tsfl.rpc.client import run_client
 from tsfl.runtime.simulation import build_federation
+from tsfl.sdk.grpc_client import run_client
 from tsfl.wire.messages import LATEST_MODEL
 
 SPEC = {"name": "fed-eval", "seed": 3, "rounds": 3,

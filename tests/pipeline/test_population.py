@@ -10,8 +10,8 @@ import yaml
 from grpc_stack import coordinator_grpc
 
 from tsfl.config import ConfigError, parse_job
-from tsfl.rpc.client import run_client
 from tsfl.runtime.simulation import build_federation
+from tsfl.sdk.grpc_client import run_client
 
 SPEC = {"name": "grow", "seed": 3, "rounds": 12, "model": {"kind": "logreg"},
         "clients": {"count": 6, "per_round": 3, "min_enrolled": 3},

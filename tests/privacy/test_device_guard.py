@@ -155,7 +155,7 @@ def test_empty_and_refused_streams_are_audited(outcome):
 
 
 async def _truncated_stream(tmp_path) -> tuple[grpc.StatusCode, list]:
-    from tsfl.rpc.client import GrpcTransport
+    from tsfl.sdk.grpc_transport import GrpcTransport
 
     spec = yaml.safe_dump({"name": "trunc", "rounds": 1, "clients": {"count": 1,
                                                                      "per_round": 1},

@@ -222,8 +222,8 @@ BAD_JOB = {**JOB, "name": "bad", "rounds": 1, "clients": {"count": 4, "per_round
 
 async def _bad_uploads(address: str, job_id: str) -> dict[str, grpc.StatusCode]:
     from tsfl.core.update import Update
-    from tsfl.rpc.client import GrpcTransport
     from tsfl.runtime.simulation import initial_model
+    from tsfl.sdk.grpc_transport import GrpcTransport
     from tsfl.v1 import device_pb2
     from tsfl.wire import encode_update
 

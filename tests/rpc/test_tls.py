@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tsfl.pipeline.roles import LocalPipeline
-from tsfl.rpc.client import GrpcTransport, TLSConfig
 from tsfl.rpc.server import start_coordinator_server
 from tsfl.runtime.jobs import JobManager
 from tsfl.runtime.service import ServiceConfig, server_credentials
+from tsfl.sdk.grpc_transport import GrpcTransport, TLSConfig
 from tsfl.storage import Store
 from tsfl.v1 import admin_pb2, admin_pb2_grpc
 

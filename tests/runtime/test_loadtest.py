@@ -11,12 +11,12 @@ import grpc
 import pytest
 
 from tsfl.core.layout import ParamLayout
-from tsfl.rpc.client import start_client
 from tsfl.rpc.retry import Backoff
 from tsfl.runtime import stack
 from tsfl.runtime.broker import free_port
 from tsfl.runtime.loadtest import LoadTestOptions, check_counted_once, percentiles, run_loadtest
 from tsfl.runtime.proc_stats import ProcSampler, cpu_seconds, memory_mb
+from tsfl.sdk.grpc_client import start_client
 from tsfl.v1 import device_pb2, device_pb2_grpc
 
 

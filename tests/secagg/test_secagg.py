@@ -14,8 +14,9 @@ from tsfl.secagg.extras import Extras
 from tsfl.secagg.graph import harary, neighbours
 from tsfl.secagg.local import clients_for, enrol, run_round
 from tsfl.secagg.params import ParameterError, derive, markdown_table, table
-from tsfl.secagg.protocol import SecAggRefusal, SecAggServer
 from tsfl.secagg.ring import dequantize_sum, quantize
+from tsfl.secagg.round import SecAggRefusal
+from tsfl.secagg.server import SecAggServer
 
 
 def test_shamir_roundtrip_and_threshold():

@@ -16,9 +16,11 @@ from tsfl.identity import DeviceIdentity, IdentityAuthority
 from tsfl.sdk.secagg import SecAggDevice, round_config
 from tsfl.secagg import RingSpec, RoundConfig, SecAggRefusal, keys, shamir
 from tsfl.secagg.advert import Advert, Trust
+from tsfl.secagg.client import SecAggClient
 from tsfl.secagg.local import clients_for, enrol, run_round
-from tsfl.secagg.protocol import SecAggClient, SecAggServer, round_id_for
 from tsfl.secagg.ring import quantize
+from tsfl.secagg.round import round_id_for
+from tsfl.secagg.server import SecAggServer
 
 N = 20
 

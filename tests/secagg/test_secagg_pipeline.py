@@ -18,8 +18,8 @@ from tsfl.runtime.embedded import run_embedded
 from tsfl.runtime.secagg_setup import secagg_devices
 from tsfl.runtime.transport import InProcessTransport
 from tsfl.sdk.secagg import round_config, secure_upload
-from tsfl.secagg.protocol import SecAggAbort
 from tsfl.secagg.ring import dequantize_sum, quantize
+from tsfl.secagg.round import SecAggAbort
 from tsfl.storage import Store
 
 LAYOUT = ParamLayout([("w", (300,), "float32"), ("b", (7,), "float32")])

@@ -16,8 +16,8 @@ from grpc_stack import coordinator_grpc
 
 from tsfl.api import resolve_spec
 from tsfl.config import ConfigError, bundled_example
+from tsfl.rpc.party_relay import PartyRelay
 from tsfl.rpc.vertical_client import PartyClient, TermsMismatch
-from tsfl.runtime.party_relay import PartyRelay
 from tsfl.runtime.vertical import job_salt, run_vertical
 from tsfl.runtime.vertical_jobs import RESTARTED
 from tsfl.sdk.vertical import run_party

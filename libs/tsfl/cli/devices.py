@@ -14,7 +14,7 @@ from rich.console import Console
 from tsfl.cli.client import add_client_options, admin_call, admin_token, coordinator_address
 
 if TYPE_CHECKING:
-    from tsfl.rpc.client import TLSConfig
+    from tsfl.sdk.grpc_transport import TLSConfig
 
 err = Console(stderr=True)
 
@@ -22,7 +22,7 @@ err = Console(stderr=True)
 def device_tls(args: argparse.Namespace) -> TLSConfig | None:
     """The devices' TLS material: --tls-ca (the coordinator's CA), with --tls-cert and
     --tls-key for mTLS; None for plaintext (loopback only, like the admin calls)."""
-    from tsfl.rpc.client import TLSConfig
+    from tsfl.sdk.grpc_transport import TLSConfig
 
     ca = getattr(args, "tls_ca", None) or os.environ.get("TSFL_TLS_CA")
     cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)

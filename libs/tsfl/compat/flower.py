@@ -218,9 +218,9 @@ def run_flower(job: Any, client_fn: Callable[[Any], Any], out_dir: str | Path | 
 async def start_flower_client(address: str, client: Any, *, job_id: str, device_id: str,
                               token: str, tls: Any = None, **options: Any) -> Any:
     """A Flower client takes part in a job on a coordinator until the job ends (returns
-    :func:`tsfl.rpc.client.run_client`'s result). The job's layout comes from the
+    :func:`tsfl.sdk.grpc_client.run_client`'s result). The job's layout comes from the
     coordinator at registration, and the client's model is checked against it first."""
-    from tsfl.rpc.client import fetch_job_layout, run_client
+    from tsfl.sdk.grpc_client import fetch_job_layout, run_client
 
     layout = await fetch_job_layout(address, job_id, device_id, token, tls)
     adapted = FlowerClient(client, layout, privacy=options.pop("privacy", None))

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from tsfl.config import compat
 from tsfl.config.base import Spec
 
 
@@ -25,12 +26,7 @@ class UplinkSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> UplinkSpec:
-        from tsfl.compress import CodecChain, CodecError
-
-        try:
-            CodecChain.parse(self.chain)
-        except CodecError as exc:
-            raise ValueError(str(exc)) from None
+        compat.check_codec_chain(self.chain)
         return self
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
+from tsfl.config import compat
 from tsfl.config.base import MAX_ROUNDS, Spec
 from tsfl.config.compression import CompressionSpec
 from tsfl.config.crypto import CryptoSpec
@@ -98,9 +99,9 @@ class JobSpec(Spec):
                     "(privacy.mode local)")
             self._check_server_side(c)
             if c == "he":
-                self._check_he()
+                compat.check_he(self)
             else:
-                self._check_secagg()
+                compat.check_secagg(self)
         r, n = self.robust, self.clients.per_round
         if r.aggregator != "none" and 2 * r.num_malicious >= n:
             raise ValueError(f"robust.num_malicious ({r.num_malicious}) must be below half "
@@ -138,32 +139,6 @@ class JobSpec(Spec):
             )
         return self
 
-    def _check_secagg(self) -> None:
-        from tsfl.secagg.params import derive
-        from tsfl.secagg.ring import RingSpec
-
-        s, n = self.crypto.secagg, self.clients.per_round
-        if n < 3:
-            raise ValueError("crypto.mode 'secagg' needs clients.per_round ≥ 3: with "
-                             "fewer, the sum of the others reveals each update")
-        if s.threshold_fraction is not None and s.threshold_fraction < 0.5:
-            raise ValueError(
-                f"crypto.secagg.threshold_fraction {s.threshold_fraction} makes the Shamir "
-                "threshold t ≤ k/2: a server that splits the unmask request (some neighbours "
-                "asked for b_u, the others for s_u) rebuilds both secrets of a client and "
-                "its input; use at least 0.5, or leave it unset (t is derived from "
-                "corruption, dropout and security_bits)")
-        if self.simulation.dropout > s.dropout:
-            raise ValueError(
-                f"simulation.dropout {self.simulation.dropout} exceeds "
-                f"crypto.secagg.dropout {s.dropout}: devices abort a round that keeps "
-                "fewer than ⌈(1 − δ)n⌉ clients; raise crypto.secagg.dropout")
-        try:
-            RingSpec(s.clip, s.quant_bits, n)
-            derive(n, s.corruption, s.dropout, s.security_bits, None, s.threshold_fraction)
-        except ValueError as exc:
-            raise ValueError(f"crypto.secagg: {exc}") from None
-
     def _check_server_side(self, mode: str) -> None:
         if mode == "secagg":
             if self.compression.uplink.chain != ["f32"] or self.compression.skip_below:
@@ -179,32 +154,6 @@ class JobSpec(Spec):
                                                                              "fedprox") else "")
                 + " with crypto.mode 'he': a server optimizer steps on the model, which the "
                 "server only holds encrypted; use fedavg (or fedprox) with server_lr 1")
-
-    def _check_he(self) -> None:
-        from tsfl.he import HeError, choose_params
-
-        if self.compression.downlink == "delta":
-            raise ValueError("compression.downlink 'delta' with crypto.mode 'he': the "
-                             "encrypted part of the model changes entirely each round; use "
-                             "downlink full")
-        h = self.crypto.he
-        if h.keying == "threshold" and self.clients.start_at != self.clients.count:
-            raise ValueError("clients.min_enrolled with threshold HE keying: every one of "
-                             "clients.count silos holds a key share, made in a ceremony "
-                             "before round 1; leave min_enrolled unset")
-        try:
-            if h.keying == "shared":
-                choose_params(h.precision, h.value_bound, self.clients.per_round,
-                              security=h.security, poly_degree=h.poly_degree)
-                return
-            from tsfl.he.job import threshold_params
-
-            if h.threshold is not None and h.threshold > self.clients.count:
-                raise HeError("params", f"threshold {h.threshold} exceeds the "
-                                        f"{self.clients.count} silos (clients.count)")
-            threshold_params(self)
-        except HeError as exc:
-            raise ValueError(f"crypto.he: {exc}") from None
 
     def sha256(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

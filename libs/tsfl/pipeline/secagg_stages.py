@@ -3,7 +3,7 @@ one :class:`SecAggStages` per open round of a ``crypto.mode: secagg`` job.
 
 Stages advance when every device still expected has spoken, or when the stage's time is
 up (whoever is silent then has dropped): advertise → share → masked → consistency →
-unmask → done (:mod:`tsfl.secagg.protocol`: signed keys, a consistency round). The
+unmask → done (:mod:`tsfl.secagg`: signed keys, a consistency round). The
 first stage's clock starts with the first device's keys (devices train first, at their
 own pace; the round's deadline bounds the wait for anyone at all); each later stage's
 when it begins.
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from tsfl.errors import TsflError
-from tsfl.secagg.protocol import RoundConfig, SecAggAbort, SecAggServer
+from tsfl.secagg.round import RoundConfig, SecAggAbort
+from tsfl.secagg.server import SecAggServer
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 
@@ -148,7 +149,7 @@ class SecAggStages:
             self._arm()  # the first keys start the first stage's clock
 
     async def withdraw(self, client: str) -> None:
-        """``client`` refused to go on (:class:`~tsfl.secagg.protocol.SecAggRefusal`): the
+        """``client`` refused to go on (:class:`~tsfl.secagg.round.SecAggRefusal`): the
         stage stops waiting for it."""
         self.withdrawn.add(client)
         if self.outcome is None:

@@ -12,8 +12,8 @@ from tsfl.config import JobSpec
 from tsfl.pipeline.credentials import session_hash
 from tsfl.privacy.plan import build_plan
 from tsfl.secagg.extras import Extras
-from tsfl.secagg.protocol import RoundConfig, round_id_for
 from tsfl.secagg.ring import RingSpec
+from tsfl.secagg.round import RoundConfig, round_id_for
 
 
 def ingest_topic(spec: JobSpec) -> str:

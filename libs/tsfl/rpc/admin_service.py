@@ -7,18 +7,22 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import yaml
 
 from tsfl.bus.base import BusUnavailable
 from tsfl.config import ConfigError
+from tsfl.errors import TsflError
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.rpc.admin_auth import AdminAuth, AdminAuthError, Principal, bearer
-from tsfl.runtime.admission import QuotaExceeded
-from tsfl.runtime.jobs import JobManager
+from tsfl.rpc.status import grpc_status
 from tsfl.storage.rows import JobRow, RoundRow
 from tsfl.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:  # passed in by the runtime, which sits above rpc
+    from tsfl.runtime.jobs import JobManager
 
 JOB_STATUSES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 MAX_LISTED_JOBS = 1000
@@ -95,10 +99,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
         except BusUnavailable as exc:  # nothing RUNNING was left behind: retry later
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except QuotaExceeded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (ValueError, OSError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TsflError as exc:  # e.g. the admission quota (RESOURCE_EXHAUSTED)
+            await context.abort(grpc_status(exc), str(exc))
         info = await self._info(sub.job_id, context)
         info.enrollment_token = sub.enrollment_token
         return info

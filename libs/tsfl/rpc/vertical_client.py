@@ -20,7 +20,7 @@ import msgpack
 from tsfl.config import JobSpec
 from tsfl.errors import ErrorKind, TsflError
 from tsfl.rpc.common import DEVICE_HEADER
-from tsfl.runtime.party_relay import MAX_PAYLOAD, MAX_WAIT_S
+from tsfl.rpc.party_relay import MAX_PAYLOAD, MAX_WAIT_S
 
 SERVICE = "tsfl.vertical.PartyRelay"
 OPTIONS = [("grpc.max_receive_message_length", MAX_PAYLOAD + (1 << 16)),

@@ -11,26 +11,25 @@ msgpack maps (no generated stubs), every request bounded before it is decoded:
 - ``Send {job, dst, kind, payload}``, ``Receive {job, src, kind, timeout}`` → payload,
   ``Report {job, kind, body}``: authenticated as device calls are (``x-tsfl-device``:
   the party, ``authorization: Bearer <session>``), then checked by the relay
-  (:mod:`tsfl.runtime.party_relay`) or the job's record
-  (:mod:`tsfl.runtime.vertical_jobs`).
+  (:mod:`tsfl.rpc.party_relay`) or the job's record
+  (:mod:`tsfl.runtime.vertical_jobs`, passed in: the runtime sits above rpc).
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import msgpack
 
+from tsfl.rpc.device_gate import DeviceGate
+from tsfl.rpc.party_relay import MAX_PAYLOAD, PARTY_NAME, RelayError, ReportRefused
 from tsfl.rpc.status import KIND_STATUS
-from tsfl.runtime.party_relay import MAX_PAYLOAD, PARTY_NAME, RelayError
-from tsfl.runtime.vertical_jobs import ReportRefused, VerticalJobs
 
 if TYPE_CHECKING:
-    from tsfl.rpc.server import DeviceServicer
+    from tsfl.runtime.vertical_jobs import VerticalJobs
 
 SERVICE = "tsfl.vertical.PartyRelay"
 #: a Receive's "nothing yet" (the client polls again), the other relay refusals by code
@@ -56,14 +55,14 @@ def _decode(request: bytes) -> dict[str, Any]:
 class PartyRelayServicer:
     """Register, Send, Receive and Report for the parties of vertical jobs."""
 
-    def __init__(self, devices: DeviceServicer, vertical: VerticalJobs):
-        self.devices = devices  # its device authentication, limiter and refusal audits
+    def __init__(self, gate: DeviceGate, vertical: VerticalJobs):
+        self.gate = gate  # the device API's authentication, limiter and refusal audits
         self.vertical = vertical
         self.relay = vertical.relay
 
     async def _party(self, context: grpc.aio.ServicerContext, job_id: str) -> str:
         """The authenticated party of a call (the device API's check), or an abort."""
-        party = await self.devices._device(context, job_id)
+        party = await self.gate.device(context, job_id)
         if party not in self.relay.parties(job_id):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "not a party of a running vertical job")
@@ -85,20 +84,14 @@ class PartyRelayServicer:
                                 f"no running vertical job {job_id!r}")
         assert run is not None
         if not await self.vertical.manager.enrollment_ok(job_id, token):
-            await self.devices._unauthenticated(context, job_id, "bad_enrollment_token",
-                                                "bad enrollment token", {"device_id": party})
+            await self.gate.unauthenticated(context, job_id, "bad_enrollment_token",
+                                            "bad enrollment token", {"device_id": party})
         if party not in run.parties:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{party!r} is not a party of this job")
-        from tsfl.rpc.server import LIVE_S
-
-        if time.monotonic() - self.devices._live.get((job_id, party), -1e9) < LIVE_S:
-            md = dict(context.invocation_metadata() or ())
-            current = str(md.get("authorization", "")).removeprefix("Bearer ")
-            if not await self.devices.coordinator.authenticate(job_id, party, current):
-                await self.devices._unauthenticated(
-                    context, job_id, "device_id_taken", "this party is enrolled and "
-                    "active: re-enrol with its session token", {"device_id": party})
+        await self.gate.check_reenrolment(
+            context, job_id, party,
+            "this party is enrolled and active: re-enrol with its session token")
         session = secrets.token_urlsafe(32)
         await self.vertical.enrol(job_id, party, session)
         return msgpack.packb({"session_token": session,
@@ -147,11 +140,11 @@ def _unary(fn: Handler) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(call)
 
 
-def add_party_relay(server: grpc.aio.Server, devices: DeviceServicer,
+def add_party_relay(server: grpc.aio.Server, gate: DeviceGate,
                     vertical: VerticalJobs) -> PartyRelayServicer:
     """Serve the party relay on ``server`` (the coordinator's), authenticating parties
-    with ``devices``' checks."""
-    servicer = PartyRelayServicer(devices, vertical)
+    at the device API's ``gate``."""
+    servicer = PartyRelayServicer(gate, vertical)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
         "Register": _unary(servicer.register), "Send": _unary(servicer.send),
         "Receive": _unary(servicer.receive), "Report": _unary(servicer.report)})])

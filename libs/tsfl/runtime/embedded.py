@@ -37,7 +37,7 @@ from tsfl.runtime.simulation import Federation, build_federation
 from tsfl.runtime.transport import InProcessTransport, SimulatedLinks
 from tsfl.runtime.virtual_time import SimulatedRounds, configure_selection, reporting
 from tsfl.sdk.runner import ClientRunner, TrainedUpdate
-from tsfl.secagg.protocol import SecAggAbort
+from tsfl.secagg.round import SecAggAbort
 from tsfl.storage.store import Store
 from tsfl.training.loop import evaluate
 

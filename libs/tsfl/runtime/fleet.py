@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tsfl.config import JobSpec
     from tsfl.identity import IdentityAuthority
-    from tsfl.rpc.client import TLSConfig
+    from tsfl.sdk.grpc_transport import TLSConfig
 
 FLEET_CHANNELS = 4  # gRPC connections a `tsfl devices` fleet's devices share
 
@@ -46,8 +46,9 @@ async def run_fleet(address: str, job_id: str, token: str, spec: JobSpec, count:
     opens each model with the others; ``silos`` receives each one's
     :class:`~tsfl.sdk.he.HeDevice`."""
     from tsfl.identity import DeviceIdentity
-    from tsfl.rpc.client import open_channel, start_client
     from tsfl.runtime.simulation import build_federation
+    from tsfl.sdk.grpc_client import start_client
+    from tsfl.sdk.grpc_transport import open_channel
     from tsfl.sdk.he import HeDevice, SiloKeys
 
     fed = build_federation(spec)

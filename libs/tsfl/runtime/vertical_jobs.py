@@ -3,7 +3,7 @@
 A ``vertical:`` job submitted to a coordinator has no rounds of its own to drive: its
 parties (``tsfl.sdk.vertical.run_party`` processes) enrol with the job's enrolment token
 like devices, then run the PSI and split training among themselves through the
-coordinator's relay (:mod:`tsfl.runtime.party_relay`, served by
+coordinator's relay (:mod:`tsfl.rpc.party_relay`, served by
 :mod:`tsfl.rpc.vertical_service`). The coordinator keeps the job's record:
 
 - RUNNING from submission; the parties must all enrol within the manager's
@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tsfl.config import JobSpec
-from tsfl.errors import ErrorKind, TsflError
 from tsfl.pipeline.credentials import enrollment_digest, session_hash
+from tsfl.rpc.party_relay import PartyRelay, ReportRefused
 from tsfl.runtime.admission import admit_vertical
-from tsfl.runtime.party_relay import PARTY_NAME, PartyRelay
 from tsfl.storage.states import RoundState
 
 if TYPE_CHECKING:
@@ -50,12 +49,6 @@ EPOCH_METRICS = ("test_accuracy", "test_loss", "train_loss", "bytes_up", "bytes_
 MAX_REASON = 512
 RESTARTED = ("the coordinator restarted: a vertical job's relay holds its parties' "
              "messages in memory only; submit it again")
-
-
-class ReportRefused(TsflError):
-    """A party's report the coordinator does not take (wrong sender, order or shape)."""
-
-    kind = ErrorKind.INVALID
 
 
 @dataclass
@@ -299,4 +292,4 @@ class VerticalJobs:
         self.runs.clear()
 
 
-__all__ = ["PARTY_NAME", "ReportRefused", "VerticalJobs", "VerticalRun", "is_vertical"]
+__all__ = ["VerticalJobs", "VerticalRun", "is_vertical"]

@@ -23,8 +23,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:  # the gRPC side loads on first use
-    if name in ("start_client", "run_client", "ClientResult", "GrpcTransport", "TLSConfig"):
-        from tsfl.rpc import client
+    if name in ("start_client", "run_client", "ClientResult"):
+        from tsfl.sdk import grpc_client
 
-        return getattr(client, name)
+        return getattr(grpc_client, name)
+    if name in ("GrpcTransport", "TLSConfig"):
+        from tsfl.sdk import grpc_transport
+
+        return getattr(grpc_transport, name)
     raise AttributeError(name)

@@ -24,16 +24,12 @@ import numpy as np
 
 from tsfl.identity import DeviceIdentity
 from tsfl.secagg.advert import Trust
+from tsfl.secagg.client import SecAggClient
 from tsfl.secagg.extras import Extras
 from tsfl.secagg.keys import KEY_AGREEMENTS
 from tsfl.secagg.params import SECURITY_BITS
-from tsfl.secagg.protocol import (
-    RoundConfig,
-    SecAggClient,
-    SecAggRefusal,
-    round_id_for,
-)
 from tsfl.secagg.ring import RingSpec, quantize
+from tsfl.secagg.round import RoundConfig, SecAggRefusal, round_id_for
 
 
 class SecAggTransport(Protocol):

@@ -9,8 +9,10 @@ import numpy as np
 
 from tsfl.identity import DeviceIdentity, IdentityAuthority
 from tsfl.secagg.advert import Trust
-from tsfl.secagg.protocol import RoundConfig, SecAggClient, SecAggServer
+from tsfl.secagg.client import SecAggClient
 from tsfl.secagg.ring import quantize
+from tsfl.secagg.round import RoundConfig
+from tsfl.secagg.server import SecAggServer
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 

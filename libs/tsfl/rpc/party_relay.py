@@ -20,7 +20,7 @@ import re
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from tsfl.errors import TsflError
+from tsfl.errors import ErrorKind, TsflError
 
 #: the largest message (a PSI request of 2M points fits), within gRPC's unary bound
 MAX_PAYLOAD = (64 << 20) - (64 << 10)
@@ -43,6 +43,13 @@ class RelayError(TsflError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+class ReportRefused(TsflError):
+    """A party's report the job's record does not take (wrong sender, order or shape):
+    raised by :mod:`tsfl.runtime.vertical_jobs`, answered by the relay service."""
+
+    kind = ErrorKind.INVALID
 
 
 @dataclass
