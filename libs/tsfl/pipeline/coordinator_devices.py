@@ -105,7 +105,7 @@ class DeviceDesk(CoordinatorBase):
             job_id, client_id, "transfer", direction=direction, bytes=int(nbytes),
             seconds=float(seconds)), key=client_id.encode())
 
-    async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
+    async def upload(self, client_id: str, data: bytes | bytearray) -> UploadReceipt:
         """Accept a device's update: check it, persist it, pass it down the pipeline."""
         try:
             meta = peek_update_meta(data, self.max_update_bytes)

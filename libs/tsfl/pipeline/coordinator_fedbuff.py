@@ -151,7 +151,7 @@ class BufferDesk(DeviceDesk):
             raise UploadRefused("not_selected", "no task of this device is in flight")
         return min(8 * job.layout.total_size + 64 * 1024, self.max_update_bytes)
 
-    async def upload(self, client_id: str, data: bytes) -> UploadReceipt:
+    async def upload(self, client_id: str, data: bytes | bytearray) -> UploadReceipt:
         try:
             meta = peek_update_meta(data, self.max_update_bytes)
         except WireError:
@@ -199,7 +199,8 @@ class BufferDesk(DeviceDesk):
                 return await self._accept_buffered(job, active, client_id, data, meta, norm)
 
     async def _accept_buffered(self, job: JobState, active: ActiveRound, client_id: str,
-                               data: bytes, meta: dict, norm: float) -> UploadReceipt:
+                               data: bytes | bytearray, meta: dict, norm: float
+                               ) -> UploadReceipt:
         buf = self._buffer(job)
         tau = job.version - meta["model_version"]
         if tau > job.spec.strategy.fedbuff.max_staleness:

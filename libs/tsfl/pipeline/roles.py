@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 from tsfl.bus import TOPICS
@@ -16,7 +17,8 @@ from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.selector import Selector
 from tsfl.storage.store import Store
 
-ROLES: dict[str, type[BusRole]] = {
+#: each role's constructor, by service name (every role takes the bus and the store)
+ROLES: dict[str, Callable[[Bus, Store], BusRole]] = {
     "coordinator": Coordinator,
     "selector": Selector,
     "privacy": Privacy,

@@ -51,6 +51,9 @@ class TorchClient(NumPyClient):
     another); each call loads the global parameters first.
     """
 
+    #: a SecAgg+ device (keys, identity) for the runner to use: a fleet sets one per client
+    secagg_device: Any = None
+
     def __init__(self, model: nn.Module | FlatModule, x: np.ndarray | torch.Tensor,
                  y: np.ndarray | torch.Tensor, settings: TrainSettings | None = None,
                  dp_sgd: DpSgdSettings | None = None, privacy: DevicePrivacy | None = None):

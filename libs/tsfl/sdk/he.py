@@ -31,6 +31,7 @@ from tsfl.he.threshold import scheme, sections
 from tsfl.he.threshold.keys import KeyShare
 from tsfl.he.threshold.opening import OpeningSilo
 from tsfl.identity import DeviceIdentity
+from tsfl.wire.envelope import Frame
 from tsfl.wire.messages import model_sealed
 
 HeKeys = SecretKeySet | KeyShare
@@ -169,7 +170,7 @@ class HeDevice:
         silo.accept_commitments(job_id, round_number, board.get("commits") or [])
 
     # -- models ------------------------------------------------------------------------------
-    def open_model(self, model_bytes: bytes | memoryview, vector: np.ndarray, keys: HeKeys,
+    def open_model(self, model_bytes: Frame, vector: np.ndarray, keys: HeKeys,
                    job: HeJob) -> np.ndarray:
         """The model with its encrypted coordinates decrypted (``vector`` as decoded; the
         initial model has no encrypted part and comes back unchanged). Threshold keying:
@@ -190,7 +191,7 @@ class HeDevice:
         return out
 
     async def open_model_async(self, transport: Any, client_id: str, job_id: str,
-                               version: int, model_bytes: bytes | memoryview,
+                               version: int, model_bytes: Frame,
                                vector: np.ndarray, keys: HeKeys, job: HeJob) -> np.ndarray:
         """:meth:`open_model`, first taking part in the sum's opening when needed."""
         if isinstance(keys, KeyShare):
@@ -199,7 +200,7 @@ class HeDevice:
         return self.open_model(model_bytes, vector, keys, job)
 
     async def open_round(self, transport: Any, client_id: str, job_id: str, version: int,
-                         model_bytes: bytes | memoryview, keys: KeyShare, job: HeJob) -> None:
+                         model_bytes: Frame, keys: KeyShare, job: HeJob) -> None:
         """Take part in opening the model's sum: sketch, partial decryption (when this
         silo is one of the t decryptors), combination. A no-op when already opened."""
         sealed = model_sealed(model_bytes)

@@ -38,7 +38,8 @@ class Transport(Protocol):
     async def get_task(self, client_id: str) -> RoundTask | None: ...
 
     async def download_model(self, job_id: str, version: int,
-                             have_version: int | None = None, client_id: str = "") -> bytes:
+                             have_version: int | None = None, client_id: str = ""
+                             ) -> bytes | bytearray:
         """The model frame; a delta against ``have_version`` when the server has one."""
         ...
 

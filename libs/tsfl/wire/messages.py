@@ -162,13 +162,13 @@ def decode_update(data: Frame, layout: ParamLayout, *,
                   sealed=sealed)
 
 
-def retag_update(data: bytes, round_number: int) -> bytes:
+def retag_update(data: Frame, round_number: int) -> bytes:
     """The same update frame, filed under round ``round_number`` (the payload, its
     checksum and every other header field unchanged): an asynchronous job's update joins
     whichever release is open when it arrives, not the one its task was handed out in."""
     head, payload = unpack_frame(data, "update", max(len(data), 1))
     if require(head, "round", int) == round_number:
-        return data
+        return bytes(data)
     header = {k: v for k, v in head.items() if k not in ("v", "kind", "payload_len", "xxh3")}
     header["round"] = int(round_number)
     return pack_frame("update", header, payload)
@@ -188,7 +188,7 @@ def encode_model(job_id: str, version: int, vector: np.ndarray, layout: ParamLay
     return pack_frame("model", header, append_sealed(header, encode_f32(vector), sealed))
 
 
-def model_sealed(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+def model_sealed(data: Frame, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
                  ) -> memoryview | None:
     """The encrypted section of a model frame (HE jobs after their first round)."""
     head, payload = unpack_frame(data, "model", max_bytes, verify=False)
@@ -206,7 +206,7 @@ def encode_model_delta(job_id: str, version: int, vector: np.ndarray, base_versi
                                 "extra": extra or {}}, encode_xor_delta(vector, base))
 
 
-def model_base(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+def model_base(data: Frame, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
                ) -> int | None:
     """The version a model frame is a delta against (None: a full model)."""
     head, _ = unpack_frame(data, "model", max_bytes, verify=False)
