@@ -65,7 +65,7 @@ async def serve(mb: int, tmp: Path) -> None:
     store = await Store.open(f"sqlite:///{tmp / 'bench.db'}")
     pipeline = await LocalPipeline.in_memory(store)
     jobs = JobManager(pipeline.coordinator)
-    server, port, _ = await start_coordinator_server(pipeline.coordinator, jobs, "127.0.0.1:0")
+    server, port, *_ = await start_coordinator_server(pipeline.coordinator, jobs, "127.0.0.1:0")
     spec = parse_job({"name": "transfer", "rounds": 1, "clients": {"count": 1, "per_round": 1}})
     await pipeline.coordinator.submit_job("transfer", spec, layout, vector, TOKEN)
     print(f"PORT {port} {n}", flush=True)

@@ -29,14 +29,14 @@ async def coordinator_grpc(db: Path) -> AsyncIterator[GrpcStack]:
     store = await Store.open(f"sqlite:///{db}")
     pipeline = await LocalPipeline.in_memory(store)
     jobs = JobManager(pipeline.coordinator)
-    server, port, _ = await start_coordinator_server(pipeline.coordinator, jobs,
-                                                     "127.0.0.1:0")
+    served = await start_coordinator_server(pipeline.coordinator, jobs, "127.0.0.1:0")
+    port = served.port
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield GrpcStack(store, jobs, channel, f"127.0.0.1:{port}")
     finally:
         await channel.close()
-        await server.stop(None)
+        await served.stop(None)  # writes the refusal counts it still holds
         await jobs.stop()
         await pipeline.stop()
         await store.close()

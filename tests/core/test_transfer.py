@@ -95,7 +95,7 @@ async def coordinator_server(tmp_path, monkeypatch):
     store = await Store.open(f"sqlite:///{tmp_path / 't.db'}")
     pipeline = await LocalPipeline.in_memory(store)
     jobs = JobManager(pipeline.coordinator, registration_timeout_s=30)
-    server, port, _ = await rpc_server.start_coordinator_server(pipeline.coordinator, jobs,
+    server, port, *_ = await rpc_server.start_coordinator_server(pipeline.coordinator, jobs,
                                                                 "127.0.0.1:0")
     try:
         yield pipeline, jobs, f"127.0.0.1:{port}"

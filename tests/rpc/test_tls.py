@@ -63,7 +63,7 @@ async def test_mtls_admits_devices_with_a_certificate_and_refuses_others(pki, tm
     store = await Store.open(f"sqlite:///{tmp_path / 't.db'}")
     pipeline = await LocalPipeline.in_memory(store)
     jobs = JobManager(pipeline.coordinator, registration_timeout_s=30)
-    server, port, _ = await start_coordinator_server(pipeline.coordinator, jobs,
+    server, port, *_ = await start_coordinator_server(pipeline.coordinator, jobs,
                                                      "127.0.0.1:0", credentials=creds)
     try:
         sub = await jobs.submit(yaml.safe_dump({"name": "tls", "rounds": 1,

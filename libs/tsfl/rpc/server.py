@@ -4,7 +4,7 @@ AdminService (:mod:`tsfl.rpc.admin_service`), the vertical jobs' party relay
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import grpc
 from grpc_health.v1 import health
@@ -14,6 +14,7 @@ from tsfl.pipeline.coordinator import Coordinator
 from tsfl.rpc.admin_service import AdminServicer
 from tsfl.rpc.common import MAX_UNARY_BYTES, SERVER_OPTIONS, grpc_options
 from tsfl.rpc.device_service import DeviceServicer
+from tsfl.rpc.guard import RefusalLog
 from tsfl.rpc.health import COORDINATOR_HEALTH, health_servicer, set_serving
 from tsfl.rpc.vertical_service import add_party_relay
 from tsfl.v1 import admin_pb2_grpc, device_pb2_grpc
@@ -22,9 +23,23 @@ if TYPE_CHECKING:  # passed in by the runtime, which sits above rpc
     from tsfl.runtime.jobs import JobManager
 
 
+class CoordinatorServer(NamedTuple):
+    """A started coordinator server. Stop it with :meth:`stop`, which also writes the
+    refusal counts its rate-limited audit still holds."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    refusals: RefusalLog
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.stop(grace)
+        await self.refusals.flush()  # a burst that ended just before is still counted
+
+
 async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, address: str,
                                    *, credentials: grpc.ServerCredentials | None = None
-                                   ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+                                   ) -> CoordinatorServer:
     # every device and admin call is a server span (a no-op until a tracer provider is
     # installed: tsfl.runtime.observability), continuing a caller's W3C trace context
     server = grpc.aio.server(interceptors=[aio_server_interceptor()],
@@ -38,4 +53,4 @@ async def start_coordinator_server(coordinator: Coordinator, jobs: JobManager, a
             else server.add_insecure_port(address))
     await server.start()
     await set_serving(hs, True, COORDINATOR_HEALTH)
-    return server, port, hs
+    return CoordinatorServer(server, port, hs, devices.gate.refusals)

@@ -145,8 +145,9 @@ async def run_service(cfg: ServiceConfig, stop: asyncio.Event | None = None) -> 
         resumed = await jobs.resume_all()
         if resumed:
             log.info("resumed jobs: %s", ", ".join(resumed))
-        server, port, health = await start_coordinator_server(
-            role, jobs, cfg.grpc, credentials=server_credentials(cfg))
+        served = await start_coordinator_server(role, jobs, cfg.grpc,
+                                                credentials=server_credentials(cfg))
+        server, port, health = served, served.port, served.health  # stop() flushes audits
         address = f"{cfg.grpc.rsplit(':', 1)[0]}:{port}"
         names: tuple[str, ...] = COORDINATOR_HEALTH
         if not cfg.health.endswith(":0"):

@@ -189,3 +189,27 @@ def test_a_truncated_stream_of_a_selected_device_is_audited(tmp_path):
     assert [(kind, p["code"], p["count"]) for kind, p in rows] == [
         ("upload.refused", "truncated", 1)]
     assert rows[0][1]["samples"][0] == {"client_id": "dev-t", "received": 10, "total": 100}
+
+
+def test_a_server_that_stops_writes_the_refusals_it_still_held(tmp_path):
+    """15 anonymous heartbeats (within the per-peer limit) inside one audit window, then
+    the coordinator stops: the window's count is written at the stop, not lost with it."""
+    from tsfl.storage import Store
+
+    async def go() -> list[int]:
+        async with coordinator_grpc(tmp_path / "stop.db") as stack:
+            job = (await stack.jobs.submit(SPEC, "enrol")).job_id
+            stub = device_pb2_grpc.DeviceServiceStub(stack.channel)
+            for i in range(15):
+                await status_of(stub.Heartbeat(device_pb2.HeartbeatRequest(job_id=job),
+                                               metadata=(("x-tsfl-device", f"anon-{i}"),
+                                                         ("authorization", "Bearer no"))))
+        store = await Store.open(f"sqlite:///{tmp_path / 'stop.db'}")
+        try:
+            return [e["payload"]["count"] for e in await store.audit_trail(job)
+                    if e["kind"] in ("call.refused", "call.refused.held")]
+        finally:
+            await store.close()
+
+    counts = asyncio.run(go())
+    assert sum(counts) == 15 and len(counts) == 2, counts  # the first, then the window
