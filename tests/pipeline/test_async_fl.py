@@ -160,7 +160,8 @@ def test_cosine_and_step_schedules():
 
 
 def test_loss_trend_rule_and_state_round_trip():
-    s = Scheduled(FedAdam(server_lr=0.1), "loss_trend", grow=2.0, shrink=0.5, max_factor=4)
+    s = Scheduled(FedAdam(server_lr=0.1), "loss_trend", grow=2.0, shrink=0.5, max_factor=4,
+                  window=1)  # release to release (blocks: tests/strategies/test_loss_trend.py)
     for loss in (1.0, 0.8, 0.6, 0.4):
         s.observe_loss(loss)
     assert s.factor(0) == 4.0  # grew three times, capped at 4
@@ -169,9 +170,9 @@ def test_loss_trend_rule_and_state_round_trip():
     s.observe_loss(0.9)  # within tolerance: unchanged
     assert s.factor(0) == 2.0
     s.aggregate_fit(np.zeros(2, np.float32), np.ones(2, np.float32))
-    copy = Scheduled(FedAdam(server_lr=0.1), "loss_trend")
+    copy = Scheduled(FedAdam(server_lr=0.1), "loss_trend", window=1)
     copy.load_state(s.state())
-    assert (copy.trend, copy.step, copy.last_loss) == (2.0, 1, 0.9)
+    assert (copy.trend, copy.step, copy.losses) == (2.0, 1, [0.9])
     assert np.array_equal(copy.inner.state()["m"], s.inner.state()["m"])
 
 

@@ -3,10 +3,11 @@
 Server side, the schedule multiplies the strategy's server learning rate η each
 release: cosine (Loshchilov & Hutter, ICLR 2017, eq. 5), step decay, or the loss-trend
 rule (η grows while the clients' training loss falls and shrinks when it rises — the
-"bold driver" of Battiti 1989, applied to the server step). Client side, each device
-scales its local learning rate by its data size (``(n_ref / n_k)^p``, so clients with
-many records, which take more local steps, do not drift further: the objective
-inconsistency of Wang et al., "FedNova", NeurIPS 2020, §3).
+"bold driver" of Battiti 1989, applied to the server step, on blocks of releases so
+that the cohort draw is not taken for a trend: :mod:`tsfl.strategies.schedule`). Client
+side, each device scales its local learning rate by its data size (``(n_ref / n_k)^p``,
+so clients with many records, which take more local steps, do not drift further: the
+objective inconsistency of Wang et al., "FedNova", NeurIPS 2020, §3).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class LrScheduleSpec(Spec):
         0.5, description="loss_trend: factor when the loss rose")
     tolerance: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.01, description="loss_trend: relative change taken as no change")
+    window: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        5, description="loss_trend: releases per block; the rule compares the mean loss "
+                       "of the last block with the block before, once per block (1: "
+                       "consecutive releases, only right when every round sees the same data)")
+    z: Annotated[float, Field(ge=0, le=10)] = Field(
+        2.0, description="loss_trend: a change smaller than z standard errors of the "
+                         "difference of the block means (cohort sampling noise) is no change")
 
 
 class ClientLrSpec(Spec):

@@ -27,7 +27,8 @@ def strategy_from_spec(spec: JobSpec) -> Strategy:
         options = dict(horizon=horizon, min_factor=sched.min_factor,
                        max_factor=sched.max_factor, warmup=sched.warmup,
                        step_every=sched.step_every, gamma=sched.gamma, grow=sched.grow,
-                       shrink=sched.shrink, tolerance=sched.tolerance)
+                       shrink=sched.shrink, tolerance=sched.tolerance,
+                       window=sched.window, z=sched.z)
     client_lr = s.client_lr.model_dump(exclude={"rule"}) if s.client_lr is not None else None
     return Scheduled(inner, s.lr_schedule.kind if s.lr_schedule else None,
                      client_lr=client_lr, **options)
