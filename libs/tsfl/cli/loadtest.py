@@ -29,6 +29,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     opts = LoadTestOptions(devices=args.devices, jobs=args.jobs, rounds=args.rounds,
                            dim=args.dim, classes=args.classes, workers=args.workers,
                            channels=args.channels, poll_s=args.poll_s,
+                           follow_advice=not args.ignore_advice,
                            min_enrolled=args.min_enrolled, timeout_s=args.timeout,
                            deadline_s=args.round_deadline,
                            stack_dir=args.stack_dir, profile_dir=args.profile)
@@ -84,6 +85,9 @@ def add_commands(sub: Any) -> None:
                     help="gRPC channels per worker process, shared by its devices")
     lt.add_argument("--poll-s", type=float, default=5.0,
                     help="each device's task-poll interval, jittered ±50%% (default 5)")
+    lt.add_argument("--ignore-advice", action="store_true",
+                    help="poll every --poll-s even when the coordinator advises a longer "
+                         "interval (retry_after_ms), as devices did before it advised one")
     lt.add_argument("--min-enrolled", type=int,
                     help="round 1 starts at this many enrolled devices per job")
     lt.add_argument("--round-deadline", type=float, default=600.0,

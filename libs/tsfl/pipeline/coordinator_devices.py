@@ -31,9 +31,24 @@ from tsfl.wire.messages import (
     peek_update_meta,
 )
 
+#: the task polls a second a coordinator spreads its enrolled devices over (one process
+#: serves ~1–2k calls a second on this 2-core machine: benchmarks/README.md, "A fleet")
+POLL_BUDGET_PER_S = 400.0
+#: bounds of the advised interval: a small fleet still sees a round open within a second
+MIN_POLL_S, MAX_POLL_S = 0.5, 60.0
+
 
 class DeviceDesk(CoordinatorBase):
     """A part of :class:`~tsfl.pipeline.coordinator.Coordinator` (see the module)."""
+
+    def poll_after_s(self) -> float:
+        """How long a device that got no task should wait before it asks again: the
+        devices enrolled in every running job, each asking at this interval, make about
+        :data:`POLL_BUDGET_PER_S` polls a second — so polls stay fast as the fleet grows,
+        and a device learns of a new round within an interval (a round's deadline is
+        minutes)."""
+        enrolled = sum(job.enrolled for job in self.jobs.values())
+        return min(MAX_POLL_S, max(MIN_POLL_S, enrolled / POLL_BUDGET_PER_S))
 
     # -- the device-facing API -------------------------------------------------------------
     async def get_task(self, client_id: str, job_id: str | None = None) -> RoundTask | None:

@@ -109,6 +109,7 @@ class JobDesk(BufferDesk):
                           encode_model(job_id, ckpt["version"], ckpt["vector"], layout,
                                        sealed=ckpt.get("sealed")),
                           last_round=last["number"] if last else 0)
+        job.enrolled = await self.store.count_devices(job_id)
         if last is None or last["state"] in ("PUBLISHED", "FAILED", "AGGREGATED"):
             return
         loop = asyncio.get_running_loop()
@@ -173,6 +174,8 @@ class JobDesk(BufferDesk):
         stored = token_hash(session_token)
         new = await self.store.register_device(job_id, device_id, stored, traits)
         self._sessions[(job_id, device_id)] = stored
+        if new:
+            self.jobs[job_id].enrolled += 1
         await self.bus.publish(topics.DEVICES, events.device_event(
             job_id, device_id, "registered" if new else "reconnected"), key=device_id.encode())
 

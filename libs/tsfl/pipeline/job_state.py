@@ -116,3 +116,4 @@ class JobState:
     last_test_loss: float | None = None
     fed_eval: VersionEvaluation | None = None  # devices' reports on the current version
     release_round: int | None = None  # the round that released the current version
+    enrolled: int = 0  # devices enrolled in the job (kept by registration: no store read)

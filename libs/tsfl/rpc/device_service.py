@@ -114,7 +114,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         device = await self.gate.device(context, request.job_id)
         task = await self.coordinator.get_task(device, request.job_id)
         if task is None:
-            return device_pb2.GetTaskResponse(has_task=False)
+            return device_pb2.GetTaskResponse(
+                has_task=False, retry_after_ms=int(1000 * self.coordinator.poll_after_s()))
         return device_pb2.GetTaskResponse(has_task=True, round=task.round,
                                           model_version=task.model_version,
                                           config_json=json.dumps(task.config))

@@ -53,6 +53,9 @@ class WorkerConfig:
     devices: list[tuple[str, str, str]]
     channels: int = 4
     poll_s: float = 5.0
+    #: wait as long as the coordinator advises after a "no task" (retry_after_ms) when it
+    #: asks for more than poll_s, as an SDK device does
+    follow_advice: bool = True
     register_concurrency: int = 64
     deadline_s: float = 600.0
     call_timeout_s: float = 60.0
@@ -234,7 +237,9 @@ class Fleet:
                     if await self.upload(stub, md, job_id, device, resp.round,
                                          resp.model_version):
                         done.add(resp.round)
-                await asyncio.sleep(self.cfg.poll_s * self.rng.uniform(0.5, 1.5))
+                wait = (resp.retry_after_ms / 1000 if resp.retry_after_ms and not resp.has_task
+                        and self.cfg.follow_advice else self.cfg.poll_s)
+                await asyncio.sleep(max(wait, self.cfg.poll_s) * self.rng.uniform(0.5, 1.5))
         except _Fatal as exc:
             self._failures[exc.code] += 1
         except Exception as exc:  # counted, and the first of each kind shown

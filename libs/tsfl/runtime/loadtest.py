@@ -50,6 +50,7 @@ class LoadTestOptions:
     workers: int = 2
     channels: int = 16  # per worker: fewer made calls end CANCELLED at 10k (README)
     poll_s: float = 5.0
+    follow_advice: bool = True  # devices wait as long as the coordinator advises
     min_enrolled: int | None = None
     register_concurrency: int = 64
     deadline_s: float = 600.0  # a round's deadline
@@ -170,7 +171,8 @@ def _spawn_workers(opts: LoadTestOptions, address: str, devices: list[tuple[str,
     n = max(1, min(opts.workers, len(devices)))
     for w in range(n):
         cfg = {"address": address, "devices": devices[w::n], "channels": opts.channels,
-               "poll_s": opts.poll_s, "register_concurrency": opts.register_concurrency,
+               "poll_s": opts.poll_s, "follow_advice": opts.follow_advice,
+               "register_concurrency": opts.register_concurrency,
                "deadline_s": opts.timeout_s, "seed": opts.seed * 1000 + w}
         config, report = workdir / f"worker-{w}.json", workdir / f"worker-{w}.report.json"
         config.write_text(json.dumps(cfg))

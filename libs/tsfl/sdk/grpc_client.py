@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,15 @@ def check_layout(job_id: str, job_layout: ParamLayout | None, mine: ParamLayout)
                          + "; ".join(diffs[:10]) + (f" (+{len(diffs) - 10} more)"
                                                      if len(diffs) > 10 else ""))
 
+
+
+def next_poll_s(advice: float | None, poll_s: float, silo: bool) -> float:
+    """How long a device without a task waits: the coordinator's advice (jittered ±50%,
+    so a fleet's polls do not bunch up) when it asks for longer than ``poll_s``; a
+    threshold-HE silo keeps ``poll_s``, since it serves the sum's opening between tasks."""
+    if advice is None or advice <= poll_s or silo:
+        return poll_s
+    return advice * random.uniform(0.5, 1.5)
 
 
 async def _serve_he(runner: ClientRunner, job_id: str) -> None:
@@ -155,7 +165,8 @@ async def run_client(address: str, client: NumPyClient, *, job_id: str, device_i
                 failures = 0  # the coordinator answers: back-off starts again
                 if task is None:
                     await _serve_he(runner, job_id)
-                    await asyncio.sleep(poll_s)
+                    await asyncio.sleep(next_poll_s(transport.retry_after_s, poll_s,
+                                                    runner.he.identity is not None))
                     continue
                 if (task.job_id, task.round) == sat_out:
                     await asyncio.sleep(poll_s)  # this round went on without us

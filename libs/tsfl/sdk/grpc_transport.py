@@ -70,6 +70,8 @@ class GrpcTransport:
         self.backoff = Backoff(base_s=retry_s, cap_s=max(retry_s, 2.0))
         self.max_model_bytes = max_model_bytes
         self.job_id = job_id
+        #: the coordinator's advice after its last "no task": ask again in about this long
+        self.retry_after_s: float | None = None
         self.device_id = device_id
         self._ring_bits: dict[tuple[str, int], int] = {}  # SecAgg+ round -> ring width
         # ``channel``: one a fleet's devices share (its owner closes it), else our own
@@ -101,6 +103,7 @@ class GrpcTransport:
         if resp.job_finished:
             raise JobFinished(self.job_id)
         if not resp.has_task:
+            self.retry_after_s = resp.retry_after_ms / 1000 if resp.retry_after_ms else None
             return None
         task = RoundTask(self.job_id, resp.round, resp.model_version,
                          json.loads(resp.config_json or "{}"))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tsfl/v1/device.proto\x12\x07tsfl.v1\"V\n\rHeStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x1e\n\x0bHeStepReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"N\n\x0e\x44\x65\x63lineRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"N\n\rSecAggRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x1e\n\x0bSecAggReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"a\n\x0c\x44\x65viceTraits\x12\x0f\n\x07\x62\x61ttery\x18\x01 \x01(\x01\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x19\n\x11\x66ree_memory_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x61taset_size\x18\x04 \x01(\x03\"u\n\x0fRegisterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x03 \x01(\t\x12%\n\x06traits\x18\x04 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"\\\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\x12\x13\n\x0blayout_json\x18\x03 \x01(\t\"I\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06traits\x18\x02 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"A\n\x11HeartbeatResponse\x12\x16\n\x0etask_available\x18\x01 \x01(\x08\x12\x14\n\x0cjob_finished\x18\x02 \x01(\x08\" \n\x0eGetTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"t\n\x0fGetTaskResponse\x12\x10\n\x08has_task\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x14\n\x0cjob_finished\x18\x05 \x01(\x08\"s\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x19\n\x0chave_version\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_have_version\"P\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\"\x83\x01\n\x0bUploadChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x11\n\tupload_id\x18\x06 \x01(\t\x12\x0e\n\x06offset\x18\x07 \x01(\x03\"8\n\x13UploadStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\"K\n\x14UploadStatusResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x10\n\x08received\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"A\n\x0eUploadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xbe\x01\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.tsfl.v1.EvaluationReport.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x05\n\x03\x41\x63k2\xc8\x05\n\rDeviceService\x12?\n\x08Register\x12\x18.tsfl.v1.RegisterRequest\x1a\x19.tsfl.v1.RegisterResponse\x12\x42\n\tHeartbeat\x12\x19.tsfl.v1.HeartbeatRequest\x1a\x1a.tsfl.v1.HeartbeatResponse\x12<\n\x07GetTask\x12\x17.tsfl.v1.GetTaskRequest\x1a\x18.tsfl.v1.GetTaskResponse\x12\x45\n\rDownloadModel\x12\x1d.tsfl.v1.DownloadModelRequest\x1a\x13.tsfl.v1.ModelChunk0\x01\x12?\n\x0cUploadUpdate\x12\x14.tsfl.v1.UploadChunk\x1a\x17.tsfl.v1.UploadResponse(\x01\x12K\n\x0cUploadStatus\x12\x1c.tsfl.v1.UploadStatusRequest\x1a\x1d.tsfl.v1.UploadStatusResponse\x12;\n\x10ReportEvaluation\x12\x19.tsfl.v1.EvaluationReport\x1a\x0c.tsfl.v1.Ack\x12;\n\x0bSecAggStage\x12\x16.tsfl.v1.SecAggRequest\x1a\x14.tsfl.v1.SecAggReply\x12\x34\n\x0b\x44\x65\x63lineTask\x12\x17.tsfl.v1.DeclineRequest\x1a\x0c.tsfl.v1.Ack\x12\x37\n\x07HeSetup\x12\x16.tsfl.v1.HeStepRequest\x1a\x14.tsfl.v1.HeStepReply\x12\x36\n\x06HeOpen\x12\x16.tsfl.v1.HeStepRequest\x1a\x14.tsfl.v1.HeStepReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tsfl/v1/device.proto\x12\x07tsfl.v1\"V\n\rHeStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x1e\n\x0bHeStepReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"N\n\x0e\x44\x65\x63lineRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"N\n\rSecAggRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x1e\n\x0bSecAggReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"a\n\x0c\x44\x65viceTraits\x12\x0f\n\x07\x62\x61ttery\x18\x01 \x01(\x01\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x19\n\x11\x66ree_memory_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x61taset_size\x18\x04 \x01(\x03\"u\n\x0fRegisterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x03 \x01(\t\x12%\n\x06traits\x18\x04 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"\\\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\x12\x13\n\x0blayout_json\x18\x03 \x01(\t\"I\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06traits\x18\x02 \x01(\x0b\x32\x15.tsfl.v1.DeviceTraits\"A\n\x11HeartbeatResponse\x12\x16\n\x0etask_available\x18\x01 \x01(\x08\x12\x14\n\x0cjob_finished\x18\x02 \x01(\x08\" \n\x0eGetTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x8c\x01\n\x0fGetTaskResponse\x12\x10\n\x08has_task\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x14\n\x0cjob_finished\x18\x05 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"s\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x19\n\x0chave_version\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_have_version\"P\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\"\x83\x01\n\x0bUploadChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x11\n\tupload_id\x18\x06 \x01(\t\x12\x0e\n\x06offset\x18\x07 \x01(\x03\"8\n\x13UploadStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\"K\n\x14UploadStatusResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x10\n\x08received\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"A\n\x0eUploadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xbe\x01\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x03\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.tsfl.v1.EvaluationReport.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x05\n\x03\x41\x63k2\xc8\x05\n\rDeviceService\x12?\n\x08Register\x12\x18.tsfl.v1.RegisterRequest\x1a\x19.tsfl.v1.RegisterResponse\x12\x42\n\tHeartbeat\x12\x19.tsfl.v1.HeartbeatRequest\x1a\x1a.tsfl.v1.HeartbeatResponse\x12<\n\x07GetTask\x12\x17.tsfl.v1.GetTaskRequest\x1a\x18.tsfl.v1.GetTaskResponse\x12\x45\n\rDownloadModel\x12\x1d.tsfl.v1.DownloadModelRequest\x1a\x13.tsfl.v1.ModelChunk0\x01\x12?\n\x0cUploadUpdate\x12\x14.tsfl.v1.UploadChunk\x1a\x17.tsfl.v1.UploadResponse(\x01\x12K\n\x0cUploadStatus\x12\x1c.tsfl.v1.UploadStatusRequest\x1a\x1d.tsfl.v1.UploadStatusResponse\x12;\n\x10ReportEvaluation\x12\x19.tsfl.v1.EvaluationReport\x1a\x0c.tsfl.v1.Ack\x12;\n\x0bSecAggStage\x12\x16.tsfl.v1.SecAggRequest\x1a\x14.tsfl.v1.SecAggReply\x12\x34\n\x0b\x44\x65\x63lineTask\x12\x17.tsfl.v1.DeclineRequest\x1a\x0c.tsfl.v1.Ack\x12\x37\n\x07HeSetup\x12\x16.tsfl.v1.HeStepRequest\x1a\x14.tsfl.v1.HeStepReply\x12\x36\n\x06HeOpen\x12\x16.tsfl.v1.HeStepRequest\x1a\x14.tsfl.v1.HeStepReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,26 +55,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATRESPONSE']._serialized_end=797
   _globals['_GETTASKREQUEST']._serialized_start=799
   _globals['_GETTASKREQUEST']._serialized_end=831
-  _globals['_GETTASKRESPONSE']._serialized_start=833
-  _globals['_GETTASKRESPONSE']._serialized_end=949
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=951
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1066
-  _globals['_MODELCHUNK']._serialized_start=1068
-  _globals['_MODELCHUNK']._serialized_end=1148
-  _globals['_UPLOADCHUNK']._serialized_start=1151
-  _globals['_UPLOADCHUNK']._serialized_end=1282
-  _globals['_UPLOADSTATUSREQUEST']._serialized_start=1284
-  _globals['_UPLOADSTATUSREQUEST']._serialized_end=1340
-  _globals['_UPLOADSTATUSRESPONSE']._serialized_start=1342
-  _globals['_UPLOADSTATUSRESPONSE']._serialized_end=1417
-  _globals['_UPLOADRESPONSE']._serialized_start=1419
-  _globals['_UPLOADRESPONSE']._serialized_end=1484
-  _globals['_EVALUATIONREPORT']._serialized_start=1487
-  _globals['_EVALUATIONREPORT']._serialized_end=1677
-  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_start=1631
-  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_end=1677
-  _globals['_ACK']._serialized_start=1679
-  _globals['_ACK']._serialized_end=1684
-  _globals['_DEVICESERVICE']._serialized_start=1687
-  _globals['_DEVICESERVICE']._serialized_end=2399
+  _globals['_GETTASKRESPONSE']._serialized_start=834
+  _globals['_GETTASKRESPONSE']._serialized_end=974
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=976
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1091
+  _globals['_MODELCHUNK']._serialized_start=1093
+  _globals['_MODELCHUNK']._serialized_end=1173
+  _globals['_UPLOADCHUNK']._serialized_start=1176
+  _globals['_UPLOADCHUNK']._serialized_end=1307
+  _globals['_UPLOADSTATUSREQUEST']._serialized_start=1309
+  _globals['_UPLOADSTATUSREQUEST']._serialized_end=1365
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_start=1367
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_end=1442
+  _globals['_UPLOADRESPONSE']._serialized_start=1444
+  _globals['_UPLOADRESPONSE']._serialized_end=1509
+  _globals['_EVALUATIONREPORT']._serialized_start=1512
+  _globals['_EVALUATIONREPORT']._serialized_end=1702
+  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_start=1656
+  _globals['_EVALUATIONREPORT_METRICSENTRY']._serialized_end=1702
+  _globals['_ACK']._serialized_start=1704
+  _globals['_ACK']._serialized_end=1709
+  _globals['_DEVICESERVICE']._serialized_start=1712
+  _globals['_DEVICESERVICE']._serialized_end=2424
 # @@protoc_insertion_point(module_scope)

@@ -111,18 +111,20 @@ class GetTaskRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
-    __slots__ = ("has_task", "round", "model_version", "config_json", "job_finished")
+    __slots__ = ("has_task", "round", "model_version", "config_json", "job_finished", "retry_after_ms")
     HAS_TASK_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     JOB_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     has_task: bool
     round: int
     model_version: int
     config_json: str
     job_finished: bool
-    def __init__(self, has_task: bool = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., config_json: _Optional[str] = ..., job_finished: bool = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, has_task: bool = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., config_json: _Optional[str] = ..., job_finished: bool = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class DownloadModelRequest(_message.Message):
     __slots__ = ("job_id", "version", "offset", "have_version")
