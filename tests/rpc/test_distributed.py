@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import grpc
@@ -22,13 +21,11 @@ from stack_helpers import submit as _submit
 from tsfl.config import parse_job
 from tsfl.he import HeJob
 from tsfl.runtime import stack
-from tsfl.runtime.broker import free_port, start_local_broker
 from tsfl.runtime.embedded import run_embedded
 from tsfl.storage import Store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 JOB = {
     "name": "dist", "seed": 5, "rounds": 5,
     "clients": {"count": 20, "per_round": 10},
@@ -36,44 +33,6 @@ JOB = {
     "training": {"lr": 0.1, "epochs": 2, "batch_size": 16},
     "round": {"deadline_s": 120},
 }
-
-
-@pytest.fixture(scope="module")
-def broker():
-    b = start_local_broker()
-    yield b
-    b.stop()
-
-
-async def _pg(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-def database(pg_available):
-    if not pg_available:
-        pytest.skip("PostgreSQL not reachable")
-    name = f"tsfl_it_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-def services(broker, database, tmp_path, monkeypatch):
-    state = stack.up(tmp_path / "stack", kafka=broker.address, database=database,
-                     grpc_port=free_port())
-    # the stack's operator token, for these helpers and the CLI's subprocesses
-    monkeypatch.setenv("TSFL_ADMIN_TOKEN", state.admin_token)
-    yield state, tmp_path / "stack"
-    if (tmp_path / "stack" / "stack.json").exists():
-        stack.down(tmp_path / "stack")
 
 
 async def _final_model(database: str, job_id: str) -> tuple[np.ndarray, list, list]:

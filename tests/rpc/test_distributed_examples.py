@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import numpy as np
 import pytest
@@ -17,51 +16,13 @@ import yaml
 from stack_helpers import job_info, submit
 
 from tsfl.config import bundled_example
-from tsfl.runtime import stack
-from tsfl.runtime.broker import free_port, start_local_broker
 from tsfl.runtime.embedded import run_embedded
 from tsfl.runtime.fleet import run_fleet
 from tsfl.storage import Store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROUNDS = 2
-
-
-async def _pg(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-def database(pg_available):
-    if not pg_available:
-        pytest.skip("PostgreSQL not reachable")
-    name = f"tsfl_ex_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-def services(database, tmp_path, monkeypatch):
-    broker = start_local_broker()
-    directory = tmp_path / "stack"
-    try:
-        state = stack.up(directory, kafka=broker.address, database=database,
-                         grpc_port=free_port())
-        monkeypatch.setenv("TSFL_ADMIN_TOKEN", state.admin_token)
-        yield state
-    finally:
-        if (directory / "stack.json").exists():
-            stack.down(directory)
-        broker.stop()
 
 
 def _example(name: str) -> dict:
@@ -102,13 +63,13 @@ def test_digits_he_runs_through_the_services_with_threshold_keying(services, dat
     job = _example("digits-he")
     job["crypto"]["he"]["authority"] = [ca.public_key.hex()]
     assert job["crypto"]["he"]["keying"] == "threshold"
-    job_id = submit(services.grpc, job)
+    job_id = submit(services[0].grpc, job)
     silos: dict = {}
     contributed = asyncio.run(asyncio.wait_for(run_fleet(
-        services.grpc, job_id, "enrol-me", parse_job(job), job["clients"]["count"],
+        services[0].grpc, job_id, "enrol-me", parse_job(job), job["clients"]["count"],
         authority=ca, silos=silos), 300))
     assert sum(contributed) == ROUNDS * 10
-    info = job_info(services.grpc, job_id)
+    info = job_info(services[0].grpc, job_id)
     assert info.status == "COMPLETED", info.reason
     ckpt, rounds, parts = asyncio.run(_checkpoint(database, job_id))
     _counted_once(rounds, parts, 10)
@@ -138,11 +99,11 @@ def test_digits_secagg_runs_through_the_services_against_an_active_server(
     # ("0 masked inputs, 90 needed") — the protocol's own abort, nothing released
     job["crypto"]["secagg"]["stage_timeout_s"] = 30.0
     count = job["clients"]["count"]
-    job_id = submit(services.grpc, job)
+    job_id = submit(services[0].grpc, job)
     contributed = asyncio.run(asyncio.wait_for(run_fleet(
-        services.grpc, job_id, "enrol-me", parse_job(job), count), 300))
+        services[0].grpc, job_id, "enrol-me", parse_job(job), count), 300))
     assert sum(contributed) == ROUNDS * count
-    info = job_info(services.grpc, job_id)
+    info = job_info(services[0].grpc, job_id)
     assert info.status == "COMPLETED", info.reason
     ckpt, rounds, parts = asyncio.run(_checkpoint(database, job_id))
     _counted_once(rounds, parts, count)
