@@ -106,3 +106,23 @@ def test_names_and_options_are_checked_when_the_spec_is_parsed(plugins_installed
 def test_without_the_package_the_names_are_unknown():
     with pytest.raises(ConfigError, match="unknown strategy 'trust_region'"):
         parse_job(_job())
+
+
+def test_plugin_options_keep_their_type_and_bad_ones_fail_before_anything_runs(
+        plugins_installed, tmp_path):
+    """A job submitter's options reach the constructor as given (an int stays an int),
+    and one the constructor refuses fails the submission: no job is stored RUNNING."""
+    spec = parse_job(_job(strategy={"name": "trust_region", "options": {"radius": 2}}))
+    assert type(spec.strategy.params()["radius"]) is int
+    bad = parse_job(_job(strategy={"name": "trust_region", "options": {"radius": -1}}))
+    with pytest.raises(ValueError, match="radius must be positive"):
+        asyncio.run(run_embedded(bad, tmp_path / "bad"))
+
+    async def jobs() -> int:
+        store = await Store.open(f"sqlite:///{tmp_path / 'bad' / 'tsfl.db'}")
+        try:
+            return await store.count("jobs")
+        finally:
+            await store.close()
+
+    assert asyncio.run(jobs()) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
 from tsfl.config.adaptive import ClientLrSpec, FedBuffSpec, LrScheduleSpec
 from tsfl.config.base import Fraction, PositiveFloat, PositiveInt, Spec
@@ -48,8 +48,8 @@ _STRATEGY_OPTIONS: dict[str, set[str]] = {
 _NOT_OPTIONS = {"name", "mode", "fedbuff", "lr_schedule", "client_lr", "options"}
 
 #: a plugin strategy's options: scalars only, a few of them
-PluginOption = Annotated[float, Field(allow_inf_nan=False)] | bool | Annotated[
-    str, Field(max_length=256)]
+PluginOption = (StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False)]
+                | Annotated[str, Field(max_length=256)])
 
 
 class StrategySpec(Spec):

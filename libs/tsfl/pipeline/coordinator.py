@@ -212,6 +212,14 @@ class Coordinator(JobDesk, CryptoDesk, ReleaseRecorder):
 
     async def _on_deadline(self, job_id: str, number: int) -> None:
         job = self.jobs.get(job_id)
+        if job is not None and is_buffered(job):  # not in the middle of accepting an update
+            async with self._buffer(job).lock:
+                await self._settle_at_deadline(job_id, number)
+        else:
+            await self._settle_at_deadline(job_id, number)
+
+    async def _settle_at_deadline(self, job_id: str, number: int) -> None:
+        job = self.jobs.get(job_id)
         if job is None or job.round is None or job.round.number != number:
             return
         active = job.round

@@ -41,14 +41,17 @@ MIN_POLL_S, MAX_POLL_S = 0.5, 60.0
 class DeviceDesk(CoordinatorBase):
     """A part of :class:`~tsfl.pipeline.coordinator.Coordinator` (see the module)."""
 
-    def poll_after_s(self) -> float:
-        """How long a device that got no task should wait before it asks again: the
-        devices enrolled in every running job, each asking at this interval, make about
-        :data:`POLL_BUDGET_PER_S` polls a second — so polls stay fast as the fleet grows,
-        and a device learns of a new round within an interval (a round's deadline is
-        minutes)."""
+    def poll_after_s(self, job_id: str) -> float:
+        """How long a device of ``job_id`` that got no task should wait before it asks
+        again: the devices enrolled in every running job, each asking at this interval,
+        make about :data:`POLL_BUDGET_PER_S` polls a second — so polls stay fast as the
+        fleet grows. Never more than a quarter of the job's round deadline (jittered, at
+        most 3/8 of it), so that another job's enrolments cannot make this job's devices
+        miss its rounds."""
         enrolled = sum(job.enrolled for job in self.jobs.values())
-        return min(MAX_POLL_S, max(MIN_POLL_S, enrolled / POLL_BUDGET_PER_S))
+        job = self.jobs.get(job_id)
+        cap = min(MAX_POLL_S, job.spec.round.deadline_s / 4) if job else MAX_POLL_S
+        return max(MIN_POLL_S, min(cap, enrolled / POLL_BUDGET_PER_S))
 
     # -- the device-facing API -------------------------------------------------------------
     async def get_task(self, client_id: str, job_id: str | None = None) -> RoundTask | None:
@@ -75,6 +78,11 @@ class DeviceDesk(CoordinatorBase):
                     config["evaluate"] = True
                 return RoundTask(job.job_id, active.number, job.version, config)
         return None
+
+    async def task_available(self, client_id: str, job_id: str) -> bool:
+        """Whether :meth:`get_task` would give this device a task now (a heartbeat's
+        question: it must not take anything)."""
+        return await self.get_task(client_id, job_id) is not None
 
     async def download_model(self, job_id: str, version: int,
                              have_version: int | None = None) -> bytes:

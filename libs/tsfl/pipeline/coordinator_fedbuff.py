@@ -16,16 +16,26 @@ Rules a device can rely on: one task at a time, one update per device per releas
 device that contributed to the open release gets its next task from the next one), an
 upload that arrives while a release closes waits for the next to open (at most the
 round deadline), and the model of a task stays downloadable for a release after it is
-superseded. A task not answered within the round deadline frees its slot. Restart: the
-tasks in flight live in memory only; after a coordinator restart their uploads are
-refused (``not_selected``) and the devices ask for new tasks.
+superseded. A task answers once: the upload claims it before it waits, so a copy of the
+upload (a retry, or a replay) is refused rather than joining a later release too.
+
+Devices that take slots and never answer (adversary: enrolled devices, one or many ids):
+a task expires after 3× the median time the job's answered tasks took (the round
+deadline until :data:`DURATION_SAMPLES` have answered), and a device whose task expired
+waits :data:`COOLDOWN_RELEASES` releases before it gets another, so holding the slots
+takes ever more ids — each of which the job's enrolment admitted. Restart: the tasks in
+flight live in memory only; after a coordinator restart their uploads are refused
+(``not_selected``) and the devices ask for new tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from tsfl.bus import topics
 from tsfl.core.protocol import RoundTask, UploadReceipt
@@ -41,6 +51,12 @@ from tsfl.wire.messages import decode_update, peek_update_meta, retag_update
 
 #: superseded model versions still served, for tasks handed out just before a release
 KEPT_VERSIONS = 2
+#: answered tasks whose durations set the expiry (before that: the round deadline)
+DURATION_SAMPLES = 5
+#: an expired task's device waits this many releases before its next task
+COOLDOWN_RELEASES = 2
+#: the shortest expiry, whatever the answered tasks took
+MIN_EXPIRY_S = 5.0
 
 
 @dataclass
@@ -61,6 +77,15 @@ class Buffer:
     release_open: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # accept → close, one at a time
     ended: bool = False  # the job finished: waiting uploads are refused at once
+    durations: collections.deque[float] = field(  # how long answered tasks took
+        default_factory=lambda: collections.deque(maxlen=101))
+    cooldown: dict[str, int] = field(default_factory=dict)  # device → first release again
+
+    def expiry_s(self, deadline_s: float) -> float:
+        """How long a task may stay unanswered (see the module docstring)."""
+        if len(self.durations) < DURATION_SAMPLES:
+            return deadline_s
+        return min(deadline_s, max(MIN_EXPIRY_S, 3.0 * float(np.median(self.durations))))
 
 
 def is_buffered(job: JobState) -> bool:
@@ -118,23 +143,45 @@ class BufferDesk(DeviceDesk):
         if job is None or not is_buffered(job):
             return await super().get_task(client_id, job_id)
         active, buf = job.round, self._buffer(job)
-        now = time.monotonic()
-        expired = [c for c, t in buf.in_flight.items()
-                   if now - t.since > job.spec.round.deadline_s]
-        for c in expired:  # a device that went quiet gives its slot back
-            del buf.in_flight[c]
+        self._expire(job, buf)
         task = buf.in_flight.get(client_id)
         if task is None:
-            if (active is None or active.state is not RoundState.COLLECTING
-                    or client_id in active.uploaded
-                    or len(buf.in_flight) >= job.spec.strategy.fedbuff.concurrency):
+            if not self._slot_for(job, buf, client_id):
                 return None
+            assert active is not None
             task = buf.in_flight[client_id] = Task(active.number, job.version)
         config = {"seed": client_seed(job.spec.seed, task.round, client_id),
                   "round": task.round, **job.client_config(task.round)}
         if job.uplink is not None:
             config["compression"] = dict(job.uplink)
         return RoundTask(job.job_id, task.round, task.version, config)
+
+    def _expire(self, job: JobState, buf: Buffer) -> None:
+        """Free the slots of tasks unanswered for too long; their devices cool down."""
+        now, limit = time.monotonic(), buf.expiry_s(job.spec.round.deadline_s)
+        for c in [c for c, t in buf.in_flight.items() if now - t.since > limit]:
+            del buf.in_flight[c]
+            buf.cooldown[c] = job.last_round + COOLDOWN_RELEASES
+
+    def _slot_for(self, job: JobState, buf: Buffer, client_id: str) -> bool:
+        """Whether ``client_id`` may take a new task now."""
+        active = job.round
+        if (active is None or active.state is not RoundState.COLLECTING
+                or client_id in active.uploaded
+                or len(buf.in_flight) >= job.spec.strategy.fedbuff.concurrency):
+            return False
+        if buf.cooldown.get(client_id, 0) > active.number:
+            return False
+        buf.cooldown.pop(client_id, None)
+        return True
+
+    async def task_available(self, client_id: str, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None or not is_buffered(job):
+            return await super().task_available(client_id, job_id)
+        buf = self._buffer(job)  # a heartbeat takes no slot
+        self._expire(job, buf)
+        return client_id in buf.in_flight or self._slot_for(job, buf, client_id)
 
     async def download_model(self, job_id: str, version: int,
                              have_version: int | None = None) -> bytes:
@@ -173,9 +220,10 @@ class BufferDesk(DeviceDesk):
             return await self._refuse(job, job.round, client_id, "not_selected",
                                       "no task of this device is in flight for round "
                                       f"{meta['round']} on v{meta['model_version']}")
+        del buf.in_flight[client_id]  # claimed: a copy of this upload finds no task
+        buf.durations.append(time.monotonic() - task.since)
         bound, norm = self._norm_bound(job), l2_norm(update.delta)
         if bound is not None and not norm <= bound:
-            buf.in_flight.pop(client_id, None)
             return await self._refuse(job, job.round, client_id, "norm_bound",
                                       f"update norm {norm:.4g} exceeds the bound {bound:.4g}")
         deadline = time.monotonic() + job.spec.round.deadline_s
@@ -185,7 +233,6 @@ class BufferDesk(DeviceDesk):
                 return await self._refuse(job, job.round, client_id, "round_closed",
                                           "the job has finished")
             if remaining <= 0:
-                buf.in_flight.pop(client_id, None)
                 return await self._refuse(job, job.round, client_id, "round_closed",
                                           "no release opened in time for this update")
             try:
@@ -201,10 +248,8 @@ class BufferDesk(DeviceDesk):
     async def _accept_buffered(self, job: JobState, active: ActiveRound, client_id: str,
                                data: bytes | bytearray, meta: dict, norm: float
                                ) -> UploadReceipt:
-        buf = self._buffer(job)
         tau = job.version - meta["model_version"]
         if tau > job.spec.strategy.fedbuff.max_staleness:
-            buf.in_flight.pop(client_id, None)
             return await self._refuse(job, active, client_id, "stale_model", (
                 f"trained on v{meta['model_version']}, {tau} releases behind v{job.version} "
                 f"(max_staleness {job.spec.strategy.fedbuff.max_staleness})"))
@@ -219,7 +264,6 @@ class BufferDesk(DeviceDesk):
         await self.store.record_upload(job.job_id, active.number, client_id,
                                        num_examples=meta["num_examples"],
                                        bytes_up=len(data), metrics={})
-        buf.in_flight.pop(client_id, None)
         active.cohort.append(client_id)
         active.uploaded.append(client_id)
         active.norms.append(norm)

@@ -40,6 +40,7 @@ class JobDesk(BufferDesk):
         """Persist the job and its initial model (version 0), then announce it."""
         if layout.total_size != initial.shape[0]:
             raise ValueError("initial model does not match its layout")
+        strategy_from_spec(spec)  # an installed strategy's options fail here, not at release
         if threshold_keyed(spec) and not self.he_openings:
             raise ValueError("crypto.he.keying 'threshold' needs devices that open each sum "
                              "together through the coordinator, which this coordinator's "

@@ -101,9 +101,9 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         device = await self.gate.device(context, request.job_id)
         await self.coordinator.store.touch_device(request.job_id, device,
                                                   _traits(request.traits))
-        task = await self.coordinator.get_task(device, request.job_id)
+        available = await self.coordinator.task_available(device, request.job_id)
         return device_pb2.HeartbeatResponse(
-            task_available=task is not None,
+            task_available=available,
             job_finished=request.job_id not in self.coordinator.jobs)
 
     @broker_call()
@@ -114,8 +114,9 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         device = await self.gate.device(context, request.job_id)
         task = await self.coordinator.get_task(device, request.job_id)
         if task is None:
-            return device_pb2.GetTaskResponse(
-                has_task=False, retry_after_ms=int(1000 * self.coordinator.poll_after_s()))
+            advice = self.coordinator.poll_after_s(request.job_id)
+            return device_pb2.GetTaskResponse(has_task=False,
+                                              retry_after_ms=int(1000 * advice))
         return device_pb2.GetTaskResponse(has_task=True, round=task.round,
                                           model_version=task.model_version,
                                           config_json=json.dumps(task.config))

@@ -193,6 +193,11 @@ class JobManager:
             except LookupError as exc:
                 log.warning("cannot resume %s: %s", row["id"], exc)
                 continue
+            except Exception as exc:  # e.g. a strategy no longer installed: this job only
+                log.exception("cannot resume %s", row["id"])
+                self.coordinator.jobs.pop(row["id"], None)
+                await self.store.finish_job(row["id"], "FAILED", f"cannot resume: {exc}")
+                continue
             self._start(row["id"], JobSpec.model_validate(row["spec"]))
             resumed.append(row["id"])
         return resumed

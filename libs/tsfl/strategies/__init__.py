@@ -27,7 +27,7 @@ def build_strategy(name: str, **params: Any) -> Strategy:
                              f"{exc}") from None
     try:
         return cls(**params)
-    except TypeError as exc:  # an option the plugin's constructor does not take
+    except Exception as exc:  # an option its constructor does not take, or refuses
         raise ValueError(f"strategy {name!r}: {exc}") from None
 
 
