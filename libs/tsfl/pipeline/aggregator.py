@@ -206,7 +206,7 @@ class Aggregator(BusRole):
             return
         state = await self._job(v["job"])
         rnd = await self._round(state, v["round"]) if state else None
-        if rnd is None:
+        if state is None or rnd is None:
             self.settle(record)
             return
         rnd.held.append(position_of(record))
@@ -222,7 +222,7 @@ class Aggregator(BusRole):
             return
         state = await self._job(meta["job_id"])
         rnd = await self._round(state, meta["round"]) if state else None
-        if rnd is None:
+        if state is None or rnd is None:
             self.settle(record)
             return
         rnd.held.append(position_of(record))
