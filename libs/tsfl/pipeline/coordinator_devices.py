@@ -205,12 +205,7 @@ class DeviceDesk(CoordinatorBase):
         if not fresh:
             return await self._refuse(job, active, client_id, "duplicate",
                                       "this update was already accepted")
-        active.uploaded.append(client_id)
-        active.bytes_up += len(data)
-        stats = active.codec_stats.setdefault(meta["codecs"] or "f32",
-                                              {"updates": 0, "bytes": 0})
-        stats["updates"] += 1
-        stats["bytes"] += len(data)
+        active.count_upload(client_id, meta["codecs"], len(data))
         if update.sealed is not None:
             active.sealed_bytes += len(update.sealed)
             active.sealed_values += int(job.he.selected.size) if job.he else 0

@@ -265,13 +265,8 @@ class BufferDesk(DeviceDesk):
                                        num_examples=meta["num_examples"],
                                        bytes_up=len(data), metrics={})
         active.cohort.append(client_id)
-        active.uploaded.append(client_id)
         active.norms.append(norm)
-        active.bytes_up += len(data)
-        stats = active.codec_stats.setdefault(meta["codecs"] or "f32",
-                                              {"updates": 0, "bytes": 0})
-        stats["updates"] += 1
-        stats["bytes"] += len(data)
+        active.count_upload(client_id, meta["codecs"], len(data))
         if len(active.uploaded) >= job.spec.strategy.fedbuff.buffer:
             await self._close(job, active)
         return UploadReceipt(True)

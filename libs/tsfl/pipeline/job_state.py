@@ -91,6 +91,14 @@ class ActiveRound:
     deadline: asyncio.TimerHandle | None = None
     opened_at: float = field(default_factory=time.monotonic)  # for the round's duration
 
+    def count_upload(self, client_id: str, codecs: str, nbytes: int) -> None:
+        """An accepted upload: who, and its bytes under its codec chain."""
+        self.uploaded.append(client_id)
+        self.bytes_up += nbytes
+        stats = self.codec_stats.setdefault(codecs or "f32", {"updates": 0, "bytes": 0})
+        stats["updates"] += 1
+        stats["bytes"] += nbytes
+
 
 @dataclass
 class JobState:
