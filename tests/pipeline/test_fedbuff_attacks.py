@@ -11,6 +11,7 @@ import numpy as np
 from test_fedbuff_pipeline import JOB, Harness
 
 from tsfl.config import parse_job
+from tsfl.pipeline.coordinator_fedbuff import Buffer
 from tsfl.pipeline.driver import drive_rounds
 
 
@@ -111,3 +112,26 @@ async def test_a_heartbeat_takes_no_training_slot(tmp_path):
             assert await h.coord.task_available(cid, JOB)
         task = await h.coord.get_task("c3", JOB)  # the one that trains still gets it
         assert task is not None and not await h.coord.task_available("c0", JOB)
+
+
+def test_devices_answering_at_once_cannot_shorten_the_expiry():
+    """Colluders answer 99 tasks instantly to drive the expiry down; one honest device
+    took 20 s: tasks still get 40 s (twice the longest), where a median would give the
+    5 s floor and expire every honest device slower than that."""
+    buf = Buffer()
+    buf.durations.extend([0.001] * 99 + [20.0])
+    assert buf.expiry_s(deadline_s=600) == 40.0
+    assert Buffer().expiry_s(deadline_s=600) == 600  # too few accepted tasks yet
+
+
+async def test_a_refused_upload_does_not_count_towards_the_expiry(tmp_path):
+    """An instant upload refused for its norm is not a measure of honest training time."""
+    spec = parse_job({"name": "fb", "rounds": 2, "clients": {"count": 4, "per_round": 4},
+                      "strategy": {"name": "fedavg", "mode": "async",
+                                   "fedbuff": {"buffer": 1, "concurrency": 2}},
+                      "round": {"max_update_norm": 1.0}})
+    async with Harness(tmp_path, spec) as h:
+        await h.coord.open_round(JOB)
+        task = await h.coord.get_task("c0", JOB)
+        assert (await h.send("c0", task, 100.0, 5)).code == "norm_bound"
+        assert not h.coord.buffers[JOB].durations

@@ -20,12 +20,13 @@ superseded. A task answers once: the upload claims it before it waits, so a copy
 upload (a retry, or a replay) is refused rather than joining a later release too.
 
 Devices that take slots and never answer (adversary: enrolled devices, one or many ids):
-a task expires after 3× the median time the job's answered tasks took (the round
-deadline until :data:`DURATION_SAMPLES` have answered), and a device whose task expired
-waits :data:`COOLDOWN_RELEASES` releases before it gets another, so holding the slots
-takes ever more ids — each of which the job's enrolment admitted. Restart: the tasks in
-flight live in memory only; after a coordinator restart their uploads are refused
-(``not_selected``) and the devices ask for new tasks.
+a task expires after twice the longest time the job's recently accepted tasks took (the
+round deadline until :data:`DURATION_SAMPLES` have been accepted; the longest, so that
+devices answering at once cannot shorten it under an honest slow device), and a device
+whose task expired waits :data:`COOLDOWN_RELEASES` releases before it gets another, so
+holding the slots takes ever more ids — each of which the job's enrolment admitted.
+Restart: the tasks in flight live in memory only; after a coordinator restart their
+uploads are refused (``not_selected``) and the devices ask for new tasks.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from tsfl.bus import topics
 from tsfl.core.protocol import RoundTask, UploadReceipt
@@ -51,7 +50,7 @@ from tsfl.wire.messages import decode_update, peek_update_meta, retag_update
 
 #: superseded model versions still served, for tasks handed out just before a release
 KEPT_VERSIONS = 2
-#: answered tasks whose durations set the expiry (before that: the round deadline)
+#: accepted tasks whose durations set the expiry (before that: the round deadline)
 DURATION_SAMPLES = 5
 #: an expired task's device waits this many releases before its next task
 COOLDOWN_RELEASES = 2
@@ -77,15 +76,15 @@ class Buffer:
     release_open: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # accept → close, one at a time
     ended: bool = False  # the job finished: waiting uploads are refused at once
-    durations: collections.deque[float] = field(  # how long answered tasks took
-        default_factory=lambda: collections.deque(maxlen=101))
+    durations: collections.deque[float] = field(  # how long accepted tasks took
+        default_factory=lambda: collections.deque(maxlen=100))
     cooldown: dict[str, int] = field(default_factory=dict)  # device → first release again
 
     def expiry_s(self, deadline_s: float) -> float:
         """How long a task may stay unanswered (see the module docstring)."""
         if len(self.durations) < DURATION_SAMPLES:
             return deadline_s
-        return min(deadline_s, max(MIN_EXPIRY_S, 3.0 * float(np.median(self.durations))))
+        return min(deadline_s, max(MIN_EXPIRY_S, 2.0 * max(self.durations)))
 
 
 def is_buffered(job: JobState) -> bool:
@@ -221,7 +220,7 @@ class BufferDesk(DeviceDesk):
                                       "no task of this device is in flight for round "
                                       f"{meta['round']} on v{meta['model_version']}")
         del buf.in_flight[client_id]  # claimed: a copy of this upload finds no task
-        buf.durations.append(time.monotonic() - task.since)
+        took = time.monotonic() - task.since
         bound, norm = self._norm_bound(job), l2_norm(update.delta)
         if bound is not None and not norm <= bound:
             return await self._refuse(job, job.round, client_id, "norm_bound",
@@ -243,7 +242,11 @@ class BufferDesk(DeviceDesk):
                 active = job.round
                 if buf.ended or active is None or active.state is not RoundState.COLLECTING:
                     continue
-                return await self._accept_buffered(job, active, client_id, data, meta, norm)
+                receipt = await self._accept_buffered(job, active, client_id, data, meta,
+                                                      norm)
+                if receipt.accepted:
+                    buf.durations.append(took)
+                return receipt
 
     async def _accept_buffered(self, job: JobState, active: ActiveRound, client_id: str,
                                data: bytes | bytearray, meta: dict, norm: float
