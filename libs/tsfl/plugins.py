@@ -15,6 +15,7 @@ docs/extending.md shows how to write and install one of each.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 
 from tsfl.errors import TsflError
@@ -30,6 +31,19 @@ class PluginError(TsflError, ValueError):
 def installed(group: str) -> dict[str, EntryPoint]:
     """The installed plugins of ``group`` by name (metadata only: nothing is imported)."""
     return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def known_name(group: str, name: str, built_in: Iterable[str], what: str) -> str:
+    """``name`` when it is built in or installed in ``group``; else a ValueError naming
+    both lists (what a spec validator raises)."""
+    built = list(built_in)
+    if name in built:
+        return name
+    plugins = installed(group)
+    if name not in plugins:
+        raise ValueError(f"unknown {what} {name!r}: built in are {', '.join(built)}; "
+                         f"installed: {', '.join(sorted(plugins)) or 'none'}")
+    return name
 
 
 def load_plugin(group: str, name: str, base: type) -> type:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "libs" / "tsfl"
@@ -21,15 +22,13 @@ def _type_checking_lines(tree: ast.Module) -> set[int]:
     return lines
 
 
-def package_graph() -> dict[str, dict[str, set[str]]]:
-    """package -> imported package -> the modules importing it (runtime imports only;
-    ``if TYPE_CHECKING`` blocks are annotations, not dependencies)."""
-    graph: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+def _runtime_imports() -> Iterator[tuple[Path, ast.AST, list[str]]]:
+    """(file under libs/tsfl, import node, absolute module names it imports) for every
+    runtime import (``if TYPE_CHECKING`` blocks are annotations, not dependencies)."""
     for path in ROOT.rglob("*.py"):
         rel = path.relative_to(ROOT)
         if rel.parts[0] == "v1":  # generated stubs
             continue
-        src = rel.parts[0].removesuffix(".py")
         tree = ast.parse(path.read_text())
         skip = _type_checking_lines(tree)
         for node in ast.walk(tree):
@@ -38,10 +37,18 @@ def package_graph() -> dict[str, dict[str, set[str]]]:
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module] if isinstance(node, ast.ImportFrom) and node.module
                      and node.level == 0 else [])
-            for name in names:
-                parts = name.split(".")
-                if parts[0] == "tsfl" and len(parts) > 1 and parts[1] != src:
-                    graph[src][parts[1]].add(".".join(rel.with_suffix("").parts))
+            yield rel, node, names
+
+
+def package_graph() -> dict[str, dict[str, set[str]]]:
+    """package -> imported package -> the modules importing it (runtime imports only)."""
+    graph: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for rel, _, names in _runtime_imports():
+        src = rel.parts[0].removesuffix(".py")
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "tsfl" and len(parts) > 1 and parts[1] != src:
+                graph[src][parts[1]].add(".".join(rel.with_suffix("").parts))
     return graph
 
 
@@ -65,22 +72,11 @@ def module_imports() -> set[tuple[str, str]]:
     """(importing module, imported tsfl module) for every runtime import under libs/tsfl
     (as :func:`package_graph` counts them, module by module)."""
     found: set[tuple[str, str]] = set()
-    for path in ROOT.rglob("*.py"):
-        rel = path.relative_to(ROOT)
-        if rel.parts[0] == "v1":
-            continue
-        tree = ast.parse(path.read_text())
-        skip = _type_checking_lines(tree)
-        for node in ast.walk(tree):
-            if getattr(node, "lineno", 0) in skip:
-                continue
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
-                     and node.level == 0 else [])
-            if isinstance(node, ast.ImportFrom) and node.module in ("tsfl", "tsfl.rpc"):
-                names = [f"{node.module}.{a.name}" for a in node.names]
-            found.update((".".join(rel.with_suffix("").parts), n.removeprefix("tsfl."))
-                         for n in names if n.startswith("tsfl."))
+    for rel, node, names in _runtime_imports():
+        if isinstance(node, ast.ImportFrom) and node.module in ("tsfl", "tsfl.rpc"):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        found.update((".".join(rel.with_suffix("").parts), n.removeprefix("tsfl."))
+                     for n in names if n.startswith("tsfl."))
     return found
 
 

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+from models_for_tests import NoTraining
 
 from tsfl.config import parse_job
 from tsfl.core.layout import ParamLayout
@@ -354,17 +355,6 @@ class _Unavailable(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.GetTaskResponse(has_task=False, job_finished=True)
 
 
-class _NoTraining:
-    def get_parameters(self, config):
-        return []
-
-    def fit(self, parameters, config):
-        raise AssertionError("no task is ever handed out")
-
-    def evaluate(self, parameters, config):
-        raise AssertionError("no task is ever handed out")
-
-
 def test_backoff_grows_to_its_cap_with_jitter_below_it():
     backoff = Backoff(base_s=0.1, cap_s=1.0, jitter=0.5)
     assert [backoff.ceiling(n) for n in range(7)] == pytest.approx(
@@ -390,7 +380,7 @@ async def test_a_device_retries_unavailable_with_capped_backoff_until_it_is_answ
     backoff = Backoff(base_s=0.05, cap_s=0.2, jitter=0.5)
     try:
         contributed = await asyncio.wait_for(start_client(
-            f"127.0.0.1:{port}", _NoTraining(), job_id="job", device_id="dev-1",  # type: ignore[arg-type]
+            f"127.0.0.1:{port}", NoTraining(), job_id="job", device_id="dev-1",  # type: ignore[arg-type]
             token="enrol", layout=ParamLayout([("w", (2,), "float32")]), backoff=backoff,
             offload=False), 30)
     finally:

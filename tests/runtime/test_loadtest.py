@@ -9,6 +9,7 @@ import time
 
 import grpc
 import pytest
+from models_for_tests import NoTraining
 
 from tsfl.core.layout import ParamLayout
 from tsfl.rpc.retry import Backoff
@@ -38,17 +39,6 @@ class _CancelsRegister(device_pb2_grpc.DeviceServiceServicer):
         return device_pb2.GetTaskResponse(has_task=False, job_finished=True)
 
 
-class _NoTraining:
-    def get_parameters(self, config):
-        return []
-
-    def fit(self, parameters, config):
-        raise AssertionError("no task is ever handed out")
-
-    def evaluate(self, parameters, config):
-        raise AssertionError("no task is ever handed out")
-
-
 async def test_a_device_retries_a_register_the_transport_cancelled():
     servicer = _CancelsRegister(failures=3)
     server = grpc.aio.server()
@@ -57,7 +47,7 @@ async def test_a_device_retries_a_register_the_transport_cancelled():
     await server.start()
     try:
         contributed = await asyncio.wait_for(start_client(
-            f"127.0.0.1:{port}", _NoTraining(), job_id="job", device_id="dev-1",  # type: ignore[arg-type]
+            f"127.0.0.1:{port}", NoTraining(), job_id="job", device_id="dev-1",  # type: ignore[arg-type]
             token="enrol", layout=ParamLayout([("w", (2,), "float32")]),
             backoff=Backoff(base_s=0.01, cap_s=0.05), offload=False), 30)
     finally:

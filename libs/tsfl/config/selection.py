@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from tsfl.config.base import PositiveFloat, Spec
-from tsfl.plugins import SELECTION_GROUP, installed
+from tsfl.plugins import SELECTION_GROUP, known_name
 
 #: the policies that ship with tsfl
 BUILT_IN = ("uniform", "speed", "oort", "stratified")
@@ -41,8 +41,4 @@ class SelectionSpec(Spec):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind: str) -> str:
-        if kind not in BUILT_IN and kind not in installed(SELECTION_GROUP):
-            raise ValueError(f"unknown selection {kind!r}: built in are "
-                             f"{', '.join(BUILT_IN)}; installed: "
-                             f"{', '.join(sorted(installed(SELECTION_GROUP))) or 'none'}")
-        return kind
+        return known_name(SELECTION_GROUP, kind, BUILT_IN, "selection")

@@ -10,7 +10,7 @@ from pydantic import Field, StrictBool, StrictInt, field_validator, model_valida
 from tsfl.config.adaptive import ClientLrSpec, FedBuffSpec, LrScheduleSpec
 from tsfl.config.base import Fraction, PositiveFloat, PositiveInt, Spec
 from tsfl.config.clock import ClockSpec
-from tsfl.plugins import STRATEGY_GROUP, installed
+from tsfl.plugins import STRATEGY_GROUP, known_name
 
 
 class DpSgdSpec(Spec):
@@ -75,11 +75,7 @@ class StrategySpec(Spec):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in _STRATEGY_OPTIONS and name not in installed(STRATEGY_GROUP):
-            raise ValueError(f"unknown strategy {name!r}: built in are "
-                             f"{', '.join(sorted(_STRATEGY_OPTIONS))}; installed: "
-                             f"{', '.join(sorted(installed(STRATEGY_GROUP))) or 'none'}")
-        return name
+        return known_name(STRATEGY_GROUP, name, sorted(_STRATEGY_OPTIONS), "strategy")
 
     @model_validator(mode="after")
     def _check(self) -> StrategySpec:

@@ -99,7 +99,10 @@ class BufferDesk(DeviceDesk):
     buffers: dict[str, Buffer]
 
     def _buffer(self, job: JobState) -> Buffer:
-        return self.buffers.setdefault(job.job_id, Buffer())
+        buf = self.buffers.get(job.job_id)  # per device call: build one only when missing
+        if buf is None:
+            buf = self.buffers[job.job_id] = Buffer()
+        return buf
 
     # -- releases (called by the round state machine) --------------------------------------
     async def _open_release(self, job: JobState, active: ActiveRound) -> None:
