@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import grpc
+import numpy as np
 import yaml
 
 from tsfl.config import parse_job
@@ -36,3 +38,19 @@ def fleet(address: str, job_id: str, job: dict, token: str = "enrol-me") -> list
 
     return asyncio.run(asyncio.wait_for(
         run_fleet(address, job_id, token, parse_job(job), job["clients"]["count"]), 300))
+
+
+def embedded_final(tmp_path: Path, job: dict) -> np.ndarray:
+    """The final model of ``job`` run embedded: the reference a distributed run must equal."""
+    from tsfl.runtime.embedded import run_embedded
+
+    return asyncio.run(run_embedded(parse_job(job), tmp_path / "embedded")).final_vector
+
+
+def check_counted_once(rounds: list, parts: list, job: dict) -> None:
+    """Every round published with its whole cohort, every (round, client) accepted once."""
+    assert [r["state"] for r in rounds] == ["PUBLISHED"] * job["rounds"]
+    per_round = job["clients"]["per_round"]
+    assert all(r["accepted"] == per_round for r in rounds)
+    keys = [(p["round"], p["client_id"]) for p in parts if p["status"] == "accepted"]
+    assert len(keys) == len(set(keys)) == job["rounds"] * per_round

@@ -14,6 +14,8 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+from stack_helpers import check_counted_once as _check_counted_once
+from stack_helpers import embedded_final as _embedded_final
 from stack_helpers import fleet as _fleet
 from stack_helpers import job_info as _job
 from stack_helpers import submit as _submit
@@ -43,18 +45,6 @@ async def _final_model(database: str, job_id: str) -> tuple[np.ndarray, list, li
                 await store.list_participants(job_id))
     finally:
         await store.close()
-
-
-def _embedded_final(tmp_path: Path, job: dict) -> np.ndarray:
-    return asyncio.run(run_embedded(parse_job(job), tmp_path / "embedded")).final_vector
-
-
-def _check_counted_once(rounds: list, parts: list, job: dict) -> None:
-    assert [r["state"] for r in rounds] == ["PUBLISHED"] * job["rounds"]
-    per_round = job["clients"]["per_round"]
-    assert all(r["accepted"] == per_round for r in rounds)
-    keys = [(p["round"], p["client_id"]) for p in parts if p["status"] == "accepted"]
-    assert len(keys) == len(set(keys)) == job["rounds"] * per_round
 
 
 def test_distributed_job_equals_the_embedded_run(services, database, tmp_path):

@@ -78,6 +78,16 @@ class Consumer(ABC):
     async def commit(self, record: Record) -> None:
         """Mark ``record`` (and everything before it in its partition) as done."""
 
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The (topic, partition) pairs this member owns now (empty before it joined or
+        while its group rebalances). After a rebalance a member reads each of its
+        partitions again from the committed offset."""
+        return frozenset()
+
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, when known."""
+        return None
+
     async def commit_all(self, records: Iterable[Record]) -> None:
         """Mark many records done: the last of each partition, in as few calls as the bus
         allows (a round's worth of held records costs one broker round trip, not one

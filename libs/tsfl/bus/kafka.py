@@ -24,6 +24,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from tsfl.bus.base import (
@@ -36,6 +38,7 @@ from tsfl.bus.base import (
     latest_per_partition,
 )
 from tsfl.bus.chunks import CHUNK_HEADER, ChunkAssembler, split
+from tsfl.bus.partitioning import kafka_partitioner
 from tsfl.telemetry import inject_trace_headers
 from tsfl.wire.envelope import WIRE_VERSION
 
@@ -104,7 +107,8 @@ class KafkaBus(Bus):
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
             enable_idempotence=False, max_request_size=self.max_request_bytes,
-            request_timeout_ms=self.request_timeout_ms, linger_ms=0)
+            request_timeout_ms=self.request_timeout_ms, linger_ms=0,
+            partitioner=kafka_partitioner)  # the placement consumers compute (partitioning)
         try:
             await self._producer.start()
         except KafkaError as exc:
@@ -225,7 +229,11 @@ class KafkaConsumer(Consumer):
             client_id=f"{self.bus.client_id}-{self.group_id}", enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_bytes=fetch * 4,
             max_partition_fetch_bytes=fetch, check_crcs=True,
-            fetch_max_wait_ms=self.bus.fetch_max_wait_ms)
+            fetch_max_wait_ms=self.bus.fetch_max_wait_ms,
+            # range first: co-partitioned topics give a member the same indices in each
+            # (round robin only while an older member that lacks it is in the group)
+            partition_assignment_strategy=(RangePartitionAssignor,
+                                           RoundRobinPartitionAssignor))
         try:
             await self._consumer.start()
         except KafkaError as exc:
@@ -283,6 +291,17 @@ class KafkaConsumer(Consumer):
             total += max(0, high - position)
             known = True
         return total if known else None
+
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        if self._consumer is None:
+            return frozenset()
+        return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def partition_count(self, topic: str) -> int | None:
+        if self._consumer is None:
+            return None
+        parts = self._consumer.partitions_for_topic(topic)
+        return len(parts) if parts else None
 
     async def commit(self, record: Record) -> None:
         await self.commit_all((record,))

@@ -1,19 +1,21 @@
 """In-memory bus for the embedded deployment, with Kafka's delivery semantics.
 
-Topics have partitions chosen by key hash; consumer groups share partitions among
-their members and resume from committed offsets (at-least-once). Records every
+Topics have partitions chosen by key hash (Kafka's partitioner,
+:func:`~tsfl.bus.partitioning.partition_for`); consumer groups share partitions among
+their members range by range (Kafka's ``RangeAssignor``) and, after every rebalance,
+resume from committed offsets (at-least-once). Records every
 subscribed group has committed are dropped, so memory tracks what is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tsfl.bus.base import Bus, BusError, Consumer, Payload, Record
+from tsfl.bus.partitioning import partition_for, range_assignment
 
 
 @dataclass
@@ -69,7 +71,7 @@ class MemoryBus(Bus):
         parts = self._topics.get(topic)
         if parts is None:
             raise BusError(f"unknown topic {topic!r}; create it first")
-        index = zlib.crc32(key) % len(parts) if key is not None else 0
+        index = partition_for(key, len(parts)) if key is not None else 0
         part = parts[index]
         record = Record(topic, index, part.next_offset, key, bytes(value), tuple(headers))
         part.records.append(record)
@@ -105,20 +107,18 @@ class MemoryBus(Bus):
             self._rebalance(group)
 
     def _rebalance(self, group: _Group) -> None:
-        """Round-robin partitions over members; each resumes at the committed offset."""
+        """Range-assign each topic's partitions over the members reading it (in joining
+        order, as Kafka's RangeAssignor); every member resumes at the committed offsets."""
         for m in group.members:
             m._positions.clear()
-        if not group.members:
-            return
-        slots = [(t, p) for t in sorted(group.topics) for p in range(len(self._topics[t]))]
-        i = 0
-        for tp in slots:
-            for _ in range(len(group.members)):
-                member = group.members[i % len(group.members)]
-                i += 1
-                if tp[0] in member.topics:
-                    member._positions[tp] = group.committed.get(tp, self._topics[tp[0]][tp[1]].base)
-                    break
+        for topic in sorted(group.topics):
+            readers = [m for m in group.members if topic in m.topics]
+            parts = self._topics[topic]
+            for member, owned in zip(readers, range_assignment(len(readers), len(parts)),
+                                     strict=True):
+                for p in owned:
+                    member._positions[(topic, p)] = group.committed.get((topic, p),
+                                                                        parts[p].base)
         for topic in group.topics:
             self._wake(topic)
 
@@ -196,6 +196,13 @@ class MemoryConsumer(Consumer):
             except TimeoutError:
                 return None
         return None
+
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        return frozenset(self._positions)
+
+    def partition_count(self, topic: str) -> int | None:
+        parts = self._bus._topics.get(topic)
+        return len(parts) if parts is not None else None
 
     async def commit(self, record: Record) -> None:
         if (record.topic, record.partition) not in self._positions:

@@ -20,7 +20,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     if args.action == "up":
         try:
             state = stack.up(directory, kafka=args.kafka, database=args.database,
-                             grpc_port=args.grpc_port)
+                             grpc_port=args.grpc_port, aggregators=args.aggregators)
         except stack.StackError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return 1
@@ -55,4 +55,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--kafka", help="use this broker instead of starting one")
     st.add_argument("--database", help="database URL (default: a SQLite file in --dir)")
     st.add_argument("--grpc-port", type=int, default=50051)
+    st.add_argument("--aggregators", type=int, default=1, metavar="N",
+                    help="aggregator replicas (one consumer group: each folds its "
+                         "partitions, the privacy stage merges the partial aggregates)")
     st.set_defaults(func=cmd_stack)

@@ -33,6 +33,7 @@ from tsfl.core.layout import ParamLayout
 from tsfl.pipeline import events
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.round_metrics import observe_verdicts
+from tsfl.pipeline.routing import update_key
 from tsfl.robust.anomaly import Reputation
 from tsfl.robust.judge import judge_round
 from tsfl.robust.wfagg import ClientHistory
@@ -182,7 +183,7 @@ class Byzantine(BusRole):
             await self.bus.publish(topics.VERDICTS, events.verdict_message(
                 job_id, number, v["client"], weight=v["weight"], reason=v["reason"],
                 scores=v["scores"], scale=v["scale"]),
-                key=events.update_key(job_id, number, v["client"]))
+                key=update_key(job.spec, job_id, number, v["client"]))
         if alert:
             await self.bus.publish(topics.ALERTS, events.alert_message(
                 job_id, number, flagged=sorted(flagged), fraction=fraction,

@@ -20,6 +20,7 @@ from tsfl.pipeline.job_state import (
     UploadRefused,
 )
 from tsfl.pipeline.released_models import LATEST
+from tsfl.pipeline.routing import update_key
 from tsfl.pipeline.task_config import ingest_topic, secagg_task_config
 from tsfl.privacy.clipping import l2_norm
 from tsfl.storage.store import RoundState
@@ -198,7 +199,7 @@ class DeviceDesk(CoordinatorBase):
         # the bus but unrecorded, the device retries, and the aggregator (idempotent by
         # client) counts it once. Never the reverse, which could lose an accepted update.
         await self.bus.publish(ingest_topic(job.spec), data,
-                               key=events.update_key(job.job_id, active.number, client_id))
+                               key=update_key(job.spec, job.job_id, active.number, client_id))
         fresh = await self.store.record_upload(
             job.job_id, active.number, client_id, num_examples=meta["num_examples"],
             bytes_up=len(data), metrics={})

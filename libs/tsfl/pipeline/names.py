@@ -17,7 +17,7 @@ _ROLE_PATHS = {
     "selector": ("tsfl.pipeline.selector", "Selector"),
     "privacy": ("tsfl.pipeline.privacy", "Privacy"),
     "byzantine": ("tsfl.pipeline.byzantine", "Byzantine"),
-    "aggregator": ("tsfl.pipeline.aggregator", "Aggregator"),
+    "aggregator": ("tsfl.pipeline.aggregator_replicas", "PartitionedAggregator"),
     "he": ("tsfl.pipeline.he", "HomomorphicAggregator"),
 }
 

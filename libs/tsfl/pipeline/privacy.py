@@ -13,7 +13,9 @@
   events are stored in one transaction before the model is published.
 
 A round is released once: a redelivered aggregate of a released round re-publishes the
-stored model (no second draw of noise, no second charge).
+stored model (no second draw of noise, no second charge). The aggregator replicas'
+partial aggregates are merged first (:mod:`tsfl.pipeline.partial_release`): held until
+they cover the round, then released as one aggregate.
 
 What is released names nobody: the ``tsfl.models`` frame carries the model, its round and
 ε — never the cohort, example counts or losses, which would reveal who took part and void
@@ -39,6 +41,8 @@ from tsfl.config import JobSpec
 from tsfl.core.layout import ParamLayout
 from tsfl.he import HeJob
 from tsfl.pipeline import events
+from tsfl.pipeline.partial_release import PartialRelease
+from tsfl.pipeline.partials import is_partial
 from tsfl.pipeline.role import BusRole
 from tsfl.pipeline.strategy_build import observe_loss, strategy_from_spec
 from tsfl.privacy.accounting import Epsilons, PrivacyAccountant, RoundEvent
@@ -83,7 +87,7 @@ class _Release:
         return self.plan.clip_norm if self.plan is not None else None
 
 
-class Privacy(BusRole):
+class Privacy(BusRole, PartialRelease):
     name = "privacy"
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "privacy",
@@ -97,13 +101,19 @@ class Privacy(BusRole):
         if record.topic == topics.UPDATES_RAW:
             await self._on_update(record)
         elif record.topic == topics.AGGREGATES:
-            await self._on_aggregate(record)
-            self.settle(record)
+            head, payload = events.parse_aggregate(record.value)
+            if is_partial(head):  # an aggregator replica's share (partial_release)
+                await self._on_partial(record, head, payload)
+            else:
+                await self._on_aggregate(head, payload)
+                self.settle(record)
         else:
             event = events.parse_round_event(record.value)
             if event["type"] == events.JOB_FINISHED:
                 self.jobs.pop(event["job"], None)
+                self._drop_partials(event["job"])
             elif event["type"] == events.ROUND_FAILED:
+                self._drop_partials(event["job"], event["round"])
                 await self._on_failed_round(event["job"], event["round"])
             self.settle(record)
 
@@ -176,8 +186,7 @@ class Privacy(BusRole):
         return encode_update(update, state.layout)
 
     # -- release ---------------------------------------------------------------------------
-    async def _on_aggregate(self, record: Record) -> None:
-        head, payload = events.parse_aggregate(record.value)
+    async def _on_aggregate(self, head: dict[str, Any], payload: memoryview) -> None:
         if not head["ok"]:
             return  # a failed round from an older producer (failures have their topic)
         state = await self._job(head["job"])

@@ -64,8 +64,13 @@ class BusRole(ABC):
             raise RuntimeError(f"{self.name} is not started")
         return self._consumer
 
+    def group_topics(self) -> tuple[str, ...]:
+        """The topics read as a member of ``group_id``: all of :attr:`topics`, unless the
+        role reads some apart (the aggregator replicas each read ``tsfl.rounds`` whole)."""
+        return self.topics
+
     async def start(self) -> None:
-        self._consumer = self.bus.consumer(self.topics, self.group_id)
+        self._consumer = self.bus.consumer(self.group_topics(), self.group_id)
         await self._consumer.start()
         self._offsets = OffsetTracker()
         self._committer = asyncio.create_task(self._commit_loop(),

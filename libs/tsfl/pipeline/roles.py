@@ -9,6 +9,7 @@ from tsfl.bus import TOPICS
 from tsfl.bus.base import Bus
 from tsfl.bus.memory import MemoryBus
 from tsfl.pipeline.aggregator import Aggregator
+from tsfl.pipeline.aggregator_replicas import PartitionedAggregator
 from tsfl.pipeline.byzantine import Byzantine
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.pipeline.he import HomomorphicAggregator
@@ -23,7 +24,7 @@ ROLES: dict[str, Callable[[Bus, Store], BusRole]] = {
     "selector": Selector,
     "privacy": Privacy,
     "byzantine": Byzantine,
-    "aggregator": Aggregator,
+    "aggregator": PartitionedAggregator,
     "he": HomomorphicAggregator,
 }
 

@@ -104,19 +104,30 @@ def _unused_port(state: StackState, *also: str) -> int:
             return port
 
 
-def start_service(name: str, state: StackState, directory: Path) -> dict:
+def replica_name(name: str, replica: int = 0) -> str:
+    """The stack's name of replica ``replica`` (0-based) of service ``name``: ``name``,
+    then ``name-2``, ``name-3``, ..."""
+    return name if replica == 0 else f"{name}-{replica + 1}"
+
+
+def start_service(name: str, state: StackState, directory: Path, replica: int = 0) -> dict:
+    """Start (or restart) replica ``replica`` of service ``name``; recorded under
+    :func:`replica_name`. An aggregator replica is named by ``TSFL_REPLICA`` (stable across
+    restarts, so it resumes its own reading of ``tsfl.rounds``)."""
+    key = replica_name(name, replica)
     health = f"127.0.0.1:{_unused_port(state)}"
     metrics = f"127.0.0.1:{_unused_port(state, health)}"
-    log_path = directory / f"{name}.log"
+    log_path = directory / f"{key}.log"
     command = [*service_command(name, state.kafka, state.database, state.grpc, health),
                "--metrics", metrics]
+    env = {**os.environ, "TSFL_REPLICA": key} if name == "aggregator" else None
     with private_log(log_path) as log:  # mode 600: logs name jobs, devices and peers
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     entry = {"pid": proc.pid, "health": state.grpc if name == "coordinator" else health,
              "metrics": metrics, "log": str(log_path)}
     _PROCS[proc.pid] = proc
-    state.services[name] = entry
+    state.services[key] = entry
     return entry
 
 
@@ -137,10 +148,12 @@ def running(directory: Path) -> list[str]:
 
 
 def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: int = 50051,
-       timeout: float = 90.0) -> StackState:
-    """Start a broker (unless ``kafka`` names one) and the six services; refuses a
-    directory whose stack still runs (a second set would share its database and lose
-    track of the first)."""
+       timeout: float = 90.0, aggregators: int = 1) -> StackState:
+    """Start a broker (unless ``kafka`` names one) and the six services (``aggregators``
+    aggregator replicas); refuses a directory whose stack still runs (a second set would
+    share its database and lose track of the first)."""
+    if aggregators < 1:
+        raise StackError("--aggregators must be at least 1")
     live = running(directory)
     if live:
         raise StackError(f"a stack is already running in {directory} ({', '.join(live)}); "
@@ -155,7 +168,8 @@ def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: i
     state = StackState(kafka=kafka, database=database, grpc=f"127.0.0.1:{grpc_port}",
                        broker_pid=broker_pid)
     for name in SERVICE_ORDER:
-        start_service(name, state, directory)
+        for replica in range(aggregators if name == "aggregator" else 1):
+            start_service(name, state, directory, replica)
     state.save(directory)
     deadline = time.monotonic() + timeout
     for name, entry in state.services.items():

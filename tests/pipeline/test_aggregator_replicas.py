@@ -1,0 +1,203 @@
+"""Aggregator replicas and hierarchical aggregation (embedded: MemoryBus, one process).
+
+Two aggregator replicas in one consumer group split the update topics' partitions, each
+publishes a partial aggregate of its partitions, and the release stage merges them: the
+released models equal the single-aggregator run's (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from tsfl.bus import TOPICS, MemoryBus, topics
+from tsfl.bus.base import Record
+from tsfl.bus.partitioning import owned_indices, partition_for, range_assignment
+from tsfl.config import parse_job
+from tsfl.pipeline import events
+from tsfl.pipeline import roles as roles_module
+from tsfl.pipeline.aggregator_replicas import PartitionedAggregator
+from tsfl.pipeline.partials import (
+    PartialError,
+    PartialFold,
+    PartialMerge,
+    exact_cover,
+    partial_message,
+)
+from tsfl.runtime.embedded import run_embedded
+
+BASE = {"seed": 3, "rounds": 3, "clients": {"count": 12, "per_round": 8},
+        "model": {"kind": "logreg"}, "training": {"lr": 0.1, "epochs": 1, "batch_size": 8}}
+MODES: dict[str, dict[str, Any]] = {
+    "fedavg": {},
+    # verdicts: an update folds once its verdict (same key, same partition) is here
+    "krum": {"robust": {"aggregator": "multikrum", "num_malicious": 1}},
+    # a coordinate-wise rule needs the whole round: keyed by round, one replica owns it
+    "median": {"robust": {"aggregator": "median", "num_malicious": 1}},
+    "central-dp": {"privacy": {"mode": "central", "noise_multiplier": 0.5, "clip_norm": 1.0,
+                               "noise": "seeded"}},
+}
+
+
+# -- partitioning ----------------------------------------------------------------------------
+def test_partitioner_is_kafkas():
+    kafka = DefaultPartitioner()
+    for n in range(200):
+        key = os.urandom(n % 64)
+        for parts in (1, 3, 4, 7):
+            assert partition_for(key, parts) == kafka(key, list(range(parts)),
+                                                      list(range(parts)))
+
+
+def test_range_assignment_co_partitions():
+    assert [list(r) for r in range_assignment(3, 4)] == [[0, 1], [2], [3]]
+    assert [list(r) for r in range_assignment(5, 4)][4] == []
+    parts, aligned = owned_indices({("a", 0), ("a", 1), ("b", 0), ("b", 1)}, ["a", "b"])
+    assert parts == {0, 1} and aligned
+    parts, aligned = owned_indices({("a", 0), ("b", 1)}, ["a", "b"])
+    assert parts == frozenset() and not aligned
+
+
+async def test_memory_bus_gives_members_the_same_indices_of_each_topic():
+    bus = MemoryBus()
+    await bus.start()
+    await bus.create_topics({"a": 4, "b": 4, "c": 4})
+    members = [bus.consumer(["a", "b", "c"], "g") for _ in range(3)]
+    for m in members:
+        await m.start()
+    owned = [owned_indices(m.assignment(), ["a", "b", "c"]) for m in members]
+    assert all(aligned for _, aligned in owned)
+    assert sorted(p for parts, _ in owned for p in parts) == [0, 1, 2, 3]
+    await members[0].stop()  # the others take its partitions over
+    owned = [owned_indices(m.assignment(), ["a", "b", "c"])[0] for m in members[1:]]
+    assert sorted(p for parts in owned for p in parts) == [0, 1, 2, 3]
+    await bus.stop()
+
+
+# -- the merge -------------------------------------------------------------------------------
+def test_exact_cover():
+    s = frozenset
+    assert exact_cover([s({0, 1}), s({2, 3})], 4) == [s({0, 1}), s({2, 3})]
+    assert exact_cover([s({0, 1}), s({1, 2, 3})], 4) is None
+    assert exact_cover([s({2, 3}), s({0, 1, 2, 3}), s({0})], 4) == [s({0, 1, 2, 3})]
+
+
+def _partial(parts: set[int], covers: list[str], mean: np.ndarray | None, weight: float,
+             uploaded: set[str], *, accepted: list[str] | None = None) -> tuple[Record, Any]:
+    p = PartialFold("j", 1, 0, "L", frozenset(parts), 4, uploaded, covers, "r",
+                    covers if accepted is None else accepted, {}, 10 * len(covers), 1.0,
+                    10 * len(covers), mean, weight, "examples", 0)
+    data = partial_message(p)
+    head, payload = events.parse_aggregate(data)
+    return Record(topics.AGGREGATES, 0, sum(parts), None, data), (head, payload)
+
+
+def test_partials_merge_to_the_weighted_mean_once_they_cover_every_partition():
+    merge = PartialMerge()
+    uploaded = {"a", "b", "c"}
+    a = np.array([1.0, 2.0], np.float32)
+    b = np.array([4.0, -2.0], np.float32)
+    rec, (head, payload) = _partial({0, 1}, ["a", "b"], a, 2.0, uploaded)
+    assert merge.offer(rec, head, payload, 2) is None
+    assert merge.offer(rec, head, payload, 2) is None  # redelivered: counted once
+    rec2, (head2, payload2) = _partial({2, 3}, ["c"], b, 1.0, uploaded)
+    merged = merge.offer(rec2, head2, payload2, 2)
+    assert merged is not None and merge.pending() == 0
+    np.testing.assert_allclose(merged.mean, (2 * a + b) / 3, rtol=1e-7)
+    assert merged.head["weight_total"] == 3.0
+    assert sorted(merged.head["accepted"]) == ["a", "b", "c"]
+    assert len(merged.held) == 3  # settled once released
+
+
+def test_a_merge_that_misses_an_uploaded_client_is_refused():
+    merge = PartialMerge()
+    uploaded = {"a", "b", "c"}
+    rec, (head, payload) = _partial({0, 1}, ["a"], np.ones(2, np.float32), 1.0, uploaded)
+    merge.offer(rec, head, payload, 2)
+    rec2, (head2, payload2) = _partial({2, 3}, ["c"], np.ones(2, np.float32), 1.0, uploaded)
+    with pytest.raises(PartialError):
+        merge.offer(rec2, head2, payload2, 2)
+
+
+def test_a_round_whose_partials_accept_nobody_fails():
+    merge = PartialMerge()
+    rec, (head, payload) = _partial({0, 1, 2, 3}, ["a"], None, 0.0, {"a"}, accepted=[])
+    merged = merge.offer(rec, head, payload, 2)
+    assert merged is not None and merged.mean is None and merged.reason
+
+
+# -- embedded runs ---------------------------------------------------------------------------
+def _run(spec_extra: dict[str, Any], tmp_path, replicas: int,
+         seen: list[dict[str, Any]]) -> np.ndarray:
+    original = roles_module.LocalPipeline.__init__
+
+    def with_replicas(self, bus, store):  # type: ignore[no-untyped-def]
+        original(self, bus, store)
+        self.roles["aggregator"] = PartitionedAggregator(bus, store, replica="r0")
+        for i in range(1, replicas):
+            self.roles[f"aggregator-{i + 1}"] = PartitionedAggregator(bus, store,
+                                                                      replica=f"r{i}")
+        for name, role in self.roles.items():
+            if name.startswith("aggregator"):
+                role.bus = _Spy(bus, seen)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(roles_module.LocalPipeline, "__init__", with_replicas)
+    try:
+        spec = parse_job({**BASE, "name": "replicas", **spec_extra})
+        result = asyncio.run(run_embedded(spec, tmp_path))
+    finally:
+        mp.undo()
+    assert result.status == "COMPLETED", result.reason
+    return result.final_vector
+
+
+class _Spy:
+    """The bus as an aggregator replica sees it: its partial aggregates are recorded."""
+
+    def __init__(self, bus: MemoryBus, seen: list[dict[str, Any]]):
+        self._bus, self._seen = bus, seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bus, name)
+
+    async def publish(self, topic: str, value: bytes, *args: Any, **kw: Any) -> None:
+        if topic == topics.AGGREGATES:
+            self._seen.append(events.parse_aggregate(value)[0])
+        await self._bus.publish(topic, value, *args, **kw)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_two_aggregator_replicas_release_the_single_aggregator_model(mode, tmp_path):
+    one: list[dict[str, Any]] = []
+    two: list[dict[str, Any]] = []
+    single = _run(MODES[mode], tmp_path / "one", 1, one)
+    split = _run(MODES[mode], tmp_path / "two", 2, two)
+    assert np.max(np.abs(single - split)) <= 1e-6
+    assert all(h["partial"]["parts"] == [0, 1, 2, 3] for h in one)
+    rounds = BASE["rounds"]
+    assert len(one) == rounds
+    # every round: one partial from each replica, covering half the partitions each
+    assert sorted(tuple(h["partial"]["parts"]) for h in two) == sorted(
+        [(0, 1), (2, 3)] * rounds)
+    assert {h["partial"]["replica"] for h in two} == {"r0", "r1"}
+    for number in range(1, rounds + 1):  # the two partials account for every upload once
+        pair = [h["partial"] for h in two if h["round"] == number]
+        assert sum(len(p["covers"]) for p in pair) == pair[0]["uploaded"] > 0
+    if mode == "median":  # the whole round in one replica's partial, the other empty
+        assert sorted(len(h["partial"]["covers"]) for h in two) == sorted([0, 8] * rounds)
+    else:
+        assert all(len(h["partial"]["covers"]) < 8 for h in two)
+
+
+def test_tsfl_rounds_is_read_whole_by_every_replica():
+    roles = [PartitionedAggregator(MemoryBus(), None, replica=r) for r in ("a", "b")]  # type: ignore[arg-type]
+    assert all(topics.ROUNDS not in r.group_topics() for r in roles)
+    assert all(topics.ROUNDS in r.topics for r in roles)
+    assert {r.rounds.group_id for r in roles} == {"aggregator.a", "aggregator.b"}
+    assert TOPICS[topics.ROUNDS] == 1
