@@ -22,6 +22,7 @@ from tsfl.config import parse_job
 from tsfl.pipeline import events
 from tsfl.pipeline import roles as roles_module
 from tsfl.pipeline.aggregator_replicas import PartitionedAggregator
+from tsfl.pipeline.byzantine_replicas import ReplicatedByzantine
 from tsfl.pipeline.partials import (
     PartialError,
     PartialFold,
@@ -35,10 +36,11 @@ BASE = {"seed": 3, "rounds": 3, "clients": {"count": 12, "per_round": 8},
         "model": {"kind": "logreg"}, "training": {"lr": 0.1, "epochs": 1, "batch_size": 8}}
 MODES: dict[str, dict[str, Any]] = {
     "fedavg": {},
-    # verdicts: an update folds once its verdict (same key, same partition) is here
+    # a robust rule judges the whole round: keyed by round, one byzantine replica judges
+    # it and one aggregator replica folds it (an update folds once its verdict is here)
     "krum": {"robust": {"aggregator": "multikrum", "num_malicious": 1}},
-    # a coordinate-wise rule needs the whole round: keyed by round, one replica owns it
     "median": {"robust": {"aggregator": "median", "num_malicious": 1}},
+    "wfagg": {"robust": {"aggregator": "wfagg", "num_malicious": 1}},
     "central-dp": {"privacy": {"mode": "central", "noise_multiplier": 0.5, "clip_norm": 1.0,
                                "noise": "seeded"}},
 }
@@ -134,17 +136,19 @@ def test_a_round_whose_partials_accept_nobody_fails():
 # -- embedded runs ---------------------------------------------------------------------------
 def _run(spec_extra: dict[str, Any], tmp_path, replicas: int,
          seen: list[dict[str, Any]]) -> np.ndarray:
+    """The job embedded with ``replicas`` aggregator and ``replicas`` byzantine replicas;
+    ``seen`` gets each partial aggregate's head and each replica's verdicts
+    (``{"verdicts": replica, "round": n}``)."""
     original = roles_module.LocalPipeline.__init__
 
     def with_replicas(self, bus, store):  # type: ignore[no-untyped-def]
         original(self, bus, store)
-        self.roles["aggregator"] = PartitionedAggregator(bus, store, replica="r0")
-        for i in range(1, replicas):
-            self.roles[f"aggregator-{i + 1}"] = PartitionedAggregator(bus, store,
-                                                                      replica=f"r{i}")
-        for name, role in self.roles.items():
-            if name.startswith("aggregator"):
-                role.bus = _Spy(bus, seen)
+        for i in range(replicas):
+            name = "" if i == 0 else f"-{i + 1}"
+            self.roles[f"aggregator{name}"] = PartitionedAggregator(
+                _Spy(bus, seen, f"r{i}"), store, replica=f"r{i}")
+            self.roles[f"byzantine{name}"] = ReplicatedByzantine(
+                _Spy(bus, seen, f"b{i}"), store, replica=f"b{i}")
 
     mp = pytest.MonkeyPatch()
     mp.setattr(roles_module.LocalPipeline, "__init__", with_replicas)
@@ -158,10 +162,10 @@ def _run(spec_extra: dict[str, Any], tmp_path, replicas: int,
 
 
 class _Spy:
-    """The bus as an aggregator replica sees it: its partial aggregates are recorded."""
+    """The bus as a replica sees it: its partial aggregates and verdicts are recorded."""
 
-    def __init__(self, bus: MemoryBus, seen: list[dict[str, Any]]):
-        self._bus, self._seen = bus, seen
+    def __init__(self, bus: MemoryBus, seen: list[dict[str, Any]], replica: str):
+        self._bus, self._seen, self._replica = bus, seen, replica
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bus, name)
@@ -169,30 +173,46 @@ class _Spy:
     async def publish(self, topic: str, value: bytes, *args: Any, **kw: Any) -> None:
         if topic == topics.AGGREGATES:
             self._seen.append(events.parse_aggregate(value)[0])
+        elif topic == topics.VERDICTS:
+            verdict = events.parse_verdict(value)
+            self._seen.append({"verdicts": self._replica, "round": verdict["round"],
+                               "client": verdict["client"], "weight": verdict["weight"]})
         await self._bus.publish(topic, value, *args, **kw)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_two_aggregator_replicas_release_the_single_aggregator_model(mode, tmp_path):
+def test_two_replicas_of_each_stage_release_the_single_replica_model(mode, tmp_path):
     one: list[dict[str, Any]] = []
     two: list[dict[str, Any]] = []
     single = _run(MODES[mode], tmp_path / "one", 1, one)
     split = _run(MODES[mode], tmp_path / "two", 2, two)
     assert np.max(np.abs(single - split)) <= 1e-6
-    assert all(h["partial"]["parts"] == [0, 1, 2, 3] for h in one)
+    partials_one = [h for h in one if "partial" in h]
+    partials_two = [h for h in two if "partial" in h]
+    assert all(h["partial"]["parts"] == [0, 1, 2, 3] for h in partials_one)
     rounds = BASE["rounds"]
-    assert len(one) == rounds
+    assert len(partials_one) == rounds
     # every round: one partial from each replica, covering half the partitions each
-    assert sorted(tuple(h["partial"]["parts"]) for h in two) == sorted(
+    assert sorted(tuple(h["partial"]["parts"]) for h in partials_two) == sorted(
         [(0, 1), (2, 3)] * rounds)
-    assert {h["partial"]["replica"] for h in two} == {"r0", "r1"}
+    assert {h["partial"]["replica"] for h in partials_two} == {"r0", "r1"}
     for number in range(1, rounds + 1):  # the two partials account for every upload once
-        pair = [h["partial"] for h in two if h["round"] == number]
+        pair = [h["partial"] for h in partials_two if h["round"] == number]
         assert sum(len(p["covers"]) for p in pair) == pair[0]["uploaded"] > 0
-    if mode == "median":  # the whole round in one replica's partial, the other empty
-        assert sorted(len(h["partial"]["covers"]) for h in two) == sorted([0, 8] * rounds)
-    else:
-        assert all(len(h["partial"]["covers"]) < 8 for h in two)
+    if "robust" not in MODES[mode]:
+        assert all(len(h["partial"]["covers"]) < 8 for h in partials_two)
+        assert not [h for h in two if "verdicts" in h]
+        return
+    # a robust round is whole at one replica of each stage: one partial covers it, the
+    # other is empty; one byzantine replica judged it, with the single replica's verdicts
+    assert sorted(len(h["partial"]["covers"]) for h in partials_two) == sorted(
+        [0, 8] * rounds)
+    verdicts_one = {(v["round"], v["client"]): v["weight"] for v in one if "verdicts" in v}
+    verdicts_two = {(v["round"], v["client"]): v["weight"] for v in two if "verdicts" in v}
+    assert verdicts_two == verdicts_one and len(verdicts_one) == 8 * rounds
+    judges = {n: {v["verdicts"] for v in two if v.get("round") == n and "verdicts" in v}
+              for n in range(1, rounds + 1)}
+    assert all(len(j) == 1 for j in judges.values()), judges
 
 
 def test_tsfl_rounds_is_read_whole_by_every_replica():

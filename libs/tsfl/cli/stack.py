@@ -20,7 +20,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     if args.action == "up":
         try:
             state = stack.up(directory, kafka=args.kafka, database=args.database,
-                             grpc_port=args.grpc_port, aggregators=args.aggregators)
+                             grpc_port=args.grpc_port, aggregators=args.aggregators,
+                             byzantine=args.byzantine)
         except stack.StackError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return 1
@@ -58,4 +59,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--aggregators", type=int, default=1, metavar="N",
                     help="aggregator replicas (one consumer group: each folds its "
                          "partitions, the privacy stage merges the partial aggregates)")
+    st.add_argument("--byzantine", type=int, default=1, metavar="N",
+                    help="byzantine replicas (one consumer group: each judges the rounds "
+                         "whose partition it owns)")
     st.set_defaults(func=cmd_stack)

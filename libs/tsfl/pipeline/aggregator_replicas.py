@@ -171,6 +171,12 @@ class PartitionedAggregator(Aggregator):
         elif kind == events.CLOSING:
             state = await self._job(job_id)
             known = self._closings.get(job_id)
+            if known is not None and known.round == number:
+                # The same CLOSING read again (the reader's consumer restarted its reading
+                # from the committed position): the new copy is the one its bookkeeping
+                # knows now, so it is the one held — settling it would commit past it.
+                known.record = position_of(record)
+                return
             if state is not None and number > state.closed and (
                     known is None or known.round < number):
                 if known is not None:
@@ -249,6 +255,12 @@ class PartitionedAggregator(Aggregator):
             sum(1 for c in accepted if c in rnd.unclipped),
             error=None if result.mean is not None or not rnd.mine else
             (result.error or "no valid update to aggregate"))
+        if state.spec.strategy.mode == "async" and rnd.mine:  # which model each trained on
+            await self.store.append_audit(state.job_id, "fedbuff.folded", {
+                "round": rnd.number, "model_version": state.version,
+                "partitions": sorted(rnd.parts),
+                "staleness": sorted(rnd.staleness.get(c, 0) for c in accepted)},
+                actor="aggregator")
         await self.bus.publish(topics.AGGREGATES, partial_message(partial),
                                key=topics.round_key(state.job_id, rnd.number))
         observe_aggregation(state.job_id, time.monotonic() - rnd.closing_at)

@@ -12,8 +12,9 @@ are persisted (participants table, audit trail, client history) before the verdi
 published and the round's records committed.
 
 Client history (WFAgg's temporal filter, reputation) is stored as it stands *before*
-each round, so a restarted service that judges a round again starts from the same
-history and publishes the same verdicts.
+each round and read back before each judgement, so a restarted service (or another
+replica) that judges a round again starts from the same history and publishes the same
+verdicts; a round whose verdicts are recorded already gets them again as recorded.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class _Pending:
     invalid: dict[str, str] = field(default_factory=dict)
     closing: set[str] | None = None
     held: list[Record] = field(default_factory=list)
+    judged: bool = False  # verdicts out (a replica keeps the round until it is done)
 
 
 @dataclass
@@ -116,6 +118,9 @@ class Byzantine(BusRole):
             self.settle(record)  # an old round's replay: judged already
             return
         pending = job.rounds.setdefault(number, _Pending())
+        if pending.judged:
+            self.settle(record)  # read again after a rebalance: judged already
+            return
         pending.held.append(position_of(record))
         if client not in pending.updates and client not in pending.invalid:
             try:
@@ -145,18 +150,28 @@ class Byzantine(BusRole):
     # -- judging ---------------------------------------------------------------------------
     async def _maybe_judge(self, job_id: str, job: _Job, number: int) -> None:
         pending = job.rounds.get(number)
-        if pending is None or pending.closing is None:
+        if pending is None or pending.closing is None or pending.judged:
             return
         if not all(c in pending.updates or c in pending.invalid for c in pending.closing):
             return  # announced uploads still on their way
         clients = sorted(pending.updates)
-        # The history this round starts from: the stored snapshot when judging it again.
-        if number < job.next_round:
-            saved = await self.store.load_robust_state(job_id)
-            if saved is not None and saved[0] == number:
-                job.history, extra = _unpack_state(saved[1])
-                job.reputation = _reputation(job.spec, extra)
-        else:
+        # The history this round starts from is the stored one: the snapshot taken before
+        # the round when judging it again, or what another replica left after the round
+        # before (replicas judge a job's rounds in turn: byzantine_replicas).
+        saved = await self.store.load_robust_state(job_id)
+        if saved is not None and saved[0] > number:
+            # judged already (a redelivery after a restart or a rebalance): the stored
+            # verdicts again, not a second judgement from the history after the round
+            stored = await self._stored_verdicts(job_id, number, pending.closing)
+            if stored is not None:
+                await self._publish_verdicts(job_id, job, number, stored)
+                self.settle(*pending.held)
+                job.rounds.pop(number, None)
+                return
+        if saved is not None:
+            job.history, extra = _unpack_state(saved[1])
+            job.reputation = _reputation(job.spec, extra)
+        if saved is None or saved[0] < number:
             await self.store.save_robust_state(job_id, number, _pack_state(job))
         verdicts = await self._judge(job_id, job, number, clients, pending)
         for client, reason in pending.invalid.items():
@@ -179,11 +194,7 @@ class Byzantine(BusRole):
         await self.store.record_verdicts(job_id, number, verdicts, audits)
         job.next_round = max(job.next_round, number + 1)
         await self.store.save_robust_state(job_id, job.next_round, _pack_state(job))
-        for v in verdicts:
-            await self.bus.publish(topics.VERDICTS, events.verdict_message(
-                job_id, number, v["client"], weight=v["weight"], reason=v["reason"],
-                scores=v["scores"], scale=v["scale"]),
-                key=update_key(job.spec, job_id, number, v["client"]))
+        await self._publish_verdicts(job_id, job, number, verdicts)
         if alert:
             await self.bus.publish(topics.ALERTS, events.alert_message(
                 job_id, number, flagged=sorted(flagged), fraction=fraction,
@@ -191,8 +202,27 @@ class Byzantine(BusRole):
                 key=job_id.encode())
             self.log.warning("job %s round %d: %.0f%% of updates flagged", job_id, number,
                              100 * fraction)
+        self.log.info("%s: judged job %s round %d: %d verdicts, %d flagged", self.name,
+                      job_id, number, len(verdicts), len(flagged))
         self.settle(*pending.held)
         job.rounds.pop(number, None)
+
+    async def _publish_verdicts(self, job_id: str, job: _Job, number: int,
+                                verdicts: list[dict[str, Any]]) -> None:
+        for v in verdicts:
+            await self.bus.publish(topics.VERDICTS, events.verdict_message(
+                job_id, number, v["client"], weight=v["weight"], reason=v["reason"],
+                scores=v.get("scores") or {}, scale=v.get("scale", 1.0)),
+                key=update_key(job.spec, job_id, number, v["client"]))
+
+    async def _stored_verdicts(self, job_id: str, number: int, clients: set[str]
+                               ) -> list[dict[str, Any]] | None:
+        """The verdicts recorded for round ``number``, when every client has one."""
+        rows = {p["client_id"]: (p["metrics"] or {}).get("verdict")
+                for p in await self.store.list_participants(job_id, number)}
+        if any(rows.get(c) is None for c in clients):
+            return None
+        return [{"client": c, **rows[c]} for c in sorted(clients)]
 
     async def _judge(self, job_id: str, job: _Job, number: int, clients: list[str],
                      pending: _Pending) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from tsfl.bus.base import Bus
 from tsfl.bus.memory import MemoryBus
 from tsfl.pipeline.aggregator import Aggregator
 from tsfl.pipeline.aggregator_replicas import PartitionedAggregator
-from tsfl.pipeline.byzantine import Byzantine
+from tsfl.pipeline.byzantine_replicas import ReplicatedByzantine
 from tsfl.pipeline.coordinator import Coordinator
 from tsfl.pipeline.he import HomomorphicAggregator
 from tsfl.pipeline.privacy import Privacy
@@ -23,7 +23,7 @@ ROLES: dict[str, Callable[[Bus, Store], BusRole]] = {
     "coordinator": Coordinator,
     "selector": Selector,
     "privacy": Privacy,
-    "byzantine": Byzantine,
+    "byzantine": ReplicatedByzantine,
     "aggregator": PartitionedAggregator,
     "he": HomomorphicAggregator,
 }

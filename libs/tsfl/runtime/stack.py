@@ -16,11 +16,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tsfl.bus import topics
 from tsfl.errors import ErrorKind, TsflError
 from tsfl.pipeline.names import SERVICE_NAMES
 from tsfl.runtime.broker import free_port, private_log, start_local_broker, wait_for_port
 
 SERVICE_ORDER = ["aggregator", "byzantine", "privacy", "he", "selector", "coordinator"]
+#: the stages that run as N replicas of one consumer group (docs/architecture.md)
+REPLICATED = ("aggregator", "byzantine")
+#: more replicas than the update topics' partitions would idle
+MAX_REPLICAS = topics.TOPICS[topics.UPDATES_CLIPPED]
 _PROCS: dict[int, subprocess.Popen[bytes]] = {}  # children of this process, to reap them
 
 
@@ -112,15 +117,15 @@ def replica_name(name: str, replica: int = 0) -> str:
 
 def start_service(name: str, state: StackState, directory: Path, replica: int = 0) -> dict:
     """Start (or restart) replica ``replica`` of service ``name``; recorded under
-    :func:`replica_name`. An aggregator replica is named by ``TSFL_REPLICA`` (stable across
-    restarts, so it resumes its own reading of ``tsfl.rounds``)."""
+    :func:`replica_name`. A replicated stage's process is named by ``TSFL_REPLICA``
+    (stable across restarts, so it resumes its own reading of ``tsfl.rounds``)."""
     key = replica_name(name, replica)
     health = f"127.0.0.1:{_unused_port(state)}"
     metrics = f"127.0.0.1:{_unused_port(state, health)}"
     log_path = directory / f"{key}.log"
     command = [*service_command(name, state.kafka, state.database, state.grpc, health),
                "--metrics", metrics]
-    env = {**os.environ, "TSFL_REPLICA": key} if name == "aggregator" else None
+    env = {**os.environ, "TSFL_REPLICA": key} if name in REPLICATED else None
     with private_log(log_path) as log:  # mode 600: logs name jobs, devices and peers
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
@@ -148,12 +153,17 @@ def running(directory: Path) -> list[str]:
 
 
 def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: int = 50051,
-       timeout: float = 90.0, aggregators: int = 1) -> StackState:
+       timeout: float = 90.0, aggregators: int = 1, byzantine: int = 1) -> StackState:
     """Start a broker (unless ``kafka`` names one) and the six services (``aggregators``
-    aggregator replicas); refuses a directory whose stack still runs (a second set would
-    share its database and lose track of the first)."""
-    if aggregators < 1:
-        raise StackError("--aggregators must be at least 1")
+    aggregator and ``byzantine`` byzantine replicas); refuses a directory whose stack
+    still runs (a second set would share its database and lose track of the first).
+
+    The second and later replicas start once the first of every service serves: replicas
+    of one group join it one after the other, not all at once."""
+    replicas = {"aggregator": aggregators, "byzantine": byzantine}
+    for name, count in replicas.items():
+        if not 1 <= count <= MAX_REPLICAS:
+            raise StackError(f"{name} replicas must be between 1 and {MAX_REPLICAS}")
     live = running(directory)
     if live:
         raise StackError(f"a stack is already running in {directory} ({', '.join(live)}); "
@@ -167,22 +177,32 @@ def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: i
     database = database or f"sqlite:///{(directory / 'tsfl.db').resolve()}"
     state = StackState(kafka=kafka, database=database, grpc=f"127.0.0.1:{grpc_port}",
                        broker_pid=broker_pid)
-    for name in SERVICE_ORDER:
-        for replica in range(aggregators if name == "aggregator" else 1):
-            start_service(name, state, directory, replica)
-    state.save(directory)
     deadline = time.monotonic() + timeout
-    for name, entry in state.services.items():
+    for name in SERVICE_ORDER:
+        start_service(name, state, directory)
+    state.save(directory)
+    _wait_serving(directory, state, list(state.services), deadline)
+    extra = [(name, r) for name in SERVICE_ORDER for r in range(1, replicas.get(name, 1))]
+    for name, r in extra:
+        start_service(name, state, directory, r)
+        state.save(directory)
+        _wait_serving(directory, state, [replica_name(name, r)], deadline)
+    state.admin_token = issue_admin_token(database, "stack-operator", "operator")
+    _write_private(directory / "admin-token", state.admin_token + "\n")
+    state.save(directory)
+    return state
+
+
+def _wait_serving(directory: Path, state: StackState, names: list[str],
+                  deadline: float) -> None:
+    for name in names:
+        entry = state.services[name]
         host, port = entry["health"].rsplit(":", 1)
         while not wait_for_port(host, int(port), 0.5):
             proc = _PROCS.get(entry["pid"])
             if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
                 down(directory)
                 raise RuntimeError(f"service {name} did not come up; see {entry['log']}")
-    state.admin_token = issue_admin_token(database, "stack-operator", "operator")
-    _write_private(directory / "admin-token", state.admin_token + "\n")
-    state.save(directory)
-    return state
 
 
 def status(directory: Path) -> dict[str, str]:
