@@ -47,10 +47,12 @@ def embedded_final(tmp_path: Path, job: dict) -> np.ndarray:
     return asyncio.run(run_embedded(parse_job(job), tmp_path / "embedded")).final_vector
 
 
-def check_counted_once(rounds: list, parts: list, job: dict) -> None:
-    """Every round published with its whole cohort, every (round, client) accepted once."""
+def check_counted_once(rounds: list, parts: list, job: dict,
+                       accepted: int | None = None) -> None:
+    """Every round published with ``accepted`` updates (default: its whole cohort), every
+    (round, client) accepted once."""
     assert [r["state"] for r in rounds] == ["PUBLISHED"] * job["rounds"]
-    per_round = job["clients"]["per_round"]
-    assert all(r["accepted"] == per_round for r in rounds)
+    per_round = job["clients"]["per_round"] if accepted is None else accepted
+    assert [r["accepted"] for r in rounds] == [per_round] * job["rounds"]
     keys = [(p["round"], p["client_id"]) for p in parts if p["status"] == "accepted"]
     assert len(keys) == len(set(keys)) == job["rounds"] * per_round

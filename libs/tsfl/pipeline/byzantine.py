@@ -218,9 +218,12 @@ class Byzantine(BusRole):
     async def _stored_verdicts(self, job_id: str, number: int, clients: set[str]
                                ) -> list[dict[str, Any]] | None:
         """The verdicts recorded for round ``number``, when every client has one."""
-        rows = {p["client_id"]: (p["metrics"] or {}).get("verdict")
-                for p in await self.store.list_participants(job_id, number)}
-        if any(rows.get(c) is None for c in clients):
+        rows: dict[str, dict[str, Any]] = {}
+        for p in await self.store.list_participants(job_id, number):
+            verdict = (p["metrics"] or {}).get("verdict")
+            if isinstance(verdict, dict):
+                rows[p["client_id"]] = verdict
+        if any(c not in rows for c in clients):
             return None
         return [{"client": c, **rows[c]} for c in sorted(clients)]
 

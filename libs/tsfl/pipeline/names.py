@@ -16,7 +16,7 @@ _ROLE_PATHS = {
     "coordinator": ("tsfl.pipeline.coordinator", "Coordinator"),
     "selector": ("tsfl.pipeline.selector", "Selector"),
     "privacy": ("tsfl.pipeline.privacy", "Privacy"),
-    "byzantine": ("tsfl.pipeline.byzantine", "Byzantine"),
+    "byzantine": ("tsfl.pipeline.byzantine_replicas", "ReplicatedByzantine"),
     "aggregator": ("tsfl.pipeline.aggregator_replicas", "PartitionedAggregator"),
     "he": ("tsfl.pipeline.he", "HomomorphicAggregator"),
 }

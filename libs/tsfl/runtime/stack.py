@@ -158,8 +158,9 @@ def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: i
     aggregator and ``byzantine`` byzantine replicas); refuses a directory whose stack
     still runs (a second set would share its database and lose track of the first).
 
-    The second and later replicas start once the first of every service serves: replicas
-    of one group join it one after the other, not all at once."""
+    The second and later replicas start once the first of every service serves, one
+    replica of each group at a time: members of one group join it one after the other,
+    not all at once (docs/architecture.md, "The broker these tests run on")."""
     replicas = {"aggregator": aggregators, "byzantine": byzantine}
     for name, count in replicas.items():
         if not 1 <= count <= MAX_REPLICAS:
@@ -182,11 +183,12 @@ def up(directory: Path, *, kafka: str | None, database: str | None, grpc_port: i
         start_service(name, state, directory)
     state.save(directory)
     _wait_serving(directory, state, list(state.services), deadline)
-    extra = [(name, r) for name in SERVICE_ORDER for r in range(1, replicas.get(name, 1))]
-    for name, r in extra:
-        start_service(name, state, directory, r)
+    for r in range(1, max(replicas.values())):  # one more member of each group at a time
+        wave = [name for name in SERVICE_ORDER if replicas.get(name, 1) > r]
+        for name in wave:
+            start_service(name, state, directory, r)
         state.save(directory)
-        _wait_serving(directory, state, [replica_name(name, r)], deadline)
+        _wait_serving(directory, state, [replica_name(name, r) for name in wave], deadline)
     state.admin_token = issue_admin_token(database, "stack-operator", "operator")
     _write_private(directory / "admin-token", state.admin_token + "\n")
     state.save(directory)
