@@ -179,6 +179,25 @@ async def broker_ceiling(n: int, workdir: Path) -> float:
         broker.stop()
 
 
+def plot(mb_per_s: dict[str, float], path: Path) -> None:
+    """Throughput of each configuration against the broker's own ceiling (MB/s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    labels = list(mb_per_s)
+    colors = ["grey"] + ["tab:blue", "tab:orange"] * ((len(labels) - 1) // 2)
+    ax.barh(labels, [mb_per_s[k] for k in labels], color=colors[:len(labels)])
+    ax.invert_yaxis()
+    ax.set(xlabel="MB/s (1 MiB updates, one round)",
+           title=f"aggregator replicas on {os.cpu_count()} shared cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--updates", type=int, default=200)
@@ -227,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     results["ratio"] = ratio
     results["backlog_ratio"] = backlog_ratio
     write_results("aggregator_replicas", results)
+    plot({"broker ceiling (1 consumer)": mb / floor,
+          "1 replica, live": mb / med[1]["fold_s"], "2 replicas, live": mb / med[2]["fold_s"],
+          "1 replica, backlog": mb / med[11]["fold_s"],
+          "2 replicas, backlog": mb / med[12]["fold_s"]},
+         Path(__file__).parent / "results" / "aggregator_replicas.png")
     return 0
 
 
