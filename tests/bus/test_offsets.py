@@ -56,3 +56,23 @@ def test_committed_position_is_the_longest_settled_prefix(n, rnd: random.Random)
             assert t.take(everything=True) == {("t", 0): 100 + prefix}
         if moved:
             assert moved == {("t", 0): 100 + prefix}
+
+
+def test_a_partition_that_left_is_forgotten_so_its_return_neither_freezes_nor_rewinds():
+    """A member read records 0-5 of a partition and held them; a rebalance gave the
+    partition to another member, which finished them and committed 10; when it comes back
+    here, reading resumes at 10: the stale open offsets must not hold the position back
+    (a frozen commit) or be committed at a stop (a rewind to 2)."""
+    t, topic = OffsetTracker(), "tsfl.updates.direct"
+    for offset in range(6):
+        t.read(topic, 2, offset)
+    t.settle(topic, 2, 0)
+    t.settle(topic, 2, 1)
+    assert t.take() == {(topic, 2): 2}
+    t.retain({(topic, 0), (topic, 1)})  # partition 2 left this member
+    for offset in (10, 11, 12):  # it came back, at the other member's committed offset
+        t.read(topic, 2, offset)
+        t.settle(topic, 2, offset)
+    assert t.take() == {(topic, 2): 13} and t.held(topic, 2) == 0
+    t.forget(topic, 2)
+    assert t.take(everything=True) == {}

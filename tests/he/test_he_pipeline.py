@@ -19,7 +19,6 @@ from tsfl.he.job import he_params, threshold_params
 from tsfl.he.signing import frame, sign_section, split_frame
 from tsfl.he.threshold import CeremonyParty, KeyShare, parse_sum, run_ceremony, scheme
 from tsfl.identity import DeviceIdentity, IdentityAuthority
-from tsfl.pipeline import events
 from tsfl.pipeline.coordinator import UploadRefused
 from tsfl.pipeline.roles import LocalPipeline
 from tsfl.runtime.embedded import run_embedded
@@ -265,7 +264,7 @@ async def test_he_round_refusals_and_opening(tmp_path, keying):
         other = _update(devices["c1"], k1, j1, "c1", 9.0)
         await pipeline.bus.publish(topics.UPDATES_ENCRYPTED,
                                    _with_section(other, _unsigned_of(other)),
-                                   key=events.update_key(JOB, 1, "c1"))
+                                   key=b"%s:1:c1" % JOB.encode())
         real1 = _update(devices["c1"], k1, j1, "c1", 4.0, n=150, delta_b=1.5)
         if keying == "threshold":  # commit before reveal: c0 and c1 (c2 is offline)
             receipt = await coord.upload("c0", good)

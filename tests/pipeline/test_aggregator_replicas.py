@@ -24,6 +24,7 @@ from tsfl.pipeline import roles as roles_module
 from tsfl.pipeline.aggregator_replicas import PartitionedAggregator
 from tsfl.pipeline.byzantine_replicas import ReplicatedByzantine
 from tsfl.pipeline.partials import (
+    MergeError,
     PartialError,
     PartialFold,
     PartialMerge,
@@ -90,7 +91,8 @@ def test_exact_cover():
 
 
 def _partial(parts: set[int], covers: list[str], mean: np.ndarray | None, weight: float,
-             uploaded: set[str], *, accepted: list[str] | None = None) -> tuple[Record, Any]:
+             uploaded: set[str], *, accepted: list[str] | None = None
+             ) -> tuple[Record, Any]:
     p = PartialFold("j", 1, 0, "L", frozenset(parts), 4, uploaded, covers, "r",
                     covers if accepted is None else accepted, {}, 10 * len(covers), 1.0,
                     10 * len(covers), mean, weight, "examples", 0)
@@ -124,6 +126,47 @@ def test_a_merge_that_misses_an_uploaded_client_is_refused():
     rec2, (head2, payload2) = _partial({2, 3}, ["c"], np.ones(2, np.float32), 1.0, uploaded)
     with pytest.raises(PartialError):
         merge.offer(rec2, head2, payload2, 2)
+
+
+def test_a_partial_that_disagrees_on_the_round_waits_apart_and_blocks_nobody():
+    merge = PartialMerge()
+    one = np.ones(2, np.float32)
+    rec, (head, payload) = _partial({0, 1}, ["a", "b"], one, 2.0, {"a", "b", "x"})
+    assert merge.offer(rec, head, payload, 2) is None  # another uploaded set: apart
+    rec2, (head2, payload2) = _partial({0, 1, 2, 3}, ["a", "b", "c"], one, 3.0,
+                                       {"a", "b", "c"})
+    merged = merge.offer(rec2, head2, payload2, 2)
+    assert merged is not None and sorted(merged.head["accepted"]) == ["a", "b", "c"]
+    assert len(merged.held) == 2 and merge.pending() == 0  # both settled with the release
+
+
+@pytest.mark.parametrize("lie", ["accepts-uncovered", "accepts-twice", "mean-without-accepted",
+                                 "misplaced"])
+def test_a_partial_that_counts_a_client_it_does_not_cover_is_refused_alone(lie):
+    merge = PartialMerge()
+    uploaded = {"a", "b", "c"}
+    one = np.ones(2, np.float32)
+
+    def placement(client: str, of: int) -> int:
+        return {"a": 0, "b": 1, "c": 2}[client]
+
+    honest = _partial({0, 1}, ["a", "b"], one, 2.0, uploaded)
+    bad = {"accepts-uncovered": _partial({2, 3}, ["c"], one, 2.0, uploaded,
+                                         accepted=["c", "a"]),
+           "accepts-twice": _partial({2, 3}, ["c"], one, 2.0, uploaded, accepted=["c", "c"]),
+           "mean-without-accepted": _partial({2, 3}, ["c"], None, 1.0, uploaded),
+           "misplaced": _partial({2, 3}, ["c", "a"], one, 2.0, uploaded)}[lie]
+    if lie == "mean-without-accepted":  # accepts c with no mean to fold
+        bad[1][0]["accepted"] = ["c"]
+    assert merge.offer(honest[0], *honest[1], 2, placement) is None
+    with pytest.raises(PartialError) as refused:
+        merge.offer(bad[0], *bad[1], 2, placement)
+    assert not isinstance(refused.value, MergeError)
+    good = _partial({2, 3}, ["c"], np.full(2, 4.0, np.float32), 1.0, uploaded)
+    merged = merge.offer(good[0], *good[1], 2, placement)  # the honest one still merges
+    assert merged is not None and sorted(merged.head["accepted"]) == ["a", "b", "c"]
+    assert merged.head["weight_total"] == 3.0
+    np.testing.assert_allclose(merged.mean, (2 * one + np.full(2, 4.0)) / 3)
 
 
 def test_a_round_whose_partials_accept_nobody_fails():
@@ -221,3 +264,57 @@ def test_tsfl_rounds_is_read_whole_by_every_replica():
     assert all(topics.ROUNDS in r.topics for r in roles)
     assert {r.rounds.group_id for r in roles} == {"aggregator.a", "aggregator.b"}
     assert TOPICS[topics.ROUNDS] == 1
+
+
+JOB_ID = "fedbuff-1"
+
+
+async def test_a_fedbuff_release_with_a_robust_rule_is_judged_whole_by_two_replicas(
+        tmp_path, monkeypatch):
+    """FedBuff's uploads are keyed as the sync path's: by release for a robust job, so the
+    replica owning the release's partition sees all of it (keyed by client, the owner
+    would wait for updates that went to the other replica, and the release would hang)."""
+    from tsfl.core.layout import ParamLayout
+    from tsfl.core.update import Update
+    from tsfl.storage import Store
+    from tsfl.wire import encode_update
+
+    layout = ParamLayout([("w", (6,), "float32")])
+    # keyed by client, this job's updates spread over partitions 0-2, its release's key
+    # is on partition 0: the split the hang needs
+    assert partition_for(f"{JOB_ID}:1".encode(), 4) == 0
+    assert {partition_for(f"{JOB_ID}:1:c{i}".encode(), 4) for i in range(4)} == {0, 1, 2}
+    spec = parse_job({"name": "fb", "rounds": 1, "clients": {"count": 4, "per_round": 4},
+                      "strategy": {"name": "fedavg", "mode": "async", "fedbuff": {
+                          "buffer": 4, "concurrency": 4, "max_staleness": 2}},
+                      "robust": {"aggregator": "norm_bounding", "max_norm": 10.0},
+                      "round": {"deadline_s": 30}})
+    original = roles_module.LocalPipeline.__init__
+
+    def with_replicas(self, bus, store):  # type: ignore[no-untyped-def]
+        original(self, bus, store)
+        self.roles["aggregator-2"] = PartitionedAggregator(bus, store, replica="r1")
+        self.roles["byzantine-2"] = ReplicatedByzantine(bus, store, replica="b1")
+
+    monkeypatch.setattr(roles_module.LocalPipeline, "__init__", with_replicas)
+    store = await Store.open(f"sqlite:///{tmp_path / 'fb.db'}")
+    pipe = await roles_module.LocalPipeline.in_memory(store)
+    try:
+        coord = pipe.coordinator
+        await coord.submit_job(JOB_ID, spec, layout, np.zeros(6, np.float32))
+        clients = ["c0", "c1", "c2", "c3"]
+        for c in clients:
+            await coord.register_device(JOB_ID, c, "token-" + c)
+        await coord.open_round(JOB_ID)
+        for c in clients:
+            task = await coord.get_task(c, JOB_ID)
+            frame = encode_update(Update(JOB_ID, task.round, c, task.model_version, 10,
+                                         np.full(6, 0.1, np.float32), {"train_loss": 1.0}),
+                                  layout)
+            assert (await coord.upload(c, frame)).accepted
+        released = await asyncio.wait_for(coord.wait_round(JOB_ID), 20)
+        assert released.ok and sorted(released.accepted) == clients
+        np.testing.assert_allclose(coord.model_vector(JOB_ID), 0.1, rtol=1e-6)
+    finally:
+        await pipe.stop()
+        await store.close()

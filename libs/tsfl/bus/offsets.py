@@ -64,6 +64,17 @@ class OffsetTracker:
                 out[tp] = part.committed = part.position
         return out
 
+    def forget(self, topic: str, partition: int) -> None:
+        """The partition left this member (a rebalance): drop its bookkeeping, so what was
+        read and never settled here neither freezes its commits nor rewinds them if the
+        partition comes back (its reading then starts from the group's committed offset)."""
+        self._parts.pop((topic, partition), None)
+
+    def retain(self, assigned: set[TopicPartition] | frozenset[TopicPartition]) -> None:
+        """Forget every partition not in ``assigned`` (this member's assignment now)."""
+        for tp in [tp for tp in self._parts if tp not in assigned]:
+            del self._parts[tp]
+
     def held(self, topic: str, partition: int) -> int:
         """How many records of the partition are read and not settled."""
         part = self._parts.get((topic, partition))

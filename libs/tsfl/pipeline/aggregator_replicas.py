@@ -138,6 +138,7 @@ class PartitionedAggregator(Aggregator):
         self.log.info("%s %s: partitions %s (were %s)", self.name, self.replica,
                       sorted(parts), sorted(self._parts) if self._parts is not None else "-")
         self._parts = parts
+        self._offsets.retain(self._consumer.assignment())
         for held in self.jobs.values():
             held.round = None  # not settled: its records are read again
         for job_id, closing in list(self._closings.items()):
@@ -149,8 +150,9 @@ class PartitionedAggregator(Aggregator):
     async def handle(self, record: Record) -> None:
         async with self._lock:
             await self._sync_assignment()
-            if record.partition not in self.parts:
-                return  # fetched before a rebalance took the partition: its owner reads it
+            if record.partition not in self.parts:  # fetched before a rebalance took it
+                self._offsets.forget(record.topic, record.partition)  # its owner reads it
+                return
             await super().handle(record)
 
     async def _on_broadcast(self, record: Record) -> None:
@@ -172,10 +174,15 @@ class PartitionedAggregator(Aggregator):
             state = await self._job(job_id)
             known = self._closings.get(job_id)
             if known is not None and known.round == number:
-                # The same CLOSING read again (the reader's consumer restarted its reading
-                # from the committed position): the new copy is the one its bookkeeping
-                # knows now, so it is the one held — settling it would commit past it.
+                # The same CLOSING read again (the reader restarted from its committed
+                # position: the new copy is the one its bookkeeping knows, so the one
+                # held), re-announced by a restarted coordinator (a newer offset: hold
+                # that one, let the older go), or a retry after a failure: finish it.
+                if known.record.offset != record.offset:
+                    self.rounds.settle(known.record)
                 known.record = position_of(record)
+                if state is not None and await self._round(state, number) is not None:
+                    await self._maybe_finalize(state)
                 return
             if state is not None and number > state.closed and (
                     known is None or known.round < number):

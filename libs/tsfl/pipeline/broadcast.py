@@ -67,6 +67,30 @@ class BroadcastReader:
                 Record(topic, partition, position - 1, None, b"")
                 for (topic, partition), position in positions.items())
 
+    async def _handle(self, record: Record) -> None:
+        """Hand ``record`` over until it is handled: a malformed record (ValueError,
+        KeyError, TypeError) is skipped, any other failure (the store or the broker
+        away) is retried — never settled unhandled, since a CLOSING skipped here would
+        leave its round waiting for this replica forever (handlers are idempotent)."""
+        retry_s = 0.1
+        while True:
+            try:
+                await self.handle(record)
+                return
+            except asyncio.CancelledError:
+                raise
+            except (ValueError, KeyError, TypeError):
+                self.log.exception("%s: malformed %s@%d:%d; skipping it", self.group_id,
+                                   record.topic, record.partition, record.offset)
+                self.settle(record)
+                return
+            except Exception as exc:
+                self.log.warning("%s: handling %s@%d:%d failed (%s); retrying in %.1fs",
+                                 self.group_id, record.topic, record.partition,
+                                 record.offset, exc, retry_s)
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, 5.0)
+
     async def _run(self) -> None:
         assert self._consumer is not None
         retry_s = 0.1
@@ -75,15 +99,7 @@ class BroadcastReader:
                 record = await self._consumer.getone()
                 if record is not None:
                     self._offsets.read(record.topic, record.partition, record.offset)
-                    try:
-                        await self.handle(record)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        self.log.exception("%s failed on %s@%d:%d; skipping it",
-                                           self.group_id, record.topic, record.partition,
-                                           record.offset)
-                        self.settle(record)
+                    await self._handle(record)
                 await self._commit()
                 retry_s = 0.1
             except asyncio.CancelledError:

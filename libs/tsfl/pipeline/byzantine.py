@@ -171,6 +171,7 @@ class Byzantine(BusRole):
         if saved is not None:
             job.history, extra = _unpack_state(saved[1])
             job.reputation = _reputation(job.spec, extra)
+            job.next_round = max(job.next_round, saved[0])  # never saved backwards
         if saved is None or saved[0] < number:
             await self.store.save_robust_state(job_id, number, _pack_state(job))
         verdicts = await self._judge(job_id, job, number, clients, pending)

@@ -97,6 +97,7 @@ class ReplicatedByzantine(Byzantine):
         self.log.info("%s %s: partitions %s (were %s)", self.name, self.replica,
                       sorted(parts), sorted(self._parts) if self._parts is not None else "-")
         self._parts = parts
+        self._offsets.retain(self._consumer.assignment())
         for job_id, job in list(self.jobs.items()):
             if job is None:
                 continue
@@ -118,7 +119,9 @@ class ReplicatedByzantine(Byzantine):
         async with self._lock:
             await self._sync_assignment()
             if self._parts is not None and record.partition not in self._parts:
-                return  # fetched before a rebalance took the partition: its owner reads it
+                # fetched before a rebalance took the partition: its owner reads it
+                self._offsets.forget(record.topic, record.partition)
+                return
             await self._on_update(record)
 
     async def _on_broadcast(self, record: Record) -> None:
@@ -134,9 +137,15 @@ class ReplicatedByzantine(Byzantine):
                 pending = job.rounds.get(event["round"]) if job is not None else None
                 if pending is not None and pending.closing is not None:
                     # the same CLOSING read again (the reader restarted from its committed
-                    # position): hold the new copy, the one its bookkeeping knows
+                    # position: hold the new copy, the one its bookkeeping knows),
+                    # re-announced by a restarted coordinator (a newer offset: hold that
+                    # one, let the older go), or a retry after a failure: finish it
+                    older = [r for r in pending.held if r.topic == topics.ROUNDS]
+                    self.settle(*(r for r in older if r.offset != record.offset))
                     pending.held = [r for r in pending.held if r.topic != topics.ROUNDS]
                     pending.held.append(position_of(record))
+                    assert job is not None
+                    await self._maybe_judge(job_id, job, event["round"])
                     return
             await self._on_round_event(record)
 
@@ -153,8 +162,9 @@ class ReplicatedByzantine(Byzantine):
     # -- judging ---------------------------------------------------------------------------
     async def _maybe_judge(self, job_id: str, job: _Job, number: int) -> None:
         pending = job.rounds.get(number)
-        if pending is None or pending.closing is None or not self._owns(job_id, job, number):
-            return  # another replica's round (or not ours yet): keep its CLOSING
+        if pending is None or pending.closing is None or pending.judged or \
+                not self._owns(job_id, job, number):
+            return  # judged, or another replica's round (or not ours yet): keep its CLOSING
         closing = [r for r in pending.held if r.topic == topics.ROUNDS]
         judged = _Pending(pending.updates, pending.invalid, pending.closing,
                           [r for r in pending.held if r.topic != topics.ROUNDS])

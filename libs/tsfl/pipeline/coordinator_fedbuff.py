@@ -41,6 +41,7 @@ from tsfl.core.protocol import RoundTask, UploadReceipt
 from tsfl.pipeline import events
 from tsfl.pipeline.coordinator_devices import DeviceDesk
 from tsfl.pipeline.job_state import ActiveRound, JobState, UploadRefused
+from tsfl.pipeline.routing import update_key
 from tsfl.pipeline.selection import client_seed
 from tsfl.pipeline.task_config import ingest_topic
 from tsfl.privacy.clipping import l2_norm
@@ -265,7 +266,7 @@ class BufferDesk(DeviceDesk):
         frame = await asyncio.to_thread(retag_update, data, active.number)
         # publish, then persist, then acknowledge (as for a synchronous round)
         await self.bus.publish(ingest_topic(job.spec), frame,
-                               key=events.update_key(job.job_id, active.number, client_id))
+                               key=update_key(job.spec, job.job_id, active.number, client_id))
         await self.store.join_release(job.job_id, active.number, client_id)
         await self.store.record_upload(job.job_id, active.number, client_id,
                                        num_examples=meta["num_examples"],

@@ -143,11 +143,6 @@ def device_event(job_id: str, device_id: str, kind: str, **fields: Any) -> bytes
     return pack(DEVICE_EVENT, {"job": job_id, "device": device_id, "event": kind, **fields})
 
 
-def update_key(job_id: str, round_number: int, client_id: str) -> bytes:
-    """Key of per-update records: one (job, round, client) always lands on one partition."""
-    return f"{job_id}:{round_number}:{client_id}".encode()
-
-
 def peek_model_job(data: Frame) -> str:
     """The job a ``tsfl.models`` frame belongs to (header only)."""
     head, _ = unpack_frame(data, "model", verify=False)

@@ -22,7 +22,7 @@ bit for bit.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,10 @@ class PartialError(TsflError, ValueError):
     round's other partials)."""
 
     kind = ErrorKind.INVALID
+
+
+class MergeError(PartialError):
+    """A round's complete set of partials does not account for its uploaded clients."""
 
 
 def uploaded_digest(uploaded: Iterable[str]) -> str:
@@ -108,7 +112,8 @@ class _Piece:
 
 @dataclass
 class _Pending:
-    pieces: dict[frozenset[int], _Piece] = field(default_factory=dict)
+    # pieces by what they say the round is (version, layout, of, digest, uploaded)
+    groups: dict[tuple[Any, ...], dict[frozenset[int], _Piece]] = field(default_factory=dict)
     held: list[Record] = field(default_factory=list)
 
 
@@ -141,7 +146,21 @@ def _check(head: dict[str, Any], size: int, payload_len: int) -> frozenset[int]:
                                         f"layout has {size} values")
     if payload_len and not head["accepted"]:
         raise PartialError("a partial with a mean must accept someone")
+    if not payload_len and head["accepted"]:
+        raise PartialError("a partial that accepts someone must carry their mean")
+    accepted, rejected = head["accepted"], head["rejected"]
+    if not isinstance(accepted, list) or not isinstance(rejected, dict):
+        raise PartialError("malformed partial aggregate: accepted or rejected")
+    covered = set(covers)
+    if not set(accepted) <= covered or not set(rejected) <= covered or \
+            len(set(accepted)) != len(accepted) or set(accepted) & set(rejected):
+        raise PartialError(f"partial {sorted(parts)} accepts or rejects clients it does not "
+                           f"cover, or a client twice")
     return parts
+
+
+#: the partition a round's client is placed in, given the partition count
+Placement = Callable[[str, int], int]
 
 
 def exact_cover(pieces: Iterable[frozenset[int]], n: int) -> list[frozenset[int]] | None:
@@ -167,48 +186,59 @@ def exact_cover(pieces: Iterable[frozenset[int]], n: int) -> list[frozenset[int]
 class PartialMerge:
     """The release stage's merge of partial aggregates, per (job, round), in memory: the
     partial records stay unsettled (uncommitted) until the round is released, so a
-    restarted release stage reads them all again."""
+    restarted release stage reads them all again.
+
+    A partial is checked on its own before it is kept (its clients inside what it covers,
+    each once; with ``placement``, each covered client in one of its partitions), so a
+    refused partial never blocks the honest ones; partials are grouped by what they say
+    the round is (model version, layout, partition count, uploaded set), so one that
+    disagrees with the others waits apart instead of refusing them. A complete cover whose
+    clients do not make up the uploaded set raises :class:`MergeError`: the round cannot
+    be released without a client, so the caller fails it."""
 
     def __init__(self) -> None:
         self._rounds: dict[tuple[str, int], _Pending] = {}
 
     def offer(self, record: Record, head: dict[str, Any], payload: memoryview,
-              size: int) -> Merged | None:
+              size: int, placement: Placement | None = None) -> Merged | None:
         """Add a partial (its record is held); the merged round once complete. Raises
-        :class:`PartialError` for a partial that cannot be merged (not held)."""
+        :class:`PartialError` for a partial that cannot be merged (not held), and
+        :class:`MergeError` for a round whose complete cover does not account for its
+        uploaded set (its records, this one's included, are returned by :meth:`drop`)."""
         parts = _check(head, size, len(payload))
+        of = int(head["partial"]["of"])
+        if placement is not None and any(placement(c, of) not in parts
+                                         for c in head["partial"]["covers"]):
+            raise PartialError(f"partial {sorted(parts)} covers a client placed in "
+                               f"another partition")
         key = (head["job"], head["round"])
         pending = self._rounds.setdefault(key, _Pending())
-        if parts in pending.pieces:  # redelivered or re-published: counted once
-            pending.held.append(position_of(record))
-            return None
-        first = next(iter(pending.pieces.values()), None)
-        if first is not None:
-            for name in ("version", "layout"):
-                if head[name] != first.head[name]:
-                    raise PartialError(f"partial {sorted(parts)} has "
-                                       f"{name} {head[name]!r}, others {first.head[name]!r}")
-            for name in ("of", "digest"):
-                if head["partial"][name] != first.head["partial"][name]:
-                    raise PartialError(f"partial {sorted(parts)} disagrees "
-                                                       f"on {name}")
         pending.held.append(position_of(record))
+        identity = (head["version"], head["layout"], of, head["partial"]["digest"],
+                    int(head["partial"]["uploaded"]))
+        group = pending.groups.setdefault(identity, {})
+        if parts in group:  # redelivered or re-published: counted once
+            return None
         mean = np.frombuffer(payload, dtype="<f4").copy() if len(payload) else None
-        pending.pieces[parts] = _Piece(parts, head, mean)
-        cover = exact_cover(pending.pieces, int(head["partial"]["of"]))
+        group[parts] = _Piece(parts, head, mean)
+        cover = exact_cover(group, of)
         if cover is None:
             return None
-        merged = _merge([pending.pieces[p] for p in cover])
+        try:
+            merged = _merge([group[p] for p in cover])
+        except PartialError as exc:  # the caller fails the round (drop gives its records)
+            raise MergeError(str(exc)) from exc
         del self._rounds[key]
         merged.held = pending.held
         return merged
 
-    def drop(self, job_id: str, up_to: int | None = None) -> list[Record]:
-        """Forget the job's rounds (up to round ``up_to``: released or failed); returns
-        their held records, to settle."""
+    def drop(self, job_id: str, up_to: int | None = None, *,
+             only: int | None = None) -> list[Record]:
+        """Forget the job's rounds (up to round ``up_to``: released or failed; or round
+        ``only``); returns their held records, to settle."""
         held: list[Record] = []
-        for key in [k for k in self._rounds
-                    if k[0] == job_id and (up_to is None or k[1] <= up_to)]:
+        for key in [k for k in self._rounds if k[0] == job_id and (
+                k[1] == only if only is not None else up_to is None or k[1] <= up_to)]:
             held.extend(self._rounds.pop(key).held)
         return held
 
@@ -255,5 +285,5 @@ def _merge(pieces: list[_Piece]) -> Merged:
     return Merged(head, (total / head["weight_total"]).astype(np.float32), [])
 
 
-__all__ = ["Merged", "PartialError", "PartialFold", "PartialMerge", "exact_cover",
+__all__ = ["MergeError", "Merged", "PartialError", "PartialFold", "PartialMerge", "exact_cover",
            "is_partial", "partial_message", "uploaded_digest"]
