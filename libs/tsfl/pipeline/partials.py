@@ -151,11 +151,8 @@ def _check(head: dict[str, Any], size: int, payload_len: int) -> frozenset[int]:
     accepted, rejected = head["accepted"], head["rejected"]
     if not isinstance(accepted, list) or not isinstance(rejected, dict):
         raise PartialError("malformed partial aggregate: accepted or rejected")
-    covered = set(covers)
-    if not set(accepted) <= covered or not set(rejected) <= covered or \
-            len(set(accepted)) != len(accepted) or set(accepted) & set(rejected):
-        raise PartialError(f"partial {sorted(parts)} accepts or rejects clients it does not "
-                           f"cover, or a client twice")
+    if len(set(accepted)) != len(accepted) or not all(isinstance(c, str) for c in accepted):
+        raise PartialError(f"partial {sorted(parts)} accepts a client twice")
     return parts
 
 
@@ -188,9 +185,11 @@ class PartialMerge:
     partial records stay unsettled (uncommitted) until the round is released, so a
     restarted release stage reads them all again.
 
-    A partial is checked on its own before it is kept (its clients inside what it covers,
-    each once; with ``placement``, each covered client in one of its partitions), so a
-    refused partial never blocks the honest ones; partials are grouped by what they say
+    A partial is checked on its own before it is kept (each accepted client once, a mean
+    exactly when it accepts someone; with ``placement``, every client it covers or accepts
+    placed in one of its partitions — an update lives in one partition, so no two
+    partitions' partials can count the same client), so a refused partial never blocks
+    the honest ones; partials are grouped by what they say
     the round is (model version, layout, partition count, uploaded set), so one that
     disagrees with the others waits apart instead of refusing them. A complete cover whose
     clients do not make up the uploaded set raises :class:`MergeError`: the round cannot
@@ -207,10 +206,11 @@ class PartialMerge:
         uploaded set (its records, this one's included, are returned by :meth:`drop`)."""
         parts = _check(head, size, len(payload))
         of = int(head["partial"]["of"])
-        if placement is not None and any(placement(c, of) not in parts
-                                         for c in head["partial"]["covers"]):
-            raise PartialError(f"partial {sorted(parts)} covers a client placed in "
-                               f"another partition")
+        if placement is not None and any(
+                placement(c, of) not in parts
+                for c in (*head["partial"]["covers"], *head["accepted"])):
+            raise PartialError(f"partial {sorted(parts)} covers or accepts a client placed "
+                               f"in another partition")
         key = (head["job"], head["round"])
         pending = self._rounds.setdefault(key, _Pending())
         pending.held.append(position_of(record))
@@ -257,6 +257,9 @@ def _merge(pieces: list[_Piece]) -> Merged:
                                            f"{first['job']} cover {len(covers)} clients, "
                                            f"the round uploaded {first['partial']['uploaded']}")
     accepted = [c for h in heads for c in h["accepted"]]
+    if len(accepted) != len(set(accepted)):
+        raise PartialError(f"partials of round {first['round']} of {first['job']} accept a "
+                           f"client twice")
     rejected = {c: r for h in heads for c, r in h["rejected"].items()}
     losses = [(h["train_loss"], h["partial"].get("loss_examples") or 0) for h in heads
               if h.get("train_loss") is not None]
