@@ -25,7 +25,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from tsfl.bus.base import (
@@ -230,10 +229,11 @@ class KafkaConsumer(Consumer):
             auto_offset_reset="earliest", fetch_max_bytes=fetch * 4,
             max_partition_fetch_bytes=fetch, check_crcs=True,
             fetch_max_wait_ms=self.bus.fetch_max_wait_ms,
-            # range first: co-partitioned topics give a member the same indices in each
-            # (round robin only while an older member that lacks it is in the group)
-            partition_assignment_strategy=(RangePartitionAssignor,
-                                           RoundRobinPartitionAssignor))
+            # range: co-partitioned topics give a member the same indices in each (one
+            # protocol only: offering round robin as well doubled every join on Tansu,
+            # 5 s -> 10 s; a group of members from before replicas is rolled with
+            # Recreate once, docs/architecture.md)
+            partition_assignment_strategy=(RangePartitionAssignor,))
         try:
             await self._consumer.start()
         except KafkaError as exc:

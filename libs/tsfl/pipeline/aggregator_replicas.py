@@ -40,7 +40,7 @@ from tsfl.bus.base import Bus, Record, position_of
 from tsfl.bus.partitioning import owned_indices
 from tsfl.pipeline import events
 from tsfl.pipeline.aggregator import Aggregator, _JobState, _Round
-from tsfl.pipeline.broadcast import BroadcastReader
+from tsfl.pipeline.broadcast import BroadcastReader, start_both
 from tsfl.pipeline.partials import PartialFold, partial_message
 from tsfl.pipeline.round_metrics import observe_aggregation
 from tsfl.pipeline.routing import client_partition
@@ -96,12 +96,14 @@ class PartitionedAggregator(Aggregator):
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._parts = None
-        await super().start()
-        await self.rounds.start()
+        await start_both(super().start(), self.rounds, self._stop_group)
         self._watcher = asyncio.create_task(self._watch(), name=f"tsfl-{self.name}-parts")
 
     async def stop(self) -> None:
         await self._stop_extras(commit=True)
+        await super().stop()
+
+    async def _stop_group(self) -> None:
         await super().stop()
 
     async def detach(self) -> None:

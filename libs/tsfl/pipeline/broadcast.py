@@ -20,6 +20,21 @@ from tsfl.bus.base import Bus, Consumer, Record
 from tsfl.bus.offsets import OffsetTracker
 
 
+async def start_both(group_start: Awaitable[None], reader: BroadcastReader,
+                     group_stop: Callable[[], Awaitable[None]]) -> None:
+    """Start a role's group consumer and its broadcast reader at once (each join of a
+    group waits for the broker's rebalance delay: two in a row would double a replica's
+    start); if either fails, stop the other and raise."""
+    results = await asyncio.gather(group_start, reader.start(), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        if not isinstance(results[0], BaseException):
+            await group_stop()
+        if not isinstance(results[1], BaseException):
+            await reader.stop(commit=False)
+        raise errors[0]
+
+
 class BroadcastReader:
     """Reads ``topic`` as the only member of ``group_id`` and hands records to ``handle``
     (which settles them, at once or later, through :meth:`settle`)."""

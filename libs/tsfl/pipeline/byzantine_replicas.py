@@ -29,7 +29,7 @@ from tsfl.bus.base import Bus, Record, position_of
 from tsfl.bus.partitioning import owned_indices
 from tsfl.pipeline import events
 from tsfl.pipeline.aggregator_replicas import ASSIGNMENT_CHECK_S, replica_id
-from tsfl.pipeline.broadcast import BroadcastReader
+from tsfl.pipeline.broadcast import BroadcastReader, start_both
 from tsfl.pipeline.byzantine import Byzantine, _Job, _Pending
 from tsfl.pipeline.routing import client_partition
 from tsfl.storage.store import Store
@@ -54,12 +54,14 @@ class ReplicatedByzantine(Byzantine):
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._parts = None
-        await super().start()
-        await self.rounds.start()
+        await start_both(super().start(), self.rounds, self._stop_group)
         self._watcher = asyncio.create_task(self._watch(), name=f"tsfl-{self.name}-parts")
 
     async def stop(self) -> None:
         await self._stop_extras(commit=True)
+        await super().stop()
+
+    async def _stop_group(self) -> None:
         await super().stop()
 
     async def detach(self) -> None:
