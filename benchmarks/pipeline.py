@@ -67,11 +67,15 @@ async def _raw_pair(address: str, size: int, partitions: int, **consumer_options
     await consumer.start()
     try:
         await producer.send_and_wait(topic, b"warm", key=b"w")
-        await consumer.getone()
+        await asyncio.wait_for(consumer.getone(), 120)  # joined and reading
         yield topic, producer, consumer
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+#: how long the broker-floor consumer may see nothing before the measurement gives up
+STALL_S = 60.0
 
 
 async def broker_floor(address: str, n: int, size: int) -> float:
@@ -86,10 +90,17 @@ async def broker_floor(address: str, n: int, size: int) -> float:
             await producer.flush()
 
         task = asyncio.create_task(produce())
-        got = 0
+        got, last_progress = 0, time.monotonic()
         while got < n:
             batch = await consumer.getmany(timeout_ms=1000)
-            got += sum(len(v) for v in batch.values())
+            count = sum(len(v) for v in batch.values())
+            got += count
+            if count:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > STALL_S:
+                task.cancel()
+                raise RuntimeError(f"broker floor: {got} of {n} messages arrived, then "
+                                   f"nothing for {STALL_S:.0f} s")
         elapsed = time.perf_counter() - t0
         await task
     return elapsed
