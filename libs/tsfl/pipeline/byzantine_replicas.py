@@ -171,12 +171,14 @@ class ReplicatedByzantine(Byzantine):
         judged = _Pending(pending.updates, pending.invalid, pending.closing,
                           [r for r in pending.held if r.topic != topics.ROUNDS])
         job.rounds[number] = judged
-        await super()._maybe_judge(job_id, job, number)
-        if number not in job.rounds:  # judged: its CLOSING stays held until the round is done
-            job.rounds[number] = _Pending(closing=pending.closing, held=closing,
-                                          judged=True)
-        else:
-            judged.held.extend(closing)
+        try:
+            await super()._maybe_judge(job_id, job, number)
+        finally:  # judged or not (or failed), its CLOSING stays held until the round is done
+            if number not in job.rounds:
+                job.rounds[number] = _Pending(closing=pending.closing, held=closing,
+                                              judged=True)
+            else:
+                judged.held.extend(closing)
 
 
 __all__ = ["ReplicatedByzantine"]
