@@ -56,3 +56,16 @@ def check_counted_once(rounds: list, parts: list, job: dict,
     assert [r["accepted"] for r in rounds] == [per_round] * job["rounds"]
     keys = [(p["round"], p["client_id"]) for p in parts if p["status"] == "accepted"]
     assert len(keys) == len(set(keys)) == job["rounds"] * per_round
+
+
+async def final_model(database: str, job_id: str) -> tuple[np.ndarray, list, list]:
+    """The job's latest checkpoint, its rounds and its participants, from the store."""
+    from tsfl.storage import Store
+
+    store = await Store.open(database)
+    try:
+        ckpt = await store.latest_checkpoint(job_id)
+        return (ckpt["vector"], await store.list_rounds(job_id),
+                await store.list_participants(job_id))
+    finally:
+        await store.close()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from stack_helpers import check_counted_once as _check_counted_once
 from stack_helpers import embedded_final as _embedded_final
+from stack_helpers import final_model as _final_model
 from stack_helpers import fleet as _fleet
 from stack_helpers import job_info as _job
 from stack_helpers import submit as _submit
@@ -61,21 +62,11 @@ def _partitions_logged(directory: Path, name: str) -> list[str]:
             if ": partitions " in line]
 
 
-async def _outcome(database: str, job_id: str) -> tuple[np.ndarray, list, list]:
-    store = await Store.open(database, migrate_schema=False)
-    try:
-        ckpt = await store.latest_checkpoint(job_id)
-        return (ckpt["vector"], await store.list_rounds(job_id),
-                await store.list_participants(job_id))
-    finally:
-        await store.close()
-
-
 def _run_job(state: stack.StackState, job: dict) -> tuple[np.ndarray, list, list]:
     job_id = _submit(state.grpc, job)
     _fleet(state.grpc, job_id, job)
     assert _job(state.grpc, job_id).status == "COMPLETED"
-    return asyncio.run(_outcome(state.database, job_id))
+    return asyncio.run(_final_model(state.database, job_id))
 
 
 def test_two_replicas_of_each_stage_release_the_single_replica_models(replicas, tmp_path):
@@ -143,7 +134,7 @@ def test_kill_9_of_one_replica_of_each_stage_mid_job_the_others_take_over(
     killer.join(60)
     assert box[1:] == [RoundState.COLLECTING], "the replicas were not killed mid-job"
     assert _job(state.grpc, job_id).status == "COMPLETED"
-    final, rounds, parts = asyncio.run(_outcome(state.database, job_id))
+    final, rounds, parts = asyncio.run(_final_model(state.database, job_id))
     _check_counted_once(rounds, parts, ROBUST, KEPT[ROBUST["name"]])
     assert np.max(np.abs(final - _embedded_final(tmp_path, ROBUST))) <= 1e-5
     # the survivors took the dead replicas' partitions over (they owned half before)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from stack_helpers import check_counted_once as _check_counted_once
 from stack_helpers import embedded_final as _embedded_final
+from stack_helpers import final_model as _final_model
 from stack_helpers import fleet as _fleet
 from stack_helpers import job_info as _job
 from stack_helpers import submit as _submit
@@ -35,16 +36,6 @@ JOB = {
     "training": {"lr": 0.1, "epochs": 2, "batch_size": 16},
     "round": {"deadline_s": 120},
 }
-
-
-async def _final_model(database: str, job_id: str) -> tuple[np.ndarray, list, list]:
-    store = await Store.open(database)
-    try:
-        ckpt = await store.latest_checkpoint(job_id)
-        return (ckpt["vector"], await store.list_rounds(job_id),
-                await store.list_participants(job_id))
-    finally:
-        await store.close()
 
 
 def test_distributed_job_equals_the_embedded_run(services, database, tmp_path):

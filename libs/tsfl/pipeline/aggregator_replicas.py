@@ -28,10 +28,6 @@ others publish empty partials for their partitions.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -40,14 +36,11 @@ from tsfl.bus.base import Bus, Record, position_of
 from tsfl.bus.partitioning import owned_indices
 from tsfl.pipeline import events
 from tsfl.pipeline.aggregator import Aggregator, _JobState, _Round
-from tsfl.pipeline.broadcast import BroadcastReader, start_both
 from tsfl.pipeline.partials import PartialFold, partial_message
+from tsfl.pipeline.replica import ReplicaMember
 from tsfl.pipeline.round_metrics import observe_aggregation
 from tsfl.pipeline.routing import client_partition
 from tsfl.storage.store import Store
-
-#: how often a replica looks at its assignment when no record arrives
-ASSIGNMENT_CHECK_S = 0.5
 
 
 @dataclass
@@ -65,25 +58,14 @@ class _Closing:
     record: Record = field(repr=False)
 
 
-def replica_id() -> str:
-    """This process's replica name: ``TSFL_REPLICA`` (the stack's index, the pod's name),
-    else host and pid."""
-    return os.environ.get("TSFL_REPLICA") or f"{socket.gethostname()}-{os.getpid()}"
-
-
-class PartitionedAggregator(Aggregator):
+class PartitionedAggregator(ReplicaMember, Aggregator):
     """An aggregator replica (see the module docstring)."""
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str | None = None,
                  max_update_bytes: int = 2 * 1024**3, replica: str | None = None):
         super().__init__(bus, store, group_id=group_id, max_update_bytes=max_update_bytes)
-        self.replica = replica or replica_id()
-        self.rounds = BroadcastReader(bus, topics.ROUNDS, f"{self.group_id}.{self.replica}",
-                                      self._on_broadcast, self.log)
-        self._lock = asyncio.Lock()
-        self._parts: frozenset[int] | None = None
+        self._join_replicas(replica)
         self._closings: dict[str, _Closing] = {}
-        self._watcher: asyncio.Task[None] | None = None
 
     def group_topics(self) -> tuple[str, ...]:
         return self.update_topics  # tsfl.rounds: read whole, by self.rounds
@@ -92,37 +74,6 @@ class PartitionedAggregator(Aggregator):
     def parts(self) -> frozenset[int]:
         """The partition indices of the update topics this replica owns now."""
         return self._parts or frozenset()
-
-    # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._parts = None
-        await start_both(super().start(), self.rounds, self._stop_group)
-        self._watcher = asyncio.create_task(self._watch(), name=f"tsfl-{self.name}-parts")
-
-    async def stop(self) -> None:
-        await self._stop_extras(commit=True)
-        await super().stop()
-
-    async def _stop_group(self) -> None:
-        await super().stop()
-
-    async def detach(self) -> None:
-        await self._stop_extras(commit=False)
-        await super().detach()
-
-    async def _stop_extras(self, *, commit: bool) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-        await self.rounds.stop(commit=commit, timeout_s=self.drain_s)
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(ASSIGNMENT_CHECK_S)
-            async with self._lock:
-                await self._sync_assignment()
 
     async def _sync_assignment(self) -> None:
         """Follow a rebalance: drop the folds, which the partitions' records (re-read
@@ -276,4 +227,4 @@ class PartitionedAggregator(Aggregator):
         rnd.published = True  # its records stay held until the round is done
 
 
-__all__ = ["PartitionedAggregator", "replica_id"]
+__all__ = ["PartitionedAggregator"]

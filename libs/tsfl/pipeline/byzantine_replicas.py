@@ -21,60 +21,26 @@ so verdicts do not depend on which replica judged which round.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from tsfl.bus import topics
 from tsfl.bus.base import Bus, Record, position_of
 from tsfl.bus.partitioning import owned_indices
 from tsfl.pipeline import events
-from tsfl.pipeline.aggregator_replicas import ASSIGNMENT_CHECK_S, replica_id
-from tsfl.pipeline.broadcast import BroadcastReader, start_both
 from tsfl.pipeline.byzantine import Byzantine, _Job, _Pending
+from tsfl.pipeline.replica import ReplicaMember
 from tsfl.pipeline.routing import client_partition
 from tsfl.storage.store import Store
 
 
-class ReplicatedByzantine(Byzantine):
+class ReplicatedByzantine(ReplicaMember, Byzantine):
     """A byzantine replica (see the module docstring)."""
 
     def __init__(self, bus: Bus, store: Store, *, group_id: str = "byzantine",
                  max_update_bytes: int = 2 * 1024**3, replica: str | None = None):
         super().__init__(bus, store, group_id=group_id, max_update_bytes=max_update_bytes)
-        self.replica = replica or replica_id()
-        self.rounds = BroadcastReader(bus, topics.ROUNDS, f"{self.group_id}.{self.replica}",
-                                      self._on_broadcast, self.log)
-        self._lock = asyncio.Lock()
-        self._parts: frozenset[int] | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._join_replicas(replica)
 
     def group_topics(self) -> tuple[str, ...]:
         return (topics.UPDATES_CLIPPED,)  # tsfl.rounds: read whole, by self.rounds
-
-    # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._parts = None
-        await start_both(super().start(), self.rounds, self._stop_group)
-        self._watcher = asyncio.create_task(self._watch(), name=f"tsfl-{self.name}-parts")
-
-    async def stop(self) -> None:
-        await self._stop_extras(commit=True)
-        await super().stop()
-
-    async def _stop_group(self) -> None:
-        await super().stop()
-
-    async def detach(self) -> None:
-        await self._stop_extras(commit=False)
-        await super().detach()
-
-    async def _stop_extras(self, *, commit: bool) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-        await self.rounds.stop(commit=commit, timeout_s=self.drain_s)
 
     def settle(self, *records: Record) -> None:
         """Records of ``tsfl.rounds`` are the broadcast reader's; the rest the group's."""
@@ -82,12 +48,6 @@ class ReplicatedByzantine(Byzantine):
         self.rounds.settle(*(r for r in records if r.topic == topics.ROUNDS))
 
     # -- partitions ------------------------------------------------------------------------
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(ASSIGNMENT_CHECK_S)
-            async with self._lock:
-                await self._sync_assignment()
-
     async def _sync_assignment(self) -> None:
         """Follow a rebalance: drop the updates held (their partitions' records are read
         again from the committed offsets), keep the CLOSINGs, judge what is now ours."""
